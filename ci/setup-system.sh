@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Root-only set-up for CI: install what the docker- and browser-marked tests need and start dockerd.
+set -euo pipefail
+need=()
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+ci/start-dockerd.sh

@@ -1,0 +1,88 @@
+"""Read-only views of a model that the API, metrics, journal and CLI share.
+
+They are plain frozen values built by the supervisor from its state; building one never runs a probe or
+moves a counter (PRIOR_ART 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class State(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+class Cause(StrEnum):
+    """Why a run failed; exposed as `failure_cause`."""
+
+    CRASH = "crash"
+    UNHEALTHY = "unhealthy"
+    OOM = "oom"
+    PORT_IN_USE = "port_in_use"
+    ENGINE_DEAD = "engine_dead"
+    STARTUP_TIMEOUT = "startup_timeout"
+
+
+class EventKind(StrEnum):
+    SPAWNED = "spawned"
+    EXITED = "exited"
+    PROBE_FAILED = "probe_failed"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    KILLED = "killed"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    OOM_DETECTED = "oom_detected"
+    DIAGNOSED = "diagnosed"
+    STARTUP_TIMEOUT = "startup_timeout"
+    START_REQUESTED = "start_requested"
+    STOP_REQUESTED = "stop_requested"
+    RESTART_REQUESTED = "restart_requested"
+    ADOPTED = "adopted"
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """One entry of a model's timeline. `time` is Unix time so outside tools can line it up."""
+
+    seq: int
+    time: float
+    model_id: str
+    kind: EventKind
+    state: State
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """The fields of CONTRACT section 4 (FluidMCP's, plus ours)."""
+
+    id: str
+    state: State
+    is_running: bool
+    is_healthy: bool
+    health_message: str | None
+    restart_policy: str
+    restart_count: int
+    max_restarts: int | None
+    consecutive_health_failures: int
+    uptime_seconds: float | None
+    last_restart_time: float | None
+    last_health_check_time: float | None
+    has_cuda_oom: bool
+    pid: int | None
+    last_exit_code: int | None
+    failure_cause: Cause | None
+    failure_advice: str | None
+    next_restart_at: float | None
+    desired: str
