@@ -1,0 +1,361 @@
+"""The per-model state machine: `Machine.handle(snapshot, event, now) -> Step(snapshot, actions, reply)`.
+
+Everything that decides what happens to a model lives here, and nothing here does IO or reads a clock:
+the loop feeds it events (operator requests, exits, probe results, findings, the passing of time) and
+carries out the actions it returns (spawn, terminate, kill, probe, record an event). An event that cannot
+happen in the current state raises `IllegalEvent` and changes nothing.
+
+States and the edges between them (each edge is named where it happens below):
+
+    stopped --start--> starting --probe ok--> healthy --threshold probe failures--> unhealthy
+    starting/healthy/unhealthy --exit--> backoff | failed | stopped
+    starting --startup timeout--> stopping ; unhealthy --(policy restarts)--> stopping
+    stopping --group gone--> stopped | starting (restart) | backoff | failed
+    backoff --delay passed and old group gone--> starting
+
+A run is over only when its whole process group is gone (`GroupGone`); a new run never starts before that,
+so orphaned engine processes of the last run cannot hold the GPU the next one needs (PRIOR_ART 5).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from supervisor.machine_types import (
+    LIVE,
+    Action,
+    Boot,
+    Desired,
+    Diagnosed,
+    Event,
+    Exited,
+    GroupGone,
+    IllegalEvent,
+    Kill,
+    Probe,
+    ProbeDone,
+    Record,
+    Reply,
+    RestartRequested,
+    Settings,
+    ShutdownRequested,
+    Snapshot,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    StartRequested,
+    Step,
+    StopRequested,
+    Teardown,
+    Terminate,
+    Tick,
+)
+from supervisor.policy import starts_on_boot, wants_restart
+from supervisor.status import Cause, EventKind, State
+
+
+class Machine:
+    """Decides, for one model, what each event means. Holds only its settings and the jitter RNG."""
+
+    def __init__(self, settings: Settings, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self._rng = rng or random.Random(0)
+
+    def handle(self, snap: Snapshot, event: Event, now: float) -> Step:
+        match event:
+            case Tick():
+                return self._tick(snap, now)
+            case ProbeDone():
+                return self._probe_done(snap, event, now)
+            case Diagnosed():
+                return self._diagnosed(snap, event)
+            case Spawned():
+                return self._spawned(snap, event, now)
+            case SpawnFailed():
+                return self._spawn_failed(snap, event, now)
+            case Exited():
+                return self._exited(snap, event, now)
+            case GroupGone():
+                return self._group_gone(snap, event, now)
+            case StartRequested():
+                return self._start_requested(snap, now)
+            case StopRequested():
+                return self._stop_requested(snap, event, now)
+            case RestartRequested():
+                return self._restart_requested(snap, now)
+            case ShutdownRequested():
+                return self._shutdown_requested(snap, now)
+            case Boot():
+                return self._boot(snap, now)
+
+    # --- operator requests -----------------------------------------------------------------------
+
+    def _boot(self, snap: Snapshot, now: float) -> Step:
+        if snap.state is State.FAILED:
+            return Step(snap)  # failed stays failed across a supervisor restart until an operator acts
+        if snap.state is not State.STOPPED or snap.group_alive:
+            raise IllegalEvent(f"boot in state {snap.state}")
+        running = snap.desired is Desired.RUNNING
+        if starts_on_boot(self.settings.restart_policy, desired_running=running):
+            return self._spawn(replace(snap, desired=Desired.RUNNING), now, reason=None)
+        return Step(snap)
+
+    def _start_requested(self, snap: Snapshot, now: float) -> Step:
+        if snap.state in LIVE:
+            return Step(snap, reply=Reply(True, f"already {snap.state}"))
+        record = Record(EventKind.START_REQUESTED, snap.state)
+        snap = replace(snap, desired=Desired.RUNNING)
+        if snap.state is State.STOPPING:
+            return self._redirect_teardown(snap, record, "starts once the current run has stopped")
+        if snap.state is State.BACKOFF:
+            # edge: backoff -> starting, cutting the delay short
+            step = self._spawn(snap, now, reason="manual", first=(record,))
+            return replace(step, reply=Reply(True, "starting now"))
+        # edge: stopped/failed -> starting; an operator's start begins a fresh budget (PRIOR_ART 14)
+        step = self._spawn(_fresh_budget(snap), now, reason=None, first=(record,))
+        return replace(step, reply=Reply(True, "starting"))
+
+    def _restart_requested(self, snap: Snapshot, now: float) -> Step:
+        if snap.state is State.STARTING and snap.restart_reason == "manual":
+            # Concurrent restarts coalesce: this run is itself an operator's (re)start (PRIOR_ART 7).
+            return Step(snap, reply=Reply(True, f"run {snap.run} was just restarted and is starting"))
+        record = Record(EventKind.RESTART_REQUESTED, snap.state)
+        snap = replace(snap, desired=Desired.RUNNING)
+        if snap.state in LIVE:
+            # edge: live -> stopping, then straight to starting once the group is gone
+            step = self._teardown(snap, now, Teardown.RESTART, first=(record,))
+            return replace(step, reply=Reply(True, "restart begun"))
+        if snap.state is State.STOPPING:
+            if snap.teardown is Teardown.RESTART:
+                return Step(snap, reply=Reply(True, "restart already in progress"))
+            return self._redirect_teardown(snap, record, "restarts once the current run has stopped")
+        if snap.state is State.BACKOFF:
+            step = self._spawn(snap, now, reason="manual", first=(record,))
+            return replace(step, reply=Reply(True, "restarting now"))
+        step = self._spawn(_fresh_budget(snap), now, reason="manual", first=(record,))
+        return replace(step, reply=Reply(True, "restarting"))
+
+    def _redirect_teardown(self, snap: Snapshot, record: Record, message: str) -> Step:
+        snap = replace(snap, teardown=Teardown.RESTART, restart_reason="manual")
+        return Step(snap, (record,), Reply(True, message))
+
+    def _stop_requested(self, snap: Snapshot, event: StopRequested, now: float) -> Step:
+        # A stop is a desired state that no policy overrides until the next start (PRIOR_ART 9).
+        record = Record(EventKind.STOP_REQUESTED, snap.state, "force" if event.force else None)
+        snap = replace(snap, desired=Desired.STOPPED)
+        if snap.state in LIVE:
+            step = self._teardown(snap, now, Teardown.STOP, force=event.force, first=(record,))
+            return replace(step, reply=Reply(True, "stopping"))
+        if snap.state is State.STOPPING:
+            snap = replace(snap, teardown=Teardown.STOP, restart_reason=None)
+            actions: tuple[Action, ...] = (record,)
+            if event.force and snap.group_alive:
+                snap = replace(snap, kill_at=None)
+                actions += (Kill(snap.run), Record(EventKind.KILLED, State.STOPPING, "forced"))
+            return Step(snap, actions, Reply(True, "stopping"))
+        if snap.state in (State.BACKOFF, State.FAILED):
+            # edge: backoff/failed -> stopped; the scheduled restart is cancelled
+            snap = replace(snap, state=State.STOPPED, restart_at=None, restart_reason=None)
+            return Step(snap, (record, Record(EventKind.STOPPED, State.STOPPED)), Reply(True, "stopped"))
+        return Step(snap, reply=Reply(True, "already stopped"))
+
+    def _shutdown_requested(self, snap: Snapshot, now: float) -> Step:
+        if snap.state in LIVE:
+            return self._teardown(snap, now, Teardown.SHUTDOWN)
+        if snap.state is State.STOPPING and snap.teardown is not Teardown.STOP:
+            return Step(replace(snap, teardown=Teardown.SHUTDOWN, restart_reason=None))
+        if snap.state is State.BACKOFF:
+            snap = replace(snap, state=State.STOPPED, restart_at=None, restart_reason=None)
+            return Step(snap, (Record(EventKind.STOPPED, State.STOPPED, "supervisor shutdown"),))
+        return Step(snap)
+
+    # --- the run's life ----------------------------------------------------------------------------
+
+    def _spawned(self, snap: Snapshot, event: Spawned, now: float) -> Step:
+        self._expect_pending_spawn(snap, event.run)
+        snap = replace(snap, live=True, group_alive=True)
+        spawned = Record(EventKind.SPAWNED, State.STARTING, f"run {event.run} pid {event.pid}", snap.restart_reason)
+        if self.settings.has_probe:
+            return Step(snap, (spawned,))
+        # Without an endpoint there is nothing to probe: a live process is all "healthy" can mean.
+        snap = replace(snap, state=State.HEALTHY, healthy_since=now, startup_deadline=None, failure_cause=None)
+        return Step(snap, (spawned, Record(EventKind.HEALTHY, State.HEALTHY, "process running (no endpoint)")))
+
+    def _spawn_failed(self, snap: Snapshot, event: SpawnFailed, now: float) -> Step:
+        self._expect_pending_spawn(snap, event.run)
+        # A run that could not even start is a crash like any other and is counted (PRIOR_ART 3).
+        exited = Record(EventKind.EXITED, State.STARTING, f"spawn failed: {event.message}", Cause.CRASH)
+        return self._after_failure(snap, now, clean=False, cause=Cause.CRASH, first=(exited,))
+
+    def _exited(self, snap: Snapshot, event: Exited, now: float) -> Step:
+        if event.run != snap.run or not snap.live:
+            raise IllegalEvent(f"exit of run {event.run} while run {snap.run} live={snap.live}")
+        status = event.status
+        snap = replace(snap, live=False, last_exit=status, probe_in_flight=False, next_probe_at=None)
+        if snap.state is State.STOPPING:
+            # A requested exit: not a failure, whatever its code (PRIOR_ART 9).
+            return Step(snap, (Record(EventKind.EXITED, State.STOPPING, status.describe()),))
+        clean = status.signal is None and status.code in self.settings.success_exit_codes
+        cause = snap.run_cause or (Cause.OOM if status.oom_killed else Cause.CRASH)
+        exited = Record(EventKind.EXITED, snap.state, status.describe(), "clean" if clean else cause.value)
+        # Whatever the run left behind (engine children) is an orphan now: reap the whole group.
+        return self._after_failure(snap, now, clean=clean, cause=cause, first=(exited, Kill(snap.run)))
+
+    def _group_gone(self, snap: Snapshot, event: GroupGone, now: float) -> Step:
+        if event.run != snap.run or snap.live or not snap.group_alive:
+            raise IllegalEvent(f"group of run {event.run} gone while run {snap.run} live={snap.live}")
+        snap = replace(snap, group_alive=False, kill_at=None)
+        if snap.state is State.STOPPING:
+            teardown, snap = snap.teardown, replace(snap, teardown=None)
+            if teardown is Teardown.RESTART:
+                return self._spawn(snap, now, reason="manual")
+            if teardown is Teardown.FAILURE:
+                return self._after_failure(snap, now, clean=False, cause=snap.failure_cause or Cause.CRASH)
+            # edge: stopping -> stopped
+            return Step(replace(snap, state=State.STOPPED), (Record(EventKind.STOPPED, State.STOPPED),))
+        return self._tick(snap, now)
+
+    def _after_failure(
+        self, snap: Snapshot, now: float, *, clean: bool, cause: Cause, first: tuple[Action, ...] = ()
+    ) -> Step:
+        """A run ended without being asked to: restart per policy, budget and backoff, or give up."""
+        healthy_for = None if snap.healthy_since is None else now - snap.healthy_since
+        snap = replace(
+            snap, failure_cause=None if clean else cause, healthy_since=None, startup_deadline=None,
+            next_probe_at=None, probe_in_flight=False, consecutive_failures=0, teardown=None,
+        )
+        if snap.desired is Desired.STOPPED or not wants_restart(self.settings.restart_policy, clean=clean):
+            # edge: -> stopped; policy `no`, or a clean exit under on-failure
+            why = "clean exit" if clean else f"restart_policy {self.settings.restart_policy}"
+            snap = replace(snap, state=State.STOPPED, desired=Desired.STOPPED)
+            return Step(snap, (*first, Record(EventKind.STOPPED, State.STOPPED, why)))
+        budget = self.settings.budget
+        recent = budget.recent(snap.restart_times, now)
+        if not budget.allows(recent, now):
+            # edge: -> failed; stays failed until an operator starts it (PRIOR_ART 14)
+            window = "its lifetime" if budget.window is None else f"{budget.window:g}s"
+            detail = f"restart limit reached: {len(recent)} restarts within {window}"
+            snap = replace(snap, state=State.FAILED, restart_times=recent)
+            return Step(snap, (*first, Record(EventKind.FAILED, State.FAILED, detail, cause.value)))
+        attempt = 0 if self.settings.backoff.should_reset(healthy_for) else snap.attempt
+        delay = self.settings.backoff.delay(attempt, self._rng)
+        # edge: -> backoff; the restart is counted now, when it is decided (PRIOR_ART 3)
+        snap = replace(
+            snap, state=State.BACKOFF, attempt=attempt + 1, restart_times=(*recent, now),
+            restart_count=snap.restart_count + 1, restart_at=now + delay,
+            restart_reason="exit" if clean else cause.value,
+        )
+        backoff = Record(EventKind.BACKOFF, State.BACKOFF, format(round(delay, 3), "g"), snap.restart_reason)
+        return Step(snap, (*first, backoff))
+
+    # --- time --------------------------------------------------------------------------------------
+
+    def _tick(self, snap: Snapshot, now: float) -> Step:
+        actions: list[Action] = []
+        if snap.state is State.STOPPING and snap.kill_at is not None and snap.kill_at <= now:
+            # stop_timeout passed: SIGKILL to the whole group
+            snap = replace(snap, kill_at=None)
+            actions += [Kill(snap.run), Record(EventKind.KILLED, State.STOPPING, "stop_timeout passed")]
+        if snap.state is State.STARTING and snap.startup_deadline is not None and snap.startup_deadline <= now:
+            # edge: starting -> stopping; never became healthy within startup_timeout
+            snap = replace(snap, failure_cause=Cause.STARTUP_TIMEOUT)
+            detail = f"not healthy within {self.settings.startup_timeout:g}s"
+            first = (*actions, Record(EventKind.STARTUP_TIMEOUT, State.STARTING, detail))
+            return self._teardown(snap, now, Teardown.FAILURE, first=first)
+        restart_due = snap.restart_at is not None and snap.restart_at <= now
+        if snap.state is State.BACKOFF and restart_due and not snap.group_alive:
+            return self._spawn(snap, now, reason=snap.restart_reason, first=tuple(actions))
+        if (
+            snap.state in LIVE and snap.live and not snap.probe_in_flight
+            and snap.next_probe_at is not None and snap.next_probe_at <= now
+        ):
+            snap = replace(snap, probe_in_flight=True, probe_started_at=now, next_probe_at=None)
+            actions.append(Probe(snap.run, self.settings.health_check_timeout))
+        return Step(snap, tuple(actions))
+
+    def _probe_done(self, snap: Snapshot, event: ProbeDone, now: float) -> Step:
+        message = None if event.ok else event.message
+        if event.manual:
+            return Step(replace(snap, last_probe_at=now, health_message=message))
+        if event.run != snap.run or snap.state not in LIVE or not snap.probe_in_flight:
+            return Step(snap)  # a probe of a run that has since ended: nothing to learn
+        s = self.settings
+        interval = s.startup_probe_interval if snap.state is State.STARTING else s.health_check_interval
+        started = snap.probe_started_at if snap.probe_started_at is not None else now
+        snap = replace(
+            snap, probe_in_flight=False, next_probe_at=max(now, started + interval),
+            last_probe_at=now, health_message=message,
+        )
+        if event.ok:
+            if snap.state is State.HEALTHY:
+                return Step(replace(snap, consecutive_failures=0))
+            # edge: starting/unhealthy -> healthy
+            snap = replace(
+                snap, state=State.HEALTHY, healthy_since=now, startup_deadline=None, consecutive_failures=0,
+                failure_cause=None, next_probe_at=now + s.health_check_interval,
+            )
+            return Step(snap, (Record(EventKind.HEALTHY, State.HEALTHY),))
+        if snap.state is State.STARTING:
+            return Step(snap)  # still loading: failures before the first success never count (PRIOR_ART 2)
+        failures = snap.consecutive_failures + 1
+        snap = replace(snap, consecutive_failures=failures)
+        failed = Record(EventKind.PROBE_FAILED, snap.state, event.message)
+        if snap.state is State.UNHEALTHY or failures < s.health_failure_threshold:
+            return Step(snap, (failed,))
+        # edge: healthy -> unhealthy, then -> stopping when the policy restarts it
+        snap = replace(snap, state=State.UNHEALTHY)
+        unhealthy = Record(EventKind.UNHEALTHY, State.UNHEALTHY, f"{failures} consecutive probe failures")
+        if not wants_restart(s.restart_policy, clean=False):
+            return Step(snap, (failed, unhealthy))
+        snap = replace(snap, failure_cause=Cause.UNHEALTHY)
+        return self._teardown(snap, now, Teardown.FAILURE, first=(failed, unhealthy))
+
+    def _diagnosed(self, snap: Snapshot, event: Diagnosed) -> Step:
+        if event.run != snap.run:
+            return Step(snap)  # a late line of an earlier run says nothing about this one
+        newly_oom = event.has_cuda_oom and not snap.has_cuda_oom
+        snap = replace(snap, run_cause=event.cause, has_cuda_oom=snap.has_cuda_oom or event.has_cuda_oom)
+        kind = EventKind.OOM_DETECTED if newly_oom else EventKind.DIAGNOSED
+        return Step(snap, (Record(kind, snap.state, event.finding, event.cause.value),))
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _spawn(self, snap: Snapshot, now: float, *, reason: str | None, first: tuple[Action, ...] = ()) -> Step:
+        if snap.group_alive:
+            # The last run's processes are still being reaped; start as soon as they are gone.
+            snap = replace(snap, state=State.BACKOFF, restart_at=now, restart_reason=reason)
+            return Step(snap, (*first, Record(EventKind.BACKOFF, State.BACKOFF, "0", reason)))
+        s = self.settings
+        run = snap.run + 1
+        snap = replace(
+            snap, state=State.STARTING, run=run, live=False, spawned_at=now, healthy_since=None,
+            last_restart_at=now if reason is not None else snap.last_restart_at,
+            consecutive_failures=0, probe_in_flight=False,
+            next_probe_at=now + s.startup_probe_interval if s.has_probe else None,
+            startup_deadline=now + s.startup_timeout if s.has_probe else None,
+            kill_at=None, restart_at=None, restart_reason=reason, teardown=None,
+            run_cause=None, has_cuda_oom=False, last_exit=None,
+        )
+        return Step(snap, (*first, Spawn(run, reason)))
+
+    def _teardown(
+        self, snap: Snapshot, now: float, why: Teardown, *, force: bool = False, first: tuple[Action, ...] = ()
+    ) -> Step:
+        snap = replace(
+            snap, state=State.STOPPING, teardown=why, next_probe_at=None, startup_deadline=None,
+            probe_in_flight=False, kill_at=None if force else now + self.settings.stop_timeout,
+        )
+        stopping = Record(EventKind.STOPPING, State.STOPPING, why.value)
+        if force:
+            return Step(snap, (*first, stopping, Kill(snap.run), Record(EventKind.KILLED, State.STOPPING, "forced")))
+        return Step(snap, (*first, stopping, Terminate(snap.run)))
+
+    @staticmethod
+    def _expect_pending_spawn(snap: Snapshot, run: int) -> None:
+        if snap.state is not State.STARTING or snap.run != run or snap.live:
+            raise IllegalEvent(f"spawn result for run {run} in state {snap.state} (run {snap.run})")
+
+
+def _fresh_budget(snap: Snapshot) -> Snapshot:
+    return replace(snap, restart_times=(), attempt=0, restart_count=0)
