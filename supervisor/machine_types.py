@@ -224,9 +224,19 @@ class Step:
 
 
 def next_deadline(snap: Snapshot) -> float | None:
-    """The earliest moment a `Tick` could change something, or None when only IO can."""
-    candidates = [snap.kill_at, snap.startup_deadline, snap.restart_at]
-    if not snap.probe_in_flight:
+    """The earliest moment a `Tick` could change something, or None when only IO can.
+
+    Each deadline counts only while the tick could act on it: a restart that waits for the old group to go,
+    or a probe already in flight, wakes nobody (otherwise the loop would spin on a deadline in the past).
+    """
+    candidates: list[float | None] = []
+    if snap.state is State.STOPPING and snap.group_alive:
+        candidates.append(snap.kill_at)
+    if snap.state is State.STARTING:
+        candidates.append(snap.startup_deadline)
+    if snap.state is State.BACKOFF and not snap.group_alive:
+        candidates.append(snap.restart_at)
+    if snap.state in LIVE and snap.live and not snap.probe_in_flight:
         candidates.append(snap.next_probe_at)
     present = [t for t in candidates if t is not None]
     return min(present) if present else None

@@ -61,6 +61,9 @@ class TimelineEvent:
     kind: EventKind
     state: State
     detail: str | None = None
+    # For `spawned`: why this run started (None: first start, "manual", or a Cause value).
+    # For `exited`: the cause value, or "clean" for an exit listed in success_exit_codes.
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

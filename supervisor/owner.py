@@ -1,0 +1,225 @@
+"""One asyncio task per model: the only place where a model's snapshot changes.
+
+Everything that can happen to a model becomes an event in its inbox: operator requests (with a future for
+the reply), exits and group-gone notices from the run's watcher, probe results, diagnosis findings, and the
+passing of time. The owner hands each to the pure `Machine` and carries out the returned actions. Because
+one task serializes all of them, concurrent API calls cannot race (PRIOR_ART 7), and because every wait is
+a task of its own, one model's probe, backoff or stop never delays another (PRIOR_ART 8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+from dataclasses import dataclass
+
+from supervisor.clock import Clock
+from supervisor.diagnosis import Finding, RunDiagnosis
+from supervisor.machine import Machine
+from supervisor.machine_types import (
+    Action,
+    Diagnosed,
+    Event,
+    Exited,
+    GroupGone,
+    Kill,
+    Probe,
+    ProbeDone,
+    Record,
+    Reply,
+    Snapshot,
+    Spawn,
+    Spawned,
+    SpawnFailed,
+    Terminate,
+    Tick,
+    next_deadline,
+)
+from supervisor.probe import ProbeResult
+from supervisor.runtime.base import Run, Runtime, SpawnError, Stream
+from supervisor.status import State
+
+log = logging.getLogger(__name__)
+
+# The owner reports each timeline entry and each probe outward; the supervisor stamps and stores them.
+RecordSink = Callable[[str, int, Record], None]
+ProbeSink = Callable[[str, ProbeResult], None]
+Prober = Callable[[float], Awaitable[ProbeResult]]
+
+
+@dataclass
+class _Request:
+    event: Event
+    reply: asyncio.Future[Reply] | None = None
+
+
+@dataclass
+class RunView:
+    """What the owner knows about the current run beyond the snapshot: its handle and diagnosis."""
+
+    number: int
+    handle: Run
+    diagnosis: RunDiagnosis
+
+
+class ModelOwner:
+    def __init__(
+        self,
+        model_id: str,
+        machine: Machine,
+        runtime: Runtime,
+        clock: Clock,
+        probe: Prober | None,
+        on_record: RecordSink,
+        on_probe: ProbeSink,
+        on_line: Callable[[int, Stream, str], None],
+        snapshot: Snapshot | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.machine = machine
+        self.snapshot = snapshot or Snapshot()
+        self.run: RunView | None = None
+        # The newest finding from a run's output; its advice explains failure_cause when the causes match.
+        self.last_finding: Finding | None = None
+        self._runtime = runtime
+        self._clock = clock
+        self._probe = probe
+        self._on_record = on_record
+        self._on_probe = on_probe
+        self._on_line = on_line
+        self._inbox: asyncio.Queue[_Request] = asyncio.Queue()
+        self._helpers: set[asyncio.Task[None]] = set()
+        self._settled = asyncio.Event()
+        self._update_settled()
+
+    # --- the outside world's entry points ---------------------------------------------------------
+
+    def post(self, event: Event) -> None:
+        """Deliver an event that needs no answer (from watchers, probes, output)."""
+        self._inbox.put_nowait(_Request(event))
+
+    async def request(self, event: Event) -> Reply:
+        """Deliver an operator request and wait until the owner has acted on it."""
+        reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(_Request(event, reply))
+        return await reply
+
+    async def wait_settled(self) -> None:
+        """Return once no process of this model is alive and nothing is pending."""
+        await self._settled.wait()
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                request = await self._next(next_deadline(self.snapshot))
+                reply = await self._apply(request.event if request else Tick())
+                if request and request.reply and not request.reply.done():
+                    request.reply.set_result(reply or Reply(True, "done"))
+        finally:
+            for task in list(self._helpers):
+                task.cancel()
+
+    async def _next(self, deadline: float | None) -> _Request | None:
+        if not self._inbox.empty():
+            return self._inbox.get_nowait()
+        if deadline is not None and deadline <= self._clock.now():
+            return None
+        getter = asyncio.ensure_future(self._inbox.get())
+        if deadline is None:
+            return await getter
+        sleeper = asyncio.ensure_future(self._clock.sleep_until(deadline))
+        try:
+            await asyncio.wait((getter, sleeper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            if not getter.done():
+                getter.cancel()
+        # A get that completed alongside the timer still holds an item: never drop it.
+        return getter.result() if getter.done() and not getter.cancelled() else None
+
+    async def _apply(self, event: Event) -> Reply | None:
+        step = self.machine.handle(self.snapshot, event, self._clock.now())
+        self.snapshot = step.snapshot
+        follow_ups: list[Event] = []
+        for action in step.actions:
+            follow_up = await self._execute(action)
+            if follow_up is not None:
+                follow_ups.append(follow_up)
+        self._update_settled()
+        for follow_up in follow_ups:
+            await self._apply(follow_up)
+        return step.reply
+
+    async def _execute(self, action: Action) -> Event | None:
+        match action:
+            case Record():
+                self._on_record(self.model_id, self.snapshot.run, action)
+            case Spawn():
+                return await self._spawn(action)
+            case Terminate() if self.run and self.run.number == action.run:
+                self.run.handle.terminate()
+            case Kill() if self.run and self.run.number == action.run:
+                self.run.handle.kill()
+            case Probe():
+                self._start_helper(self._run_probe(action))
+        return None
+
+    async def _spawn(self, action: Spawn) -> Event:
+        diagnosis = RunDiagnosis()
+        number = action.run
+
+        def sink(stream: Stream, text: str) -> None:
+            self._on_line(number, stream, text)
+            finding = diagnosis.observe(text)
+            if finding is not None:
+                self.last_finding = finding
+                cause = diagnosis.primary_cause
+                assert cause is not None  # a finding always gives the run a cause
+                self.post(Diagnosed(number, cause, finding.finding, diagnosis.has_cuda_oom))
+
+        started = time.perf_counter()
+        try:
+            handle = await self._runtime.spawn(self.model_id, number, sink)
+        except SpawnError as exc:
+            log.warning("%s: run %d could not start: %s", self.model_id, number, exc)
+            return SpawnFailed(number, str(exc))
+        log.debug("%s: spawned run %d in %.1f ms", self.model_id, number, (time.perf_counter() - started) * 1e3)
+        self.run = RunView(number, handle, diagnosis)
+        self._start_helper(self._watch(number, handle))
+        return Spawned(number, handle.pid)
+
+    async def _watch(self, number: int, handle: Run) -> None:
+        """Report the run's exit the moment it happens, then the end of its whole group."""
+        status = await handle.wait_exit()
+        self.post(Exited(number, status))
+        await handle.wait_gone()
+        self.post(GroupGone(number))
+
+    async def _run_probe(self, action: Probe) -> None:
+        assert self._probe is not None  # the machine only asks for probes when there is an endpoint
+        result = await self._probe(action.timeout)
+        self._on_probe(self.model_id, result)
+        self.post(ProbeDone(action.run, result.ok, result.message))
+
+    def _start_helper(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._helpers.add(task)
+        task.add_done_callback(self._helper_done)
+
+    def _helper_done(self, task: asyncio.Task[None]) -> None:
+        self._helpers.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s: internal task failed: %r", self.model_id, exc, exc_info=exc)
+
+    def _update_settled(self) -> None:
+        snap = self.snapshot
+        quiet = snap.state in (State.STOPPED, State.FAILED) and not snap.live and not snap.group_alive
+        if quiet:
+            self._settled.set()
+        else:
+            self._settled.clear()

@@ -1,0 +1,64 @@
+"""Build the API's `ModelStatus` from an owner's snapshot. Pure reading: nothing here probes or counts."""
+
+from __future__ import annotations
+
+from supervisor.clock import Clock
+from supervisor.config import ModelConfig
+from supervisor.owner import ModelOwner
+from supervisor.status import Cause, ModelStatus, State
+
+# What an operator can do about a failure that the output did not explain better.
+GENERIC_ADVICE: dict[Cause, str] = {
+    Cause.CRASH: "The server exited on its own; read the last log lines for the traceback.",
+    Cause.UNHEALTHY: (
+        "The server stopped answering its health probe (hung engine or overload); check the logs, and raise "
+        "health_check_timeout or health_failure_threshold if it is only slow under load."
+    ),
+    Cause.STARTUP_TIMEOUT: (
+        "The server did not become healthy within startup_timeout; large models load for minutes, so raise "
+        "startup_timeout if the logs show loading progress, otherwise look for a stuck download or a crash loop."
+    ),
+    Cause.OOM: "The GPU ran out of memory; lower --gpu-memory-utilization or --max-model-len, or use a smaller model.",
+    Cause.PORT_IN_USE: "Another process holds the server's port; stop it or give this model another --port.",
+    Cause.ENGINE_DEAD: "vLLM's engine died; the logs before this point show why (often OOM or a worker crash).",
+}
+
+
+def build_status(model_id: str, cfg: ModelConfig, owner: ModelOwner, clock: Clock) -> ModelStatus:
+    snap = owner.snapshot
+    now, offset = clock.now(), clock.wall() - clock.now()
+
+    def wall(mono: float | None) -> float | None:
+        return None if mono is None else mono + offset
+
+    cause = snap.failure_cause
+    finding = owner.last_finding
+    advice = None
+    if cause is not None:
+        advice = finding.advice if finding is not None and finding.cause is cause else GENERIC_ADVICE[cause]
+    exit_status = snap.last_exit
+    exit_code = None
+    if exit_status is not None:
+        exit_code = -exit_status.signal if exit_status.signal is not None else exit_status.code
+    live = snap.live
+    return ModelStatus(
+        id=model_id,
+        state=snap.state,
+        is_running=live,
+        is_healthy=snap.state is State.HEALTHY,
+        health_message=snap.health_message,
+        restart_policy=str(cfg.restart_policy),
+        restart_count=snap.restart_count,
+        max_restarts=cfg.max_restarts,
+        consecutive_health_failures=snap.consecutive_failures,
+        uptime_seconds=(now - snap.spawned_at) if live and snap.spawned_at is not None else None,
+        last_restart_time=wall(snap.last_restart_at),
+        last_health_check_time=wall(snap.last_probe_at),
+        has_cuda_oom=snap.has_cuda_oom,
+        pid=owner.run.handle.pid if live and owner.run is not None else None,
+        last_exit_code=exit_code,
+        failure_cause=cause,
+        failure_advice=advice,
+        next_restart_at=wall(snap.restart_at) if snap.state is State.BACKOFF else None,
+        desired=snap.desired.value,
+    )

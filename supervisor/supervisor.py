@@ -1,0 +1,301 @@
+"""The supervisor: one owner task per model, wired to runtimes, probes, logs, the journal and observers.
+
+This is the facade the API, metrics and CLI use. Reads (`status`, `events`) are pure: they never probe or
+move a counter (PRIOR_ART 6). Actions go through the model's owner task, which serializes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import httpx
+
+from supervisor.clock import Clock, RealClock
+from supervisor.config import Config, ModelConfig
+from supervisor.journal import Journal, PersistedModel, RunRecord
+from supervisor.logs import LogWriter, Redactor
+from supervisor.machine import Machine
+from supervisor.machine_types import (
+    Boot,
+    Desired,
+    Event,
+    ProbeDone,
+    Record,
+    RestartRequested,
+    ShutdownRequested,
+    Snapshot,
+    StartRequested,
+    StopRequested,
+)
+from supervisor.owner import ModelOwner
+from supervisor.probe import ProbeResult, probe
+from supervisor.runtime.base import Runtime, Stream
+from supervisor.runtime.factory import build_runtime, stop_leftover_run
+from supervisor.settings import machine_settings
+from supervisor.status import EventKind, ModelStatus, State, TimelineEvent
+from supervisor.status_view import build_status
+
+log = logging.getLogger(__name__)
+
+MEMORY_EVENTS_PER_MODEL = 2000
+ProbeFn = Callable[[float], Awaitable[ProbeResult]]
+
+
+class UnknownModel(KeyError):
+    """No model with this id is configured."""
+
+    def __str__(self) -> str:
+        return f"unknown model {self.args[0]!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    accepted: bool
+    message: str
+    status: ModelStatus
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckReport:
+    model_id: str
+    is_healthy: bool
+    health_message: str | None
+    consecutive_health_failures: int
+    last_health_check_time: float | None
+    has_cuda_oom: bool
+
+
+class Observer(Protocol):
+    def on_event(self, event: TimelineEvent) -> None: ...
+
+    def on_probe(self, model_id: str, ok: bool, duration: float) -> None: ...
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        journal: Journal | None = None,
+        runtimes: dict[str, Runtime] | None = None,
+        http: httpx.AsyncClient | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or RealClock()
+        self.journal = journal
+        self._runtimes = runtimes or {}
+        self._http = http
+        self._rng = random.Random(seed)
+        self._observers: list[Observer] = []
+        self._owners: dict[str, ModelOwner] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._configs: dict[str, ModelConfig] = {}
+        self._writers: dict[str, LogWriter] = {}
+        self._events: dict[str, deque[TimelineEvent]] = {}
+        self._seq = journal.last_seq() if journal else 0
+
+    # --- life -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Stop whatever a previous life left running, then start looking after every model."""
+        if self._http is None:
+            self._http = httpx.AsyncClient()
+        persisted = self.journal.load_models() if self.journal else {}
+        leftovers = await self._stop_leftovers(persisted)
+        for model_id, cfg in self.config.models.items():
+            self.add_model(model_id, cfg, persisted.get(model_id))
+            if model_id in leftovers:
+                detail = "stopped a run left behind by the previous supervisor"
+                self._record(model_id, 0, Record(EventKind.STOPPED, State.STOPPED, detail))
+
+    def add_model(self, model_id: str, cfg: ModelConfig, persisted: PersistedModel | None = None) -> None:
+        """Start looking after one more model; it is watched like those configured at start (PRIOR_ART 10)."""
+        if model_id in self._owners:
+            raise ValueError(f"model {model_id!r} is already supervised")
+        self._configs[model_id] = cfg
+        self._events[model_id] = deque(maxlen=MEMORY_EVENTS_PER_MODEL)
+        self._writers[model_id] = LogWriter(
+            self.log_dir(), model_id, max_bytes=self.config.supervisor.log_max_bytes,
+            backups=self.config.supervisor.log_backups, redactor=Redactor(dict(cfg.env)),
+        )
+        root = cfg.probe_root_url
+        owner = ModelOwner(
+            model_id,
+            Machine(machine_settings(cfg), random.Random(self._rng.random())),
+            self._runtimes.get(model_id) or build_runtime(model_id, cfg),
+            self.clock,
+            probe=None if root is None else self._prober(root),
+            on_record=self._record,
+            on_probe=self._probed,
+            on_line=lambda run, stream, text: self._line(model_id, run, stream, text),
+            snapshot=self._restore(persisted),
+        )
+        self._owners[model_id] = owner
+        self._tasks[model_id] = asyncio.get_running_loop().create_task(owner.serve(), name=f"model:{model_id}")
+        owner.post(Boot())
+
+    async def shutdown(self) -> None:
+        """Stop every model, whole process groups included, and return once nothing of them is left."""
+        for owner in self._owners.values():
+            owner.post(ShutdownRequested())
+        await asyncio.gather(*(owner.wait_settled() for owner in self._owners.values()))
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        for writer in self._writers.values():
+            writer.close()
+        if self._http is not None:
+            await self._http.aclose()
+
+    # --- reads (pure) -----------------------------------------------------------------------------
+
+    def model_ids(self) -> list[str]:
+        return list(self._owners)
+
+    def status(self, model_id: str) -> ModelStatus:
+        owner = self._owner(model_id)
+        return build_status(model_id, self._configs[model_id], owner, self.clock)
+
+    def statuses(self) -> list[ModelStatus]:
+        return [self.status(model_id) for model_id in self._owners]
+
+    def events(self, model_id: str, since: int = 0) -> list[TimelineEvent]:
+        self._owner(model_id)
+        if self.journal is not None:
+            return self.journal.events(model_id, since)
+        return [e for e in self._events[model_id] if e.seq > since]
+
+    def log_dir(self) -> Path:
+        return self.config.supervisor.state_dir / "logs"
+
+    def add_observer(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    # --- actions (through the owner) ---------------------------------------------------------------
+
+    async def start_model(self, model_id: str) -> ActionResult:
+        return await self._act(model_id, StartRequested())
+
+    async def stop_model(self, model_id: str, force: bool = False) -> ActionResult:
+        return await self._act(model_id, StopRequested(force))
+
+    async def restart_model(self, model_id: str) -> ActionResult:
+        return await self._act(model_id, RestartRequested())
+
+    async def health_check(self, model_id: str) -> HealthCheckReport:
+        """Run one probe now, outside the schedule; its result is reported, never counted."""
+        owner = self._owner(model_id)
+        root = self._configs[model_id].probe_root_url
+        if root is None:
+            ok, message = owner.snapshot.live, None if owner.snapshot.live else "process not running"
+        else:
+            result = await self._prober(root)(self._configs[model_id].health_check_timeout)
+            self._probed(model_id, result)
+            ok, message = result.ok, result.message
+        await owner.request(ProbeDone(owner.snapshot.run, ok, message, manual=True))
+        status = self.status(model_id)
+        return HealthCheckReport(
+            model_id, ok, message, status.consecutive_health_failures, status.last_health_check_time,
+            status.has_cuda_oom,
+        )
+
+    async def _act(self, model_id: str, event: Event) -> ActionResult:
+        reply = await self._owner(model_id).request(event)
+        return ActionResult(reply.accepted, reply.message, self.status(model_id))
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    def _owner(self, model_id: str) -> ModelOwner:
+        try:
+            return self._owners[model_id]
+        except KeyError:
+            raise UnknownModel(model_id) from None
+
+    def _prober(self, root: str) -> ProbeFn:
+        async def run(timeout: float) -> ProbeResult:
+            assert self._http is not None
+            return await probe(self._http, root, timeout)
+
+        return run
+
+    def _record(self, model_id: str, run: int, record: Record) -> None:
+        self._seq += 1
+        event = TimelineEvent(
+            self._seq, self.clock.wall(), model_id, record.kind, record.state, record.detail, record.reason
+        )
+        self._events[model_id].append(event)
+        if self.journal is not None:
+            self.journal.append(event)
+            self.journal.save_model(model_id, self._persisted(model_id))
+        self._notify(lambda o: o.on_event(event))
+
+    def _probed(self, model_id: str, result: ProbeResult) -> None:
+        self._notify(lambda o: o.on_probe(model_id, result.ok, result.duration))
+
+    def _notify(self, call: Callable[[Observer], None]) -> None:
+        for observer in self._observers:
+            try:
+                call(observer)
+            except Exception:  # an observer's bug must never stop supervision
+                log.exception("observer %r failed", observer)
+
+    def _line(self, model_id: str, run: int, stream: Stream, text: str) -> None:
+        self._writers[model_id].write(stream, text, run=run)
+
+    def _persisted(self, model_id: str) -> PersistedModel:
+        owner = self._owners[model_id]
+        snap = owner.snapshot
+        offset = self.clock.wall() - self.clock.now()
+        run = None
+        if owner.run is not None and (snap.live or snap.group_alive):
+            run = RunRecord(owner.run.handle.ident, owner.run.number, _wall(snap.spawned_at, offset),
+                            self._configs[model_id].runtime)
+        return PersistedModel(
+            desired=snap.desired.value, restart_times=tuple(t + offset for t in snap.restart_times),
+            restart_count=snap.restart_count, attempt=snap.attempt, failed=snap.state is State.FAILED, run=run,
+        )
+
+    def _restore(self, persisted: PersistedModel | None) -> Snapshot:
+        if persisted is None:
+            return Snapshot()
+        offset = self.clock.wall() - self.clock.now()
+        return replace(
+            Snapshot(),
+            state=State.FAILED if persisted.failed else State.STOPPED,
+            desired=Desired(persisted.desired),
+            restart_times=tuple(t - offset for t in persisted.restart_times),
+            restart_count=persisted.restart_count,
+            attempt=persisted.attempt,
+        )
+
+    async def _stop_leftovers(self, persisted: dict[str, PersistedModel]) -> set[str]:
+        """Stop, never adopt, runs of the previous life: their output pipes died with it (docs/operations.md).
+
+        Models no longer in the config are included: their processes would otherwise be orphans on the GPU.
+        """
+        found = {model_id: state.run for model_id, state in persisted.items() if state.run is not None}
+        results = await asyncio.gather(*(
+            stop_leftover_run(model_id, run, self.config.models.get(model_id), self._stop_timeout(model_id))
+            for model_id, run in found.items()
+        ))
+        stopped = {model_id for model_id, was_running in zip(found, results, strict=True) if was_running}
+        for model_id in stopped:
+            log.warning("%s: stopped a run left behind by the previous supervisor", model_id)
+        return stopped
+
+    def _stop_timeout(self, model_id: str) -> float:
+        cfg = self.config.models.get(model_id)
+        return cfg.stop_timeout if cfg is not None else 30.0
+
+
+def _wall(mono: float | None, offset: float) -> float:
+    return 0.0 if mono is None else mono + offset
