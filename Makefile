@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/llm-supervisor run -c examples/fake-fleet.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/llm-supervisor run -c examples/fake-fleet.yaml
 
 test: $(STAMP)
 	ci/lint.sh
