@@ -13,8 +13,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from supervisor.clock import Clock
 from supervisor.diagnosis import Finding, RunDiagnosis
@@ -72,6 +72,7 @@ class ModelOwner:
         machine: Machine,
         runtime: Runtime,
         clock: Clock,
+        *,
         probe: Prober | None,
         on_record: RecordSink,
         on_probe: ProbeSink,

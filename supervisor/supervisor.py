@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import httpx
@@ -20,7 +21,7 @@ import httpx
 from supervisor.clock import Clock, RealClock
 from supervisor.config import Config, ModelConfig
 from supervisor.journal import Journal, PersistedModel, RunRecord
-from supervisor.logs import LogWriter, Redactor
+from supervisor.logs import LogWriter, Redactor, secrets_from_argv
 from supervisor.machine import Machine
 from supervisor.machine_types import (
     Boot,
@@ -125,7 +126,9 @@ class Supervisor:
         self._events[model_id] = deque(maxlen=MEMORY_EVENTS_PER_MODEL)
         self._writers[model_id] = LogWriter(
             self.log_dir(), model_id, max_bytes=self.config.supervisor.log_max_bytes,
-            backups=self.config.supervisor.log_backups, redactor=Redactor(dict(cfg.env)),
+            backups=self.config.supervisor.log_backups,
+            # The child inherits our environment too, so its secrets are masked as well as the model's own.
+            redactor=Redactor({**os.environ, **cfg.env}, secrets_from_argv(cfg.args)),
         )
         root = cfg.probe_root_url
         owner = ModelOwner(
@@ -233,10 +236,20 @@ class Supervisor:
             self._seq, self.clock.wall(), model_id, record.kind, record.state, record.detail, record.reason
         )
         self._events[model_id].append(event)
+        self._mark_log(model_id, run, record)
         if self.journal is not None:
             self.journal.append(event)
             self.journal.save_model(model_id, self._persisted(model_id))
         self._notify(lambda o: o.on_event(event))
+
+    def _mark_log(self, model_id: str, run: int, record: Record) -> None:
+        """Put run boundaries into the model's log, so a reader can tell runs apart."""
+        writer = self._writers[model_id]
+        if record.kind is EventKind.SPAWNED:
+            owner = self._owners[model_id]
+            writer.start_run(run, owner.run.handle.pid if owner.run else None)
+        elif record.kind in (EventKind.EXITED, EventKind.KILLED, EventKind.FAILED):
+            writer.note(f"run {run}: {record.kind}" + (f" ({record.detail})" if record.detail else ""))
 
     def _probed(self, model_id: str, result: ProbeResult) -> None:
         self._notify(lambda o: o.on_probe(model_id, result.ok, result.duration))
@@ -249,7 +262,7 @@ class Supervisor:
                 log.exception("observer %r failed", observer)
 
     def _line(self, model_id: str, run: int, stream: Stream, text: str) -> None:
-        self._writers[model_id].write(stream, text, run=run)
+        self._writers[model_id].write(stream, text)
 
     def _persisted(self, model_id: str) -> PersistedModel:
         owner = self._owners[model_id]

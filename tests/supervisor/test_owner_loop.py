@@ -134,7 +134,7 @@ async def make() -> AsyncIterator[Callable[..., Harness]]:
             return ProbeResult(ok, None if ok else "connection refused", 200 if ok else None, 0.001, "http://x/health")
 
         owner = ModelOwner(
-            "m", Machine(settings(**overrides)), runtime, clock, prober,
+            "m", Machine(settings(**overrides)), runtime, clock, probe=prober,
             on_record=lambda model, run, record: records.append((clock.now(), record)),
             on_probe=lambda model, result: None,
             on_line=lambda run, stream, text: None,
@@ -263,7 +263,7 @@ async def test_output_finding_sets_cuda_oom_for_this_run_only(make: Callable[...
     assert EventKind.OOM_DETECTED in [r.kind for _, r in h.records]
     h.runtime.runs[0].die(ExitStatus(1))
     await settle()
-    assert h.owner.snapshot.failure_cause is not None and h.owner.snapshot.failure_cause.value == "oom"
+    assert h.owner.snapshot.failure_cause == "oom"
     await h.clock.advance(5)
     assert len(h.runtime.spawn_times) == 2
     assert not h.owner.snapshot.has_cuda_oom
