@@ -21,7 +21,7 @@ import httpx
 from supervisor.clock import Clock, RealClock
 from supervisor.config import Config, ModelConfig
 from supervisor.journal import Journal, PersistedModel, RunRecord
-from supervisor.logs import LogWriter, Redactor, secrets_from_argv
+from supervisor.logs import LogWriter
 from supervisor.machine import Machine
 from supervisor.machine_types import (
     Boot,
@@ -37,6 +37,7 @@ from supervisor.machine_types import (
 )
 from supervisor.owner import ModelOwner
 from supervisor.probe import ProbeResult, probe
+from supervisor.redact import Redactor, secrets_from_argv
 from supervisor.runtime.base import Runtime, Stream
 from supervisor.runtime.factory import build_runtime, stop_leftover_run
 from supervisor.settings import machine_settings

@@ -1,0 +1,343 @@
+"""Run a model as a local process group: argv only, its own session, output read line by line.
+
+Why it is built this way:
+- The leader starts in a new session (`start_new_session=True`), so its pid is also its process group id and
+  every child it forks (vLLM's EngineCore, tensor-parallel workers) is in that group. Stop signals go to the
+  group (PRIOR_ART 5). Limit, shared by every pgid-based supervisor: a descendant that calls `setsid()` or
+  `setpgid()` itself leaves the group and escapes the group signals.
+- stdout and stderr are pipes *we* create and read with `loop.add_reader`, not asyncio's subprocess pipes.
+  On Python 3.11 `Process.wait()` only returns once every pipe has reached EOF, and vLLM's engine children
+  inherit the pipes: the leader's death would go unseen for as long as an orphan lives. With our own pipes
+  the transport owns none, so `wait()` returns the moment the leader is reaped (no polling).
+- When the leader exits we drain whatever it wrote before dying before reporting the exit, so that the
+  line explaining a crash (a CUDA OOM traceback) reaches the sink before the exit does.
+- "Gone" means no process of the group is alive. Zombies count as gone: they hold no memory or GPU, and
+  orphans are reaped by init (or a subreaper), never by us. We deliberately do not make the supervisor a
+  child subreaper (PR_SET_CHILD_SUBREAPER): it would make every orphan of the whole process ours to reap,
+  and reaping with waitpid(-1) races asyncio's own child watcher, which then reports wrong exit codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+from collections.abc import Mapping, Sequence
+
+import psutil
+
+from supervisor.runtime.base import ExitStatus, LineSink, SpawnError, Stream
+
+log = logging.getLogger(__name__)
+
+# Every process of a run inherits this variable; it lets `stop_leftover` recognise an orphaned group whose
+# leader is already gone, and lets an operator see which model a process belongs to (`ps e`).
+RUN_MARKER_ENV = "LLM_SUPERVISOR_RUN"
+
+# psutil derives create_time from boot time plus start ticks; boot time can move by up to a second when the
+# wall clock is adjusted, so two readings of the same process may differ slightly.
+_CREATE_TIME_TOLERANCE = 1.0
+
+# There is no notification when a non-child process dies, so "the group is gone" is polled. A scan costs
+# well under a millisecond (one getpgid syscall per pid); starting fast and backing off keeps quick exits
+# quick and long stops cheap.
+_GONE_POLL_FIRST = 0.005
+_GONE_POLL_MAX = 0.05
+
+# A line longer than this is delivered in pieces: a process printing megabytes without a newline must not
+# grow our memory without bound, and no log line is useful past this size.
+MAX_LINE_BYTES = 256 * 1024
+# Small reads keep one chatty process from holding the event loop for long in a single callback.
+_READ_SIZE = 32 * 1024
+# Enough to empty a pipe buffer (64 KiB by default, 1 MiB at most) when the leader exits.
+_MAX_DRAIN_READS = 64
+# "\r" alone ends a line too: progress bars (vLLM's weight loading) redraw with it, and an operator should
+# see their progress while a model loads rather than one giant line when loading finishes.
+_EOL = re.compile(rb"\r\n|\n|\r")
+
+
+class LineReader:
+    """Reads one pipe without blocking, splits the bytes into lines and hands each line to the sink."""
+
+    def __init__(self, fd: int, stream: Stream, sink: LineSink) -> None:
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._stream = stream
+        self._sink = sink
+        self._buffer = bytearray()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(fd, self._read_once)
+        self.closed = False
+
+    def _read_once(self) -> bool:
+        """Read what is there; True if more may be waiting."""
+        if self.closed:
+            return False
+        try:
+            data = os.read(self._fd, _READ_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self._emit_lines(at_eof=True)
+            self.close()
+            return False
+        self._buffer += data
+        self._emit_lines(at_eof=False)
+        return True
+
+    def drain(self) -> None:
+        """Deliver everything the pipe holds right now, without waiting for more."""
+        for _ in range(_MAX_DRAIN_READS):
+            if not self._read_once():
+                return
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+
+    def _emit_lines(self, at_eof: bool) -> None:
+        buffer = self._buffer
+        start = 0
+        for match in _EOL.finditer(buffer):
+            is_lone_cr = match.group() == b"\r"
+            if is_lone_cr and match.end() == len(buffer) and not at_eof:
+                break  # may be the first half of "\r\n"; wait for the next read
+            if not (is_lone_cr and match.start() == start):  # a redraw's leading "\r" is no empty line
+                self._deliver(buffer[start : match.start()])
+            start = match.end()
+        while len(buffer) - start > MAX_LINE_BYTES:
+            cut = start + MAX_LINE_BYTES
+            while cut > start + MAX_LINE_BYTES - 4 and buffer[cut] & 0xC0 == 0x80:
+                cut -= 1  # do not split a UTF-8 character (at most 3 continuation bytes; more is garbage)
+            self._deliver(buffer[start:cut])
+            start = cut
+        if at_eof and start < len(buffer):
+            self._deliver(buffer[start:])  # a last line without a newline still counts
+            start = len(buffer)
+        del buffer[:start]
+
+    def _deliver(self, raw: bytes | bytearray) -> None:
+        try:
+            self._sink(self._stream, raw.decode("utf-8", errors="replace"))
+        except Exception:
+            # A broken sink must not stop the reading: an unread pipe would block the model when it fills.
+            log.exception("output sink failed on a %s line", self._stream)
+
+
+class ProcessRun:
+    """One running process group, created by `ProcessRuntime.spawn`."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, create_time: float, readers: list[LineReader]) -> None:
+        self._proc = proc
+        self._pgid = proc.pid  # start_new_session: the leader leads its own group
+        self._ident = f"{proc.pid}:{create_time:.2f}"
+        self._readers = readers
+        self._group_gone = False
+        loop = asyncio.get_running_loop()
+        self._exit: asyncio.Future[ExitStatus] = loop.create_future()
+        self._watcher = loop.create_task(self._watch_exit(), name=f"wait-exit-{proc.pid}")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    @property
+    def ident(self) -> str:
+        return self._ident
+
+    async def _watch_exit(self) -> None:
+        code = await self._proc.wait()
+        # Everything the leader wrote is in the pipes now; deliver it before anyone hears of the exit.
+        for reader in self._readers:
+            reader.drain()
+        status = ExitStatus(code=None, signal=-code) if code < 0 else ExitStatus(code=code)
+        self._exit.set_result(status)
+
+    async def wait_exit(self) -> ExitStatus:
+        # shield: one cancelled waiter must not cancel the shared future other waiters rely on.
+        return await asyncio.shield(self._exit)
+
+    async def wait_gone(self) -> None:
+        await self.wait_exit()
+        await wait_group_gone(self._pgid)
+        self._group_gone = True
+        # Every writer of the group is dead: read what is left, then stop reading. A process that escaped
+        # the group may still hold the pipes; its lines must not be attributed to this run any more.
+        for reader in self._readers:
+            reader.drain()
+            reader.close()
+
+    def terminate(self) -> None:
+        self._signal_group(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        # Once the group is known gone its id may be reused by an unrelated new session: never signal it.
+        if not self._group_gone:
+            signal_group(self._pgid, sig)
+
+
+class ProcessRuntime:
+    """Spawns `argv` with `env` added to the supervisor's environment, optionally in `cwd`."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> None:
+        if not argv:
+            raise ValueError("argv must name a command")
+        self.argv = tuple(argv)
+        self.env = dict(env or {})
+        self.cwd = cwd
+
+    def _environment(self, model_id: str, run_number: int) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        # Python servers (vLLM) buffer stdout when it is a pipe; unbuffered, their lines arrive as written.
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env[RUN_MARKER_ENV] = f"{model_id}:{run_number}"
+        return env
+
+    async def spawn(self, model_id: str, run_number: int, sink: LineSink) -> ProcessRun:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                cwd=self.cwd,
+                env=self._environment(model_id, run_number),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise SpawnError(_describe_spawn_error(self.argv, self.cwd, exc)) from exc
+        finally:
+            # The child holds its own copies; ours must go or we would never see EOF.
+            for fd in (out_w, err_w):
+                os.close(fd)
+        readers = [LineReader(out_r, Stream.STDOUT, sink), LineReader(err_r, Stream.STDERR, sink)]
+        return ProcessRun(proc, _create_time(proc.pid), readers)
+
+
+def _describe_spawn_error(argv: Sequence[str], cwd: str | None, exc: OSError) -> str:
+    command = " ".join(argv)
+    if cwd is not None and not os.path.isdir(cwd):
+        return f"cannot start {command!r}: working directory {cwd!r} does not exist or is not a directory"
+    if isinstance(exc, FileNotFoundError):
+        return f"cannot start {command!r}: command {argv[0]!r} not found"
+    if isinstance(exc, PermissionError):
+        return f"cannot start {command!r}: {argv[0]!r} is not executable (permission denied)"
+    return f"cannot start {command!r}: {exc.strerror or exc}"
+
+
+def _create_time(pid: int) -> float:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        # Already exited and reaped: no later process can match this ident, which is what we want.
+        return 0.0
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Send `sig` to every process of the group; a group that is already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the group's processes that are not zombies."""
+    try:
+        os.killpg(pgid, 0)  # one syscall answers the common case: nothing at all is left
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass  # a member belongs to another user; fall through to the scan
+    members = []
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                members.append(pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+async def wait_group_gone(pgid: int) -> None:
+    """Return once no live process of the group remains (bound it with `asyncio.timeout`)."""
+    interval = _GONE_POLL_FIRST
+    while live_group_members(pgid):
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, _GONE_POLL_MAX)
+
+
+async def _group_gone_within(pgid: int, seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            await wait_group_gone(pgid)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _parse_ident(ident: str) -> tuple[int, float]:
+    pid_text, _, time_text = ident.partition(":")
+    try:
+        return int(pid_text), float(time_text)
+    except ValueError:
+        raise ValueError(f"not a process run identity ('pid:create_time'): {ident!r}") from None
+
+
+def _is_our_leftover(pid: int, create_time: float) -> bool:
+    """True if `pid` is still the leader we started, or its group survives it with our marker."""
+    try:
+        leader = psutil.Process(pid)
+        is_same_leader = abs(leader.create_time() - create_time) <= _CREATE_TIME_TOLERANCE
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.Error:
+        return False
+    else:
+        # A different create time: the pid now belongs to someone else, whatever its group holds.
+        return is_same_leader and bool(live_group_members(pid))
+    # Leader gone: an orphaned group (vLLM's engine outliving its API server) keeps the leader's pid as
+    # its id, and no new group can take that id while it exists. Its members were started after the
+    # leader and carry the marker we set, which rules out a group of a stranger that reused the pid.
+    for member in live_group_members(pid):
+        try:
+            proc = psutil.Process(member)
+            is_younger = proc.create_time() + _CREATE_TIME_TOLERANCE >= create_time
+            if is_younger and RUN_MARKER_ENV in proc.environ():
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+async def stop_leftover(ident: str, stop_timeout: float, kill_timeout: float = 10.0) -> bool:
+    """Stop the process group of a run a previous supervisor started, if it is still there.
+
+    SIGTERM the group, wait up to `stop_timeout` for it to go, then SIGKILL and wait up to `kill_timeout`
+    (a process stuck in the kernel, e.g. in a GPU driver call, can outlive SIGKILL for a while; we then log
+    and give up rather than hang). Returns True if something was stopped. A pid now used by an unrelated
+    process (different create time) is never signalled.
+    """
+    pid, create_time = _parse_ident(ident)
+    if not await asyncio.to_thread(_is_our_leftover, pid, create_time):
+        return False
+    log.info("stopping leftover process group %d (run %s)", pid, ident)
+    signal_group(pid, signal.SIGTERM)
+    if await _group_gone_within(pid, stop_timeout):
+        return True
+    signal_group(pid, signal.SIGKILL)
+    if not await _group_gone_within(pid, kill_timeout):
+        log.warning("process group %d still has live members %s after SIGKILL", pid, live_group_members(pid))
+    return True
