@@ -1,0 +1,57 @@
+"""Bearer-token auth for the management API (CONTRACT section 4).
+
+The token comes from the environment variable named by `supervisor.token_env`, read once at start-up.
+Unset or empty: no auth (and `llm-supervisor run` then refuses to bind anything but loopback). Set: every
+`/api/...` path and `/metrics` need `Authorization: Bearer <token>`, compared in constant time; `/health`
+and the status page's static shell stay open so a load balancer and a browser can reach them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+_bearer = HTTPBearer(auto_error=False, description="The token in the supervisor's token_env variable")
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def token_from_env(env_name: str) -> str | None:
+    """The configured token, or None when the variable is unset or empty (an empty token is no token)."""
+    value = os.environ.get(env_name, "")
+    return value or None
+
+
+class BearerAuth:
+    """A FastAPI dependency: passes with the right token, raises 401 with the reason otherwise."""
+
+    def __init__(self, token: str | None, env_name: str) -> None:
+        self._token = token.encode() if token else None
+        self._env_name = env_name
+
+    @property
+    def enabled(self) -> bool:
+        return self._token is not None
+
+    def __call__(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if self._token is None:
+            return
+        if credentials is None:
+            # HTTPBearer gives None for a missing header and for one that is not "Bearer <x>": tell them apart.
+            if request.headers.get("authorization"):
+                raise HTTPException(401, "malformed Authorization header: expected 'Bearer <token>'", _CHALLENGE)
+            raise HTTPException(
+                401,
+                f"missing bearer token: send 'Authorization: Bearer <token>' (the server reads it from "
+                f"${self._env_name})",
+                _CHALLENGE,
+            )
+        if not hmac.compare_digest(credentials.credentials.encode(), self._token):
+            raise HTTPException(401, "invalid bearer token", _CHALLENGE)

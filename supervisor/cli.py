@@ -1,0 +1,147 @@
+"""`llm-supervisor`: run the daemon, validate a config, and talk to a running daemon (CONTRACT section 3).
+
+Exit codes: 0 ok, 1 the operation failed or was refused, 2 usage or config error, 3 daemon unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from supervisor import cli_format
+from supervisor.auth import token_from_env
+from supervisor.client import DEFAULT_URL, ClientError, Refused, SupervisorClient, Unreachable, UsageError
+from supervisor.config import ConfigError, load_config
+
+OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
+DEFAULT_TOKEN_ENV = "LLM_SUPERVISOR_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2 on usage errors too, as the contract wants
+        self.print_usage(sys.stderr)
+        self.exit(USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="llm-supervisor", description="Keep vLLM servers alive, and steer them.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run the supervisor in the foreground (SIGTERM/SIGINT stop every model)")
+    run.add_argument("-c", "--config", required=True, help="YAML or JSON config file")
+    run.add_argument("--host", help="API bind address (default: supervisor.api.host)")
+    run.add_argument("--port", type=int, help="API port (default: supervisor.api.port; 0 = any free port)")
+
+    val = sub.add_parser("validate", help="check a config file and report every problem")
+    val.add_argument("-c", "--config", required=True)
+
+    client = _Parser(add_help=False)
+    client.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's URL (default {DEFAULT_URL})")
+    client.add_argument(
+        "--token-env", default=DEFAULT_TOKEN_ENV, help=f"env var holding the token (default {DEFAULT_TOKEN_ENV})"
+    )
+    client.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+
+    st = sub.add_parser("status", parents=[client], help="every model's status, or one model's in detail")
+    st.add_argument("id", nargs="?")
+    for name, text in (("start", "start a model"), ("restart", "restart a model now")):
+        sub.add_parser(name, parents=[client], help=text).add_argument("id")
+    stop = sub.add_parser("stop", parents=[client], help="stop a model; it stays stopped until `start`")
+    stop.add_argument("id")
+    stop.add_argument("--force", action="store_true", help="SIGKILL at once instead of SIGTERM first")
+    logs = sub.add_parser("logs", parents=[client], help="a model's newest log lines")
+    logs.add_argument("id")
+    logs.add_argument("-n", "--lines", type=int, default=100, help="how many lines (1-10000, default 100)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
+    ev = sub.add_parser("events", parents=[client], help="a model's event timeline")
+    ev.add_argument("id")
+    ev.add_argument("--since", type=int, default=0, help="only events after this seq")
+    ev.add_argument("-n", "--limit", type=int, help="only the newest N events")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    # The whole supervisor and uvicorn: imported only here so client subcommands start fast.
+    from supervisor import daemon
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return USAGE
+    host = args.host or config.supervisor.api.host
+    port = config.supervisor.api.port if args.port is None else args.port
+    try:
+        return asyncio.run(daemon.serve(config, host, port))
+    except daemon.StartupError as exc:
+        print(f"llm-supervisor: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return USAGE
+    ids = list(config.models)
+    print(f"ok: {len(ids)} model{'s' if len(ids) != 1 else ''} ({', '.join(ids)})")
+    return OK
+
+
+def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> None:
+    print(json.dumps(data, indent=2) if args.json else human(data))
+
+
+def _client_command(args: argparse.Namespace, client: SupervisorClient) -> int:
+    cmd = args.command
+    if cmd == "status":
+        if args.id:
+            _emit(args, client.model(args.id), cli_format.model_detail)
+        else:
+            _emit(args, client.models(), lambda d: cli_format.models_table(d["models"]))
+    elif cmd in ("start", "restart"):
+        _emit(args, getattr(client, cmd)(args.id), lambda d: d["message"])
+    elif cmd == "stop":
+        _emit(args, client.stop(args.id, force=args.force), lambda d: d["message"])
+    elif cmd == "events":
+        _emit(args, client.events(args.id, args.since, args.limit), cli_format.events_table)
+    elif cmd == "logs" and args.follow:
+        for line in client.follow_logs(args.id, args.lines):
+            print(json.dumps({"line": line}) if args.json else line, flush=True)
+    elif cmd == "logs":
+        _emit(args, client.logs(args.id, args.lines), lambda d: "\n".join(x.rstrip("\n") for x in d["lines"]))
+    return OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "validate":
+        return _validate(args)
+    if args.command == "logs" and not 1 <= args.lines <= 10_000 and not (args.follow and args.lines == 0):
+        print("llm-supervisor: --lines must be between 1 and 10000", file=sys.stderr)
+        return USAGE
+    try:
+        with SupervisorClient(args.url, token_from_env(args.token_env)) as client:
+            return _client_command(args, client)
+    except KeyboardInterrupt:  # Ctrl-C ends `logs --follow`; that is how it is meant to stop
+        return OK
+    except Unreachable as exc:
+        print(f"llm-supervisor: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    except UsageError as exc:
+        print(f"llm-supervisor: {exc}", file=sys.stderr)
+        return USAGE
+    except (Refused, ClientError) as exc:
+        print(f"llm-supervisor: {exc}", file=sys.stderr)
+        return FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""`llm-supervisor run`: the supervisor and its API in one process, on one event loop.
+
+uvicorn serves the app on a socket bound here (so a busy port is a clear error before any model starts)
+with uvicorn's own signal handling off: SIGTERM/SIGINT belong to us, because they must stop every model
+(whole process groups) before the process exits 0. Each timeline event is logged as one line on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from typing import TextIO
+
+import uvicorn
+
+from supervisor.api import create_app
+from supervisor.auth import token_from_env
+from supervisor.config import Config
+from supervisor.journal import JOURNAL_FILENAME, Journal, JournalError
+from supervisor.status import TimelineEvent
+from supervisor.supervisor import Supervisor
+
+# Streaming log followers must not hold the exit hostage.
+_GRACEFUL_HTTP_SHUTDOWN = 3
+
+
+class StartupError(Exception):
+    """`run` cannot begin; str() says why. `exit_code` is the CLI's (2 config/usage, 1 operation)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class EventPrinter:
+    """An Observer that writes each timeline event as one readable line."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def on_event(self, event: TimelineEvent) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.time))
+        line = f"{stamp} {event.model_id}: {event.kind}"
+        if event.state.value != event.kind.value:  # "healthy -> healthy" says nothing twice
+            line += f" -> {event.state}"
+        if event.detail:
+            line += f" ({event.detail})"
+        if event.reason:
+            line += f" [reason: {event.reason}]"
+        print(line, file=self._out, flush=True)
+
+    def on_probe(self, model_id: str, ok: bool, duration: float) -> None:
+        """Probes are too frequent for a line each; failures show up as probe_failed events."""
+
+
+class _OwnSignalsServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses; any other name might resolve to a public interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None, token_env: str) -> None:
+    """Refuse to expose an unauthenticated control plane beyond this machine (CONTRACT section 4)."""
+    if token is None and not is_loopback(host):
+        raise StartupError(
+            f"refusing to listen on {host} without a token: anyone who can reach it could stop your models. "
+            f"Set ${token_env} to a secret, or listen on 127.0.0.1."
+        )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", exit_code=1) from exc
+
+
+async def serve(config: Config, host: str, port: int, out: TextIO = sys.stderr) -> int:
+    """Run until SIGTERM/SIGINT, then stop every model and return 0. Raises StartupError before starting."""
+    token_env = config.supervisor.token_env
+    token = token_from_env(token_env)
+    check_bind(host, token, token_env)
+    sock = bind(host, port)
+    try:
+        journal = Journal.open(config.supervisor.state_dir / JOURNAL_FILENAME)
+    except JournalError as exc:
+        sock.close()
+        raise StartupError(str(exc)) from exc
+    try:
+        return await _serve(config, journal, sock, token, out)
+    finally:
+        journal.close()
+        sock.close()
+
+
+async def _serve(config: Config, journal: Journal, sock: socket.socket, token: str | None, out: TextIO) -> int:
+    supervisor = Supervisor(config, journal=journal)
+    supervisor.add_observer(EventPrinter(out))
+    app = create_app(supervisor, token=token)
+    server = _OwnSignalsServer(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=_GRACEFUL_HTTP_SHUTDOWN,
+        )
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    serving: asyncio.Task[None] | None = None
+    try:
+        await supervisor.start()
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"llm-supervisor: API and dashboard at http://{shown}:{port}/", flush=True)
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        print("llm-supervisor: stopping every model", file=out, flush=True)
+    finally:
+        # Models first, while the API still answers, so an operator can watch them stop; on every path,
+        # a failed start or a crashed server included, so no model outlives us.
+        await supervisor.shutdown()
+        server.should_exit = True
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        if serving is not None:
+            await serving
+    print("llm-supervisor: every model stopped; bye", file=out, flush=True)
+    return 0

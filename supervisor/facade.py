@@ -1,0 +1,95 @@
+"""What the management plane (API, metrics) needs from the supervisor, written down as Protocols.
+
+`supervisor.supervisor.Supervisor` satisfies `SupervisorFacade`; tests hand the API a small fake through
+the same seam. Reads (`status`, `statuses`, `events`, `model_ids`, `log_dir`) are pure: they never probe
+and never move a counter (PRIOR_ART 6). Actions go to the model's owner task, which serializes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from supervisor.status import ModelStatus, TimelineEvent
+
+
+class Observer(Protocol):
+    def on_event(self, event: TimelineEvent) -> None:
+        """Called for every timeline event, in order."""
+
+    def on_probe(self, model_id: str, ok: bool, duration: float) -> None:
+        """Called for every probe (start-up, liveness, manual)."""
+
+
+class ActionOutcome(Protocol):
+    """The answer to start/stop/restart: refused when `accepted` is False."""
+
+    @property
+    def accepted(self) -> bool: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def status(self) -> ModelStatus: ...
+
+
+class HealthReport(Protocol):
+    """The POST .../health-check answer (CONTRACT section 4)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def is_healthy(self) -> bool: ...
+
+    @property
+    def health_message(self) -> str | None: ...
+
+    @property
+    def consecutive_health_failures(self) -> int: ...
+
+    @property
+    def last_health_check_time(self) -> float | None: ...
+
+    @property
+    def has_cuda_oom(self) -> bool: ...
+
+
+class SupervisorSettings(Protocol):
+    """The part of `config.supervisor` the API reads."""
+
+    @property
+    def token_env(self) -> str: ...
+
+
+class ConfigView(Protocol):
+    @property
+    def supervisor(self) -> SupervisorSettings: ...
+
+
+class SupervisorFacade(Protocol):
+    """Per-model methods raise a KeyError subclass (`UnknownModel`) for an id that is not configured."""
+
+    @property
+    def config(self) -> ConfigView: ...
+
+    def model_ids(self) -> list[str]: ...
+
+    def status(self, model_id: str) -> ModelStatus: ...
+
+    def statuses(self) -> list[ModelStatus]: ...
+
+    def events(self, model_id: str, since: int = 0) -> list[TimelineEvent]: ...
+
+    async def start_model(self, model_id: str) -> ActionOutcome: ...
+
+    async def stop_model(self, model_id: str, force: bool = False) -> ActionOutcome: ...
+
+    async def restart_model(self, model_id: str) -> ActionOutcome: ...
+
+    async def health_check(self, model_id: str) -> HealthReport: ...
+
+    def log_dir(self) -> Path: ...
+
+    def add_observer(self, observer: Observer) -> None: ...

@@ -1,0 +1,130 @@
+"""Prometheus metrics (CONTRACT section 5), kept by observing the supervisor; the core never imports this.
+
+Counters move on timeline events and probes (the Observer seam). Gauges (`model_state`, `model_up`,
+`model_healthy`, `uptime_seconds`) are read from `statuses()` at scrape time, so they are exactly the
+status the API shows and cannot drift. Counters start at zero in each supervisor process: the journal keeps
+the restart budget across restarts, but these are rates for Prometheus, which handles counter resets.
+
+A private `CollectorRegistry` (not the process-global one) so two apps in one test process never collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from supervisor.facade import SupervisorFacade
+from supervisor.status import Cause, EventKind, State, TimelineEvent
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+PREFIX = "llm_supervisor"
+# `spawned` reasons: an operator's restart, or the cause of the run that died.
+RESTART_REASONS = ("manual", *(c.value for c in Cause))
+# `exited` causes; "none" is an exit that was no failure (a requested stop, a success exit code).
+EXIT_CAUSES = (*(c.value for c in Cause), "none")
+PROBE_RESULTS = ("success", "failure")
+# Probes answer in milliseconds when healthy and run into health_check_timeout (default 5 s) when not.
+PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _StatusGauges(Collector):
+    """Gauges computed from the supervisor's statuses at each scrape (pure reads)."""
+
+    def __init__(self, supervisor: SupervisorFacade) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterable[Metric]:
+        state = GaugeMetricFamily(
+            f"{PREFIX}_model_state", "1 for the model's current state, 0 for the others", labels=["model", "state"]
+        )
+        up = GaugeMetricFamily(f"{PREFIX}_model_up", "1 while a run of the model is alive", labels=["model"])
+        healthy = GaugeMetricFamily(
+            f"{PREFIX}_model_healthy", "1 while the model passes its health probes", labels=["model"]
+        )
+        uptime = GaugeMetricFamily(
+            f"{PREFIX}_uptime_seconds", "Seconds since the current run was spawned (0 when none)", labels=["model"]
+        )
+        for status in self._supervisor.statuses():
+            for candidate in State:
+                state.add_metric([status.id, candidate.value], 1.0 if status.state == candidate else 0.0)
+            up.add_metric([status.id], 1.0 if status.is_running else 0.0)
+            healthy.add_metric([status.id], 1.0 if status.is_healthy else 0.0)
+            uptime.add_metric([status.id], status.uptime_seconds or 0.0)
+        return [state, up, healthy, uptime]
+
+
+class Metrics:
+    """Observer + registry. Create it before `Supervisor.start()` so no event goes uncounted."""
+
+    def __init__(self, supervisor: SupervisorFacade) -> None:
+        self._supervisor = supervisor
+        self.registry = CollectorRegistry()
+        self.registry.register(_StatusGauges(supervisor))
+        self._restarts = Counter(
+            f"{PREFIX}_restarts",
+            "Runs spawned to replace an earlier one, by reason (manual or the failure cause)",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self._exits = Counter(
+            f"{PREFIX}_exits",
+            "Runs that ended, by failure cause ('none' for requested stops and success exit codes)",
+            ["model", "cause"],
+            registry=self.registry,
+        )
+        self._checks = Counter(
+            f"{PREFIX}_health_checks", "Health probes, by result", ["model", "result"], registry=self.registry
+        )
+        self._durations = Histogram(
+            f"{PREFIX}_health_check_duration_seconds",
+            "Time a health probe took, successful or not",
+            ["model"],
+            buckets=PROBE_BUCKETS,
+            registry=self.registry,
+        )
+        self._ooms = Counter(
+            f"{PREFIX}_oom", "CUDA out-of-memory errors detected in a model's output", ["model"], registry=self.registry
+        )
+        self._known: set[str] = set()
+        supervisor.add_observer(self)
+
+    def _ensure(self, model_id: str) -> None:
+        # Every series exists from the start at 0, so rate() and absent-alerts work before the first failure.
+        if model_id in self._known:
+            return
+        self._known.add(model_id)
+        for reason in RESTART_REASONS:
+            self._restarts.labels(model_id, reason)
+        for cause in EXIT_CAUSES:
+            self._exits.labels(model_id, cause)
+        for result in PROBE_RESULTS:
+            self._checks.labels(model_id, result)
+        self._durations.labels(model_id)
+        self._ooms.labels(model_id)
+
+    def on_event(self, event: TimelineEvent) -> None:
+        """Count restarts, exits and OOMs from the timeline."""
+        self._ensure(event.model_id)
+        if event.kind == EventKind.SPAWNED and event.reason is not None:
+            self._restarts.labels(event.model_id, event.reason).inc()
+        elif event.kind == EventKind.EXITED:
+            self._exits.labels(event.model_id, event.reason or "none").inc()
+        elif event.kind == EventKind.OOM_DETECTED:
+            self._ooms.labels(event.model_id).inc()
+
+    def on_probe(self, model_id: str, ok: bool, duration: float) -> None:
+        """Count one probe and record how long it took."""
+        self._ensure(model_id)
+        self._checks.labels(model_id, "success" if ok else "failure").inc()
+        self._durations.labels(model_id).observe(duration)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric (call from the event loop: reads statuses)."""
+        for model_id in self._supervisor.model_ids():
+            self._ensure(model_id)
+        return generate_latest(self.registry)
