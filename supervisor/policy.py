@@ -58,10 +58,13 @@ class Backoff:
             return self.cap
         if self.multiplier <= 1:
             return self.initial
-        # Compare exponents instead of computing a power that may overflow a float.
-        if attempt * math.log(self.multiplier) >= math.log(self.cap / self.initial):
+        # Compare in log space first (cap / initial itself may overflow), so the power below stays finite.
+        if attempt * math.log(self.multiplier) >= math.log(self.cap) - math.log(self.initial):
             return self.cap
-        return min(self.cap, self.initial * self.multiplier**attempt)
+        try:
+            return min(self.cap, self.initial * self.multiplier**attempt)
+        except OverflowError:  # only at the float limits, where the log comparison rounds the other way
+            return self.cap
 
     def bounds(self, attempt: int) -> tuple[float, float]:
         """The smallest and largest delay `delay(attempt, ...)` can return."""

@@ -24,9 +24,10 @@ GENERIC_ADVICE: dict[Cause, str] = {
 }
 
 
-def build_status(model_id: str, cfg: ModelConfig, owner: ModelOwner, clock: Clock) -> ModelStatus:
+def build_status(model_id: str, cfg: ModelConfig, owner: ModelOwner, clock: Clock, offset: float) -> ModelStatus:
+    """`offset` turns monotonic times into Unix times; fixed per supervisor life so reads agree exactly."""
     snap = owner.snapshot
-    now, offset = clock.now(), clock.wall() - clock.now()
+    now = clock.now()
 
     def wall(mono: float | None) -> float | None:
         return None if mono is None else mono + offset

@@ -93,6 +93,8 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.clock = clock or RealClock()
+        # Monotonic -> Unix, fixed once, so two reads of the same instant always agree.
+        self._offset = self.clock.wall() - self.clock.now()
         self.journal = journal
         self._runtimes = runtimes or {}
         self._http = http
@@ -167,7 +169,7 @@ class Supervisor:
 
     def status(self, model_id: str) -> ModelStatus:
         owner = self._owner(model_id)
-        return build_status(model_id, self._configs[model_id], owner, self.clock)
+        return build_status(model_id, self._configs[model_id], owner, self.clock, self._offset)
 
     def statuses(self) -> list[ModelStatus]:
         return [self.status(model_id) for model_id in self._owners]
@@ -268,7 +270,7 @@ class Supervisor:
     def _persisted(self, model_id: str) -> PersistedModel:
         owner = self._owners[model_id]
         snap = owner.snapshot
-        offset = self.clock.wall() - self.clock.now()
+        offset = self._offset
         run = None
         if owner.run is not None and (snap.live or snap.group_alive):
             run = RunRecord(owner.run.handle.ident, owner.run.number, _wall(snap.spawned_at, offset),
@@ -281,7 +283,7 @@ class Supervisor:
     def _restore(self, persisted: PersistedModel | None) -> Snapshot:
         if persisted is None:
             return Snapshot()
-        offset = self.clock.wall() - self.clock.now()
+        offset = self._offset
         return replace(
             Snapshot(),
             state=State.FAILED if persisted.failed else State.STOPPED,
