@@ -1,0 +1,1 @@
+"""fake-vllm: an imitation of `vllm serve` that looks like vLLM from outside and fails on command."""

@@ -1,0 +1,142 @@
+"""In-process checks of fake-vllm's parsing, text, metrics and fake-GPU rules."""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import fake_vllm
+from fake_vllm import cli, engine, faults, tracebacks
+from fake_vllm.gpu import FakeGpu, process_create_time
+from fake_vllm.metrics import Metrics
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"crash_after": 0}, {"crash_after": 0.0}),
+        ({"crash_after": "1.5"}, {"crash_after": 1.5}),
+        ({"crash_after": None, "hang_after": None}, {"crash_after": None, "hang_after": None}),
+        ({"exit_signal": "kill"}, {"exit_signal": "SIGKILL"}),
+        ({"exit_signal": 11}, {"exit_signal": "SIGSEGV"}),
+        ({"oom": "after:2"}, {"oom": "after:2.0"}),
+        ({"health_flap": 1}, {"health_flap": 1.0}),
+        ({"crash_after_requests": 3}, {"crash_after_requests": 3}),
+        ({"ignore_sigterm": True, "seed": 9}, {"ignore_sigterm": True, "seed": 9}),
+        ({}, {}),
+    ],
+)
+def test_parse_update_accepts_and_normalises(body: dict[str, object], expected: dict[str, object]) -> None:
+    """Valid /admin/faults bodies come out typed and normalised."""
+    assert faults.parse_update(body) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [({"hang_after": True}, "hang_after"), ({"itl": float("nan")}, "itl"), ({"exit_code": -1}, "exit_code"),
+     ({"health_flap": None}, "health_flap"), ({"nope": 1}, "nope"), ({"exit_signal": "SIGWINCH"}, "exit_signal")],
+)
+def test_parse_update_rejects_with_the_key(body: dict[str, object], key: str) -> None:
+    """Each bad value raises FaultValueError naming its key."""
+    with pytest.raises(faults.FaultValueError) as caught:
+        faults.parse_update(body)
+    assert caught.value.key == key
+
+
+def test_runtime_keys_match_the_faults_dataclass() -> None:
+    """Every runtime-settable key is a field of Faults, and the reverse."""
+    assert set(faults.PARSERS) == set(faults.Faults().as_dict())
+
+
+def test_cli_maps_vllm_flags_and_faults() -> None:
+    """The command line fills Settings: served names, human lengths, --model, ignored flags, oom startup."""
+    settings = cli.parse_settings(["serve", "--model", "org/m", "--served-model-name", "a", "--max-model-len", "4K",
+                                   "--dtype", "half", "--oom", "startup", "--new-flag", "--port", "9"])
+    assert settings.model == "org/m"
+    assert settings.model_name == "a"
+    assert settings.max_model_len == 4096
+    assert settings.port == 9
+    assert settings.oom_at_startup
+    assert settings.faults.oom is None
+    assert settings.ignored_args == ("--new-flag",)
+
+
+def test_cli_defaults_match_vllm() -> None:
+    """Defaults: utilization 0.9, seed 0, engine-dead exit after 5 s, nothing faulty."""
+    settings = cli.parse_settings(["serve", "m"])
+    assert settings.gpu_memory_utilization == 0.9
+    assert settings.faults == faults.Faults()
+    assert settings.faults.engine_dead_exit_after == 5.0
+
+
+def test_plan_is_deterministic_and_honours_limits() -> None:
+    """The same inputs give the same text; max_tokens cuts with "length"; ignore_eos fills to it."""
+    first = engine.plan(1, None, "prompt", 0, None)
+    assert first == engine.plan(1, None, "prompt", 0, None)
+    assert first != engine.plan(2, None, "prompt", 0, None)
+    assert first.finish_reason == "stop"
+    assert 8 <= len(first.tokens) <= 64
+    cut = engine.plan(1, None, "prompt", 0, 3)
+    assert (len(cut.tokens), cut.finish_reason) == (3, "length")
+    filled = engine.plan(1, None, "prompt", 0, 100, ignore_eos=True)
+    assert (len(filled.tokens), filled.finish_reason) == (100, "length")
+
+
+def test_dice_sequences_depend_only_on_the_seed() -> None:
+    """Two Dice with the same seed agree draw for draw; health and error draws are independent."""
+    a, b = faults.Dice(3), faults.Dice(3)
+    draws_a = [a.health_fails(0.5) for _ in range(50)]
+    [b.request_fails(0.5) for _ in range(7)]
+    assert draws_a == [b.health_fails(0.5) for _ in range(50)]
+
+
+def test_metrics_text_parses_with_prometheus_client() -> None:
+    """The hand-written exposition parses, with histogram buckets cumulative and ending at +Inf."""
+    metrics = Metrics('we"ird\\name')
+    for value in (0.0005, 0.05, 3000.0):
+        metrics.ttft.observe(value)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render())}
+    buckets = [s for s in families["vllm:time_to_first_token_seconds"].samples if s.name.endswith("_bucket")]
+    assert [s.value for s in buckets][:2] == [1.0, 1.0]
+    assert buckets[-1].labels["le"] == "+Inf"
+    assert buckets[-1].value == 3.0
+    assert buckets[0].labels["model_name"] == 'we"ird\\name'
+    assert families["vllm:request_success"].type == "counter"
+
+
+def test_fake_gpu_counts_only_live_holders(tmp_path: Path) -> None:
+    """Live holders count, entries of dead processes are ignored and removed."""
+    gpu = FakeGpu(tmp_path, 100)
+    gpu.register(os.getpid(), process_create_time(os.getpid()), 30, "me")
+    gpu.register(2**22 + 12345, 0.0, 50, "ghost")  # beyond pid_max: never alive
+    assert gpu.free_bytes() == 70
+    assert not gpu.entry_path(2**22 + 12345).exists()
+    gpu.unregister(os.getpid())
+    assert gpu.free_bytes() == 100
+
+
+def test_vllm_messages_are_exact() -> None:
+    """The start-up guard's text matches vLLM's, number formats included."""
+    gib = 1024**3
+    assert tracebacks.free_memory_message(13.91 * gib, 79.33 * gib, 0.95) == (
+        "ValueError: Free memory on device (13.91/79.33 GiB) on startup is less than desired GPU memory "
+        "utilization (0.95, 75.36 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes."
+    )
+    assert tracebacks.cuda_oom_message(39.56, 36.61).startswith(
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.58 GiB. GPU 0 has a total capacity of "
+        "39.56 GiB of which 0.79 GiB is free."
+    )
+
+
+def test_fake_vllm_imports_nothing_from_the_project() -> None:
+    """fake_vllm stands alone: no module imports supervisor or chaos."""
+    package = Path(fake_vllm.__file__).parent
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.split(".")[0] in {"supervisor", "chaos"}], path
