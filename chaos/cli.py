@@ -1,0 +1,124 @@
+"""`llm-chaos`: list, validate and run chaos scenarios (CONTRACT section 8).
+
+Exit codes: 0 every expectation held (skipped scenarios do not fail a run), 1 an expectation failed or a
+scenario could not be run (error), 2 invalid scenarios or usage. Progress lines go to stderr as it runs;
+the summary goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from chaos.plan import describe_plan
+from chaos.report import summary, write_reports
+from chaos.runner import RunOptions, ScenarioResult, run_scenario
+from chaos.scenario import Scenario, ScenarioError, load_scenario, scenario_files
+
+DEFAULT_DIR = Path("scenarios")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-chaos", description="Prove that LLM servers recover as they should.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="list the scenarios with their stories")
+    listing.add_argument("files", nargs="*", type=Path, help=f"files or directories (default: {DEFAULT_DIR}/)")
+    validate = commands.add_parser("validate", help="check scenario files strictly; exit 2 on any problem")
+    validate.add_argument("files", nargs="*", type=Path)
+    run = commands.add_parser("run", help="run scenarios and write the journal, JUnit XML and HTML report")
+    run.add_argument("files", nargs="+", type=Path)
+    run.add_argument("--supervisor", metavar="URL", help="attach to a running supervisor instead of a local target")
+    run.add_argument("--token-env", metavar="NAME", default="LLM_SUPERVISOR_TOKEN",
+                     help="env var holding the bearer token for --supervisor (default: %(default)s)")
+    run.add_argument("--supervisor-cmd", metavar="CMD",
+                     help="the program started as `CMD run -c CONFIG` for local targets (default: llm-supervisor)")
+    run.add_argument("--seed", type=int, help="replay a run: the seed printed by an earlier one")
+    run.add_argument("--dry-run", action="store_true", help="print the plan; start, signal and call nothing")
+    run.add_argument("--report-dir", type=Path, default=Path("chaos-report"), help="default: %(default)s")
+    return parser
+
+
+def _load_all(files: list[Path]) -> tuple[list[tuple[Path, Scenario]], list[ScenarioError]]:
+    loaded, errors = [], []
+    for path in scenario_files(files or [DEFAULT_DIR]):
+        try:
+            loaded.append((path, load_scenario(path)))
+        except ScenarioError as exc:
+            errors.append(exc)
+    names = [s.name for _, s in loaded]
+    for path, scenario in loaded:
+        if names.count(scenario.name) > 1:
+            errors.append(ScenarioError(str(path), [f"name: {scenario.name!r} is used by another scenario"]))
+    return loaded, errors
+
+
+def _print_errors(errors: list[ScenarioError]) -> None:
+    for error in errors:
+        print(f"{error.source}:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    loaded, errors = _load_all(list(args.files))
+    if errors:
+        _print_errors(errors)
+        return 2
+    if not loaded:
+        print("no scenario files found", file=sys.stderr)
+        return 2
+    if args.command == "list":
+        for path, scenario in loaded:
+            print(f"{scenario.name}  ({path})\n    {' '.join(scenario.story.split())}")
+        return 0
+    if args.command == "validate":
+        print(f"{len(loaded)} scenario(s) valid")
+        return 0
+    return _run(args, loaded)
+
+
+def _run(args: argparse.Namespace, loaded: list[tuple[Path, Scenario]]) -> int:
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    token = os.environ.get(args.token_env) if args.supervisor else None
+    options = RunOptions(supervisor_url=args.supervisor, token=token, seed=seed,
+                         workdir=args.report_dir.resolve() / "work")
+    if args.supervisor_cmd:
+        options = replace(options, supervisor_cmd=tuple(shlex.split(args.supervisor_cmd)))
+    if args.dry_run:
+        print(f"dry run, seed {seed}: nothing is started, signalled or called")
+        for path, scenario in loaded:
+            print(describe_plan(scenario, options, source=str(path)))
+        return 0
+    print(f"llm-chaos: {len(loaded)} scenario(s), seed {seed}", file=sys.stderr)
+    results: list[ScenarioResult] = []
+    for number, (path, scenario) in enumerate(loaded, start=1):
+        prefix = f"[{number}/{len(loaded)}] {scenario.name}"
+        print(f"{prefix} ...", file=sys.stderr)
+
+        def progress(line: str, prefix: str = prefix) -> None:
+            print(f"{prefix}: {line}", file=sys.stderr, flush=True)
+
+        result = asyncio.run(run_scenario(scenario, options, source=str(path), progress=progress))
+        results.append(result)
+        print(f"{prefix}: {result.outcome.upper()} ({result.duration:.1f}s) {result.message}".rstrip(),
+              file=sys.stderr)
+        for verdict in result.verdicts:
+            if verdict.passed is False:
+                print(f"    ✘ {verdict.check}: {verdict.message}", file=sys.stderr)
+    paths = write_reports(results, args.report_dir, seed=seed, command=["llm-chaos", *sys.argv[1:]])
+    counts = summary(results)
+    print(", ".join(f"{n} {k}" for k, n in counts.items() if n) + f" · seed {seed} · reports: "
+          + ", ".join(str(p) for p in paths))
+    return 1 if counts["failed"] or counts["error"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""`--dry-run`: the plan of a scenario in words. Pure: it starts, signals and calls nothing.
+
+For a remote target it says which steps the run would skip and why, so an operator reviews the effect on a
+deployment before letting the harness near it.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from chaos.runner import RunOptions, scenario_seed
+from chaos.scenario import Scenario
+from chaos.steps import PROCESS_ACTIONS, FaultStep, NetStep, Step, step_model
+
+
+def describe_step(step: Step) -> str:
+    data = step.model_dump(by_alias=True, exclude_none=True, exclude={"at", "action", "note"})
+    words = ", ".join(f"{k}={v}" for k, v in data.items())
+    return f"{step.action} {words}".strip() + (f"  # {step.note}" if step.note else "")
+
+
+def remote_refusal(step: Step, scenario: Scenario, url: str) -> str | None:
+    """Why a step would be skipped against `url`, or None (the runner checks again, with the live API)."""
+    local_host = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+    if step.action == "supervisor":
+        return "needs a local target"
+    if step.action in PROCESS_ACTIONS and not (scenario.remote.allow_process_actions and local_host):
+        return "process actions need remote.allow_process_actions and a supervisor on this host"
+    if isinstance(step, NetStep):
+        return "net faults need the harness's proxy (local target only)"
+    if isinstance(step, FaultStep) or step.action in ("oom", "engine_dead"):
+        return "fake-vllm's /admin/faults is known only for a local target"
+    return None
+
+
+def describe_plan(scenario: Scenario, options: RunOptions, *, source: str = "") -> str:
+    lines = [f"scenario {scenario.name} ({source}), seed {scenario_seed(options.seed, scenario.name)}"]
+    if options.supervisor_url:
+        lines.append(f"  target: the supervisor at {options.supervisor_url} (nothing started or stopped)")
+    elif scenario.target is not None:
+        lines.append(f"  target: `{' '.join(options.supervisor_cmd)} run -c <generated config>` on free ports")
+        for model, spec in scenario.target.models.items():
+            keys = ", ".join(f"{k}={v}" for k, v in spec.supervisor_keys().items())
+            via = " via the fault proxy" if any(step_model(s) == model and s.action == "net"
+                                                for s in scenario.faults) else ""
+            lines.append(f"    {model}: fake-vllm {' '.join(spec.fake_vllm)}{via}; {keys}")
+    else:
+        lines.append("  target: none (this scenario needs --supervisor URL)")
+    for item in scenario.steady_state:
+        lines.append(f"  steady state: {item.healthy.model} healthy within {item.healthy.within:g}s of start")
+    for step in sorted(scenario.faults, key=lambda s: s.at):
+        refusal = remote_refusal(step, scenario, options.supervisor_url) if options.supervisor_url else None
+        skip = f"  [would be SKIPPED: {refusal}]" if refusal else ""
+        lines.append(f"  at +{step.at:g}s: {describe_step(step)}{skip}")
+    for expectation in scenario.expect:
+        spec = getattr(expectation, expectation.kind)
+        body = spec if isinstance(spec, bool) else spec.model_dump(by_alias=True, exclude_none=True)
+        lines.append(f"  expect {expectation.kind}: {body}")
+    for step in scenario.cleanup:
+        lines.append(f"  cleanup: {describe_step(step)}")
+    ending = "" if options.supervisor_url else "; finally stop the supervisor and kill every leftover process"
+    lines.append(f"  watch until the timed expectations are met, then {scenario.settle_for():g}s more{ending}")
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""psutil helpers: which processes belong to a model's run, whether they live, and killing what is left.
+
+A process is named by (pid, create_time), so a pid the kernel reused for something else is never mistaken
+for a leftover, and never killed. Zombies count as gone: they hold no memory, GPU or port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import time
+
+import psutil
+
+Key = tuple[int, float]
+
+
+def describe(pid: int) -> tuple[float, str, list[tuple[int, float, str]]] | None:
+    """(create_time, name, descendants as (pid, create_time, name)) of a live process, or None."""
+    try:
+        proc = psutil.Process(pid)
+        found = []
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                found.append((child.pid, child.create_time(), _name(child)))
+        return proc.create_time(), _name(proc), found
+    except psutil.Error:
+        return None
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        cmdline = []
+    return " ".join(cmdline[:3])[:80] if cmdline else proc.name()
+
+
+def is_alive(key: Key) -> bool:
+    pid, created = key
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - created) < 0.05 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def alive(keys: set[Key]) -> frozenset[Key]:
+    return frozenset(k for k in keys if is_alive(k))
+
+
+def is_local_pid(pid: int) -> bool:
+    return psutil.pid_exists(pid)
+
+
+def signal_process(pid: int, sig: signal.Signals, *, group: bool) -> str:
+    """Send `sig` to the pid, or to its process group; refuses the harness's own group."""
+    if group:
+        pgid = os.getpgid(pid)
+        if pgid == os.getpgrp():
+            raise PermissionError(f"pid {pid} shares the harness's process group; refusing to signal it")
+        os.killpg(pgid, sig)
+        return f"{sig.name} to process group {pgid}"
+    os.kill(pid, sig)
+    return f"{sig.name} to pid {pid}"
+
+
+def kill_leftovers(keys: set[Key], timeout: float = 5.0) -> list[Key]:
+    """SIGKILL every still-living process of `keys` and its group; returns the ones that would not die."""
+    own_group = os.getpgrp()
+    for key in keys:
+        if not is_alive(key):
+            continue
+        pid = key[0]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            pgid = os.getpgid(pid)
+            if pgid != own_group:
+                os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    remaining = [k for k in keys if is_alive(k)]
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the kernel for the deaths we just caused; bounded by the deadline
+        remaining = [k for k in remaining if is_alive(k)]
+    return remaining
+
+
+def find_servers(ports: dict[int, str]) -> list[tuple[str, int, float, str]]:
+    """Processes started with `--port P` for one of our ports: (model, pid, create_time, name).
+
+    The safety net for servers the observer never sighted (started after its last poll, or by a supervisor
+    that died before it was ever asked), so clean-up still finds them.
+    """
+    found = []
+    for proc in psutil.process_iter(["cmdline", "create_time"]):
+        cmdline = proc.info.get("cmdline") or []
+        for flag, value in itertools.pairwise(cmdline):
+            if flag == "--port" and value.isdigit() and int(value) in ports:
+                found.append((ports[int(value)], proc.pid, proc.info["create_time"], " ".join(cmdline[:3])[:80]))
+                break
+    return found

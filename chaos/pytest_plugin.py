@@ -1,0 +1,170 @@
+"""pytest plugin (entry point `llm_chaos`): scenario files as tests, and fixtures for users' own tests.
+
+It loads in every pytest run of a project that installs llm-supervisor, so it stays out of the way: it only
+collects `.yaml`/`.yml` files inside a directory named `scenarios` whose top level looks like a scenario
+(`name` and `expect`), or that fail to parse there (so a broken scenario is a failing test, not a silently
+missing one). Each file is one test named after its scenario, marked `chaos`.
+
+Options: `--chaos-supervisor-cmd CMD`, `--chaos-seed N`, `--chaos-report-dir DIR` (journal, JUnit, HTML).
+Fixtures: `fake_vllm` (a factory of fake servers) and `supervised` (a factory of supervisors over fakes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shlex
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from chaos.fixtures import FakeServer, Supervised
+from chaos.report import write_reports
+from chaos.runner import RunOptions, ScenarioResult, run_scenario
+from chaos.scenario import Scenario, ScenarioError, load_scenario, looks_like_scenario
+
+_RESULTS = pytest.StashKey[list[ScenarioResult]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llm-chaos", "chaos scenarios (llm-chaos)")
+    group.addoption("--chaos-supervisor-cmd", metavar="CMD", help="run scenarios against `CMD run -c CONFIG`")
+    group.addoption("--chaos-seed", type=int, metavar="N", help="replay a run's seed")
+    group.addoption("--chaos-report-dir", type=Path, metavar="DIR", help="write the journal, JUnit and HTML here")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "chaos: an llm-chaos scenario run against a real supervisor")
+    config.stash[_RESULTS] = []
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix not in (".yaml", ".yml") or "scenarios" not in file_path.parent.parts:
+        return None
+    try:
+        data = yaml.safe_load(file_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        data = {"name": file_path.stem, "expect": None}  # collected, so the error shows as a failing test
+    if not looks_like_scenario(data):
+        return None
+    collector: pytest.Collector = ScenarioFile.from_parent(parent, path=file_path)
+    return collector
+
+
+class ScenarioFailedError(Exception):
+    def __init__(self, result: ScenarioResult) -> None:
+        super().__init__(result.name)
+        self.result = result
+
+
+class ScenarioFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        try:
+            scenario: Scenario | ScenarioError = load_scenario(self.path)
+            name = scenario.name if isinstance(scenario, Scenario) else self.path.stem
+        except ScenarioError as exc:
+            scenario, name = exc, self.path.stem
+        yield ScenarioItem.from_parent(self, name=name, scenario=scenario)
+
+
+class ScenarioItem(pytest.Item):
+    def __init__(self, *, scenario: Scenario | ScenarioError, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scenario = scenario
+        self.add_marker(pytest.mark.chaos)
+
+    def runtest(self) -> None:
+        if isinstance(self.scenario, ScenarioError):
+            raise self.scenario
+        options = _options(self.config)
+        result = asyncio.run(run_scenario(self.scenario, options, source=str(self.path)))
+        self.config.stash[_RESULTS].append(result)
+        self.user_properties.append(("seed", result.seed))
+        if result.outcome == "skipped":
+            pytest.skip(result.message)
+        if result.outcome != "passed":
+            raise ScenarioFailedError(result)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str:
+        error = excinfo.value
+        if isinstance(error, ScenarioError):
+            return "invalid scenario:\n" + "\n".join(f"  {p}" for p in error.problems)
+        if isinstance(error, ScenarioFailedError):
+            r = error.result
+            lines = [f"scenario {r.name} {r.outcome} (seed {r.seed}; replay: --chaos-seed with the run's seed)"]
+            if r.message:
+                lines.append(f"  {r.message}")
+            marks = {True: "ok  ", False: "FAIL", None: "skip"}
+            lines += [f"  {marks[v.passed]} {v.check}: {v.message}" for v in r.verdicts]
+            if r.workdir:
+                lines.append(f"  files (config, supervisor log): {r.workdir}")
+            return "\n".join(lines)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"scenario: {self.name}"
+
+
+def _options(config: pytest.Config) -> RunOptions:
+    seed = config.getoption("--chaos-seed")
+    if seed is None:
+        seed = config.stash.setdefault(_SEED, random.SystemRandom().randrange(2**31))
+    options = RunOptions(seed=seed, workdir=_workdir(config))
+    cmd = config.getoption("--chaos-supervisor-cmd")
+    return replace(options, supervisor_cmd=tuple(shlex.split(cmd))) if cmd else options
+
+
+_SEED = pytest.StashKey[int]()
+
+
+def _workdir(config: pytest.Config) -> Path | None:
+    report_dir = config.getoption("--chaos-report-dir")
+    return Path(report_dir).resolve() / "work" if report_dir else None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    report_dir = session.config.getoption("--chaos-report-dir", None)
+    results = session.config.stash.get(_RESULTS, [])
+    if report_dir and results:
+        write_reports(results, Path(report_dir), seed=session.config.stash.get(_SEED, 0),
+                      command=["pytest", *session.config.invocation_params.args])
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    seed = config.getoption("--chaos-seed")
+    return f"llm-chaos: seed {seed}" if seed is not None else None
+
+
+@pytest.fixture
+def fake_vllm(tmp_path: Path) -> Iterator[Callable[..., FakeServer]]:
+    """Factory: `fake_vllm("--crash-after", "2", model="m")` starts a fake server and waits for /health."""
+    started: list[FakeServer] = []
+
+    def start(*flags: str, model: str = "fake-model", wait_healthy: bool = True) -> FakeServer:
+        server = FakeServer(*flags, model=model, workdir=tmp_path)
+        started.append(server)
+        return server.start(wait_healthy=wait_healthy)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[Callable[..., Supervised]]:
+    """Factory: `supervised({"m1": {"fake_vllm": [...], "restart_delay": 0.5}})` starts a supervisor."""
+    started: list[Supervised] = []
+
+    def start(models: dict[str, dict[str, Any]], *, supervisor_cmd: list[str] | None = None) -> Supervised:
+        target = Supervised(models, supervisor_cmd=supervisor_cmd, workdir=tmp_path / f"supervised-{len(started)}")
+        started.append(target)
+        return target.start()
+
+    yield start
+    for target in started:
+        target.stop()

@@ -1,0 +1,254 @@
+"""The strict scenario model (CONTRACT section 8) and its loader.
+
+A scenario is data an operator reviews like a short story: what runs (`target`), what "fine" looks like
+before anything breaks (`steady_state`), what breaks and when (`faults`), what the supervisor must do about it
+(`expect`), and what to put back afterwards (`cleanup`). Every model is frozen and forbids unknown keys, so a
+typo fails loudly with its key path (`faults.0.signal.signal: ...`) instead of silently testing nothing.
+
+Fault steps are a tagged union on `action`; expectations are one-key mappings (`- restarts: {...}`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from chaos.steps import ModelId, Scalar, Seconds, Step, Strict, step_end, step_model
+
+
+class ScenarioError(Exception):
+    """A scenario file that cannot be used; `problems` are 'key.path: what is wrong' lines."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+# --- target -------------------------------------------------------------------------------------------
+
+class ModelSpec(Strict):
+    """One fake server and the supervisor keys (CONTRACT section 2) the scenario sets for it.
+
+    Keys left out are not written, so the supervisor's own defaults apply.
+    """
+
+    fake_vllm: list[str] = []
+    env: dict[str, str] = {}
+    restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] | None = None
+    max_restarts: Annotated[int, Field(ge=0)] | None = None
+    restart_window: Seconds | None = None
+    restart_delay: Seconds | None = None
+    backoff_multiplier: Annotated[float, Field(ge=1)] | None = None
+    backoff_max: Seconds | None = None
+    backoff_jitter: Annotated[float, Field(ge=0, le=1)] | None = None
+    backoff_reset_after: Seconds | None = None
+    health_check_interval: Annotated[float, Field(gt=0)] | None = None
+    health_check_timeout: Annotated[float, Field(gt=0)] | None = None
+    health_failure_threshold: Annotated[int, Field(ge=1)] | None = None
+    startup_timeout: Annotated[float, Field(gt=0)] | None = None
+    startup_probe_interval: Annotated[float, Field(gt=0)] | None = None
+    stop_timeout: Seconds | None = None
+    success_exit_codes: list[int] | None = None
+
+    def supervisor_keys(self) -> dict[str, Any]:
+        """The explicitly set section-2 keys, ready for the config file (null kept where it was written)."""
+        keys = self.model_fields_set - {"fake_vllm", "env"}
+        return {k: getattr(self, k) for k in sorted(keys)}
+
+
+class Target(Strict):
+    models: dict[ModelId, ModelSpec] = Field(min_length=1)
+
+
+class Remote(Strict):
+    """What a run against `--supervisor URL` may do besides reading the API."""
+
+    allow_process_actions: bool = False
+
+
+# --- steady state and expectations --------------------------------------------------------------------
+
+class Healthy(Strict):
+    model: ModelId
+    within: Annotated[float, Field(gt=0)]
+    since: Literal["start", "faults"] = "faults"
+
+
+class SteadyItem(Strict):
+    healthy: Healthy
+
+
+class Restarts(Strict):
+    model: ModelId
+    count: Annotated[int, Field(ge=0)] | None = None
+    min: Annotated[int, Field(ge=0)] | None = None
+    max: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Restarts:
+        if self.count is None and self.min is None and self.max is None:
+            raise ValueError("give count, or min and/or max")
+        if self.count is not None and (self.min is not None or self.max is not None):
+            raise ValueError("give count, or min/max, not both")
+        return self
+
+
+class StateIs(Strict):
+    model: ModelId
+    is_: Literal["stopped", "starting", "healthy", "unhealthy", "backoff", "stopping", "failed"] = Field(
+        alias="is")
+    within: Annotated[float, Field(gt=0)]
+    stays: bool = False  # once reached, never left until the end of the observation
+
+
+class BackoffDelays(Strict):
+    model: ModelId
+    delays: list[Seconds] = Field(min_length=1)
+    tolerance: Seconds = 0.3
+
+
+class FailureCause(Strict):
+    model: ModelId
+    is_: Literal["crash", "unhealthy", "oom", "port_in_use", "engine_dead", "startup_timeout"] = Field(
+        alias="is")
+    advice_contains: str | None = None
+
+
+class ApiFields(Strict):
+    model: ModelId
+    fields: dict[str, Scalar] = Field(min_length=1)
+
+
+class EventsSeen(Strict):
+    model: ModelId
+    include: list[str] = []  # these kinds appear, in this order (other events may come between)
+    exclude: list[str] = []  # these kinds never appear after the steady state
+
+
+class Gap(Strict):
+    model: ModelId
+    from_: str = Field(alias="from")
+    to: str
+    seconds: Seconds
+    tolerance: Seconds = 0.3
+
+
+class ExpectItem(Strict):
+    """One expectation; exactly one key is set."""
+
+    healthy_within: Healthy | None = None
+    restarts: Restarts | None = None
+    state: StateIs | None = None
+    backoff_delays: BackoffDelays | None = None
+    failure_cause: FailureCause | None = None
+    no_orphans: Literal[True] | None = None
+    api: ApiFields | None = None
+    events: EventsSeen | None = None
+    gap: Gap | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ExpectItem:
+        if len(self.model_fields_set) != 1:
+            raise ValueError(f"one expectation per item, got {sorted(self.model_fields_set) or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(iter(self.model_fields_set))
+
+    def models(self) -> list[str]:
+        model = getattr(getattr(self, self.kind), "model", None)
+        return [model] if isinstance(model, str) else []
+
+
+class Scenario(Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,79}$")]
+    story: Annotated[str, Field(min_length=1)]
+    target: Target | None = None
+    remote: Remote = Remote()
+    steady_state: list[SteadyItem] = []
+    faults: list[Step] = []
+    expect: list[ExpectItem] = Field(min_length=1)
+    cleanup: list[Step] = []
+    # Seconds watched after every expectation holds (or after the faults, when they never all hold).
+    duration: Annotated[float, Field(gt=0)] | None = None
+    # The watch never lasts longer than this after the faults (default: the longest `within`, else duration).
+    observe_at_most: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _models_exist(self) -> Scenario:
+        if self.target is None:
+            return self
+        known = set(self.target.models)
+        refs: list[tuple[str, str | None]] = [(f"steady_state.{i}", s.healthy.model)
+                                              for i, s in enumerate(self.steady_state)]
+        refs += [(f"faults.{i}", step_model(s)) for i, s in enumerate(self.faults)]
+        refs += [(f"cleanup.{i}", step_model(s)) for i, s in enumerate(self.cleanup)]
+        refs += [(f"expect.{i}", m) for i, e in enumerate(self.expect) for m in e.models()]
+        for where, model in refs:
+            if model is not None and model not in known:
+                raise ValueError(f"{where}: unknown model {model!r} (target has {sorted(known)})")
+        return self
+
+    def faults_end(self) -> float:
+        return max((step_end(s) for s in self.faults), default=0.0)
+
+    def settle_for(self) -> float:
+        """Seconds watched after every timed expectation (`within`) has been met: `duration`, default 2."""
+        return 2.0 if self.duration is None else self.duration
+
+    def timed(self) -> list[ExpectItem]:
+        """The expectations with a `within`: the observation lasts until they are met or their time is up."""
+        return [e for e in self.expect if e.kind in ("healthy_within", "state")]
+
+
+# --- loading ------------------------------------------------------------------------------------------
+
+def _format(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        # Whole-scenario checks already start their message with the path they are about.
+        lines.append(f"{path}: {message}" if path else message)
+    return lines
+
+
+def parse_scenario(data: object, source: str = "<scenario>") -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(source, ["(top): a scenario is a mapping with name, story, expect, ..."])
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(source, _format(exc)) from None
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read and validate one YAML scenario file; every problem is reported with its key path."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ScenarioError(str(path), [f"(file): {exc}"]) from None
+    return parse_scenario(data, str(path))
+
+
+def scenario_files(paths: list[Path]) -> list[Path]:
+    """Expand directories to their *.yaml / *.yml files, sorted; files are kept as given."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        else:
+            found.append(path)
+    return found
+
+
+def looks_like_scenario(data: object) -> bool:
+    """A YAML document shaped like a scenario (used by the pytest plugin before it validates)."""
+    return isinstance(data, dict) and "name" in data and "expect" in data

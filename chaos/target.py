@@ -1,0 +1,198 @@
+"""The local target: a supervisor config written from a scenario, and the supervisor process that runs it.
+
+The harness picks a free port for each fake server, puts a fault proxy in front of the servers that a `net`
+fault targets (their `base_url` names the proxy), gives the supervisor its own state dir and API port, and
+starts `<supervisor-cmd> run -c CONFIG` in a session of its own so it, and only it, can be signalled and
+killed. A random bearer token in a harness-owned env var keeps other local users off the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from chaos.scenario import Scenario
+from chaos.steps import NetStep
+
+TOKEN_ENV = "LLM_CHAOS_LOCAL_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the OS picks it; a race with another binder is possible)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def default_supervisor_cmd() -> list[str]:
+    """This project's `llm-supervisor`, next to the running Python (the venv) when it is there."""
+    local = Path(sys.executable).parent / "llm-supervisor"
+    return [str(local)] if local.exists() else ["llm-supervisor"]
+
+
+def fake_vllm_command() -> str:
+    local = Path(sys.executable).parent / "fake-vllm"
+    return str(local) if local.exists() else (shutil.which("fake-vllm") or "fake-vllm")
+
+
+@dataclass
+class LocalPlan:
+    """Everything decided before anything starts: ports, the config, where files go."""
+
+    workdir: Path
+    api_port: int
+    server_ports: dict[str, int]
+    proxied: set[str]
+    gpu_dir: Path
+    proxy_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "supervisor.json"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def server_url(self, model: str) -> str:
+        return f"http://127.0.0.1:{self.server_ports[model]}"
+
+
+def plan_local(scenario: Scenario, workdir: Path) -> LocalPlan:
+    if scenario.target is None:
+        raise ValueError(f"{scenario.name}: no target to start; run it with --supervisor URL")
+    models = list(scenario.target.models)
+    proxied = {s.target.model for s in scenario.faults if isinstance(s, NetStep)}
+    return LocalPlan(workdir=workdir, api_port=free_port(), server_ports={m: free_port() for m in models},
+                     proxied=proxied, gpu_dir=workdir / "fake-gpu")
+
+
+def build_config(scenario: Scenario, plan: LocalPlan, seed: int) -> dict[str, Any]:
+    """The CONTRACT section 2 config (JSON) for the scenario's target."""
+    assert scenario.target is not None
+    models: dict[str, Any] = {}
+    for index, (model, spec) in enumerate(scenario.target.models.items()):
+        flags = [f.replace("{gpu_dir}", str(plan.gpu_dir)) for f in spec.fake_vllm]
+        if "--seed" not in flags:
+            flags += ["--seed", str((seed + index) % 2**31)]
+        port = plan.proxy_ports.get(model, plan.server_ports[model])
+        entry: dict[str, Any] = {
+            "command": fake_vllm_command(),
+            "args": ["serve", model, "--port", str(plan.server_ports[model]), *flags],
+            "endpoints": {"base_url": f"http://127.0.0.1:{port}/v1"},
+        }
+        if spec.env:
+            entry["env"] = dict(spec.env)
+        entry.update(spec.supervisor_keys())
+        models[model] = entry
+    return {
+        "supervisor": {"api": {"host": "127.0.0.1", "port": plan.api_port},
+                       "state_dir": str(plan.workdir / "state"), "token_env": TOKEN_ENV},
+        "llmModels": models,
+    }
+
+
+class SupervisorProcess:
+    """`<cmd> run -c CONFIG` in its own session; started, signalled, restarted and stopped by the harness.
+
+    Blocking methods do the work (so pytest fixtures can use them without an event loop); the async ones
+    run them in a thread, so the runner's polls and proxies keep going meanwhile.
+    """
+
+    def __init__(self, cmd: list[str], config_path: Path, api_url: str, log_path: Path) -> None:
+        self.cmd = [*cmd, "run", "-c", str(config_path)]
+        self.api_url = api_url
+        self.log_path = log_path
+        self.token = secrets.token_hex(16)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def start_blocking(self, within: float = 45.0) -> None:
+        """Start it and wait until `GET /health` answers; raises RuntimeError with the log's tail if not."""
+        env = {**os.environ, TOKEN_ENV: self.token}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 (argv from the operator's --supervisor-cmd, no shell)
+                self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                cwd=self.log_path.parent, start_new_session=True)
+        deadline = time.monotonic() + within
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the supervisor exited with {self.process.returncode}: {self.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.api_url}/health").status_code == 200:
+                        return
+                time.sleep(0.1)  # polling /health until the deadline; nothing to await on in a thread
+        self.kill_group()
+        raise RuntimeError(f"the supervisor did not answer /health within {within:g}s: {self.log_tail()}")
+
+    async def start(self, within: float = 45.0) -> None:
+        await asyncio.to_thread(self.start_blocking, within)
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def send(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+
+    def wait_blocking(self, within: float) -> bool:
+        """Wait for the current process to exit; True if it did."""
+        if self.process is None:
+            return True
+        try:
+            self.process.wait(within)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    async def wait(self, within: float) -> bool:
+        return await asyncio.to_thread(self.wait_blocking, within)
+
+    def kill_group(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.wait_blocking(5.0)
+
+    def stop_blocking(self, grace: float) -> None:
+        """SIGTERM (the supervisor stops its models), then SIGKILL to its whole group after `grace` s."""
+        if self.process is None:
+            return
+        self.send(signal.SIGTERM)
+        if not self.wait_blocking(grace):
+            self.kill_group()
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.to_thread(self.stop_blocking, grace)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(text[-lines:])
+
+
+def write_config(plan: LocalPlan, config: dict[str, Any]) -> None:
+    plan.workdir.mkdir(parents=True, exist_ok=True)
+    plan.config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")

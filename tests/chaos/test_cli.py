@@ -1,0 +1,96 @@
+"""`llm-chaos` exit codes and modes: list, validate, --dry-run touches nothing, run writes its reports."""
+
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos.cli import main
+
+STOP_STICKS = {
+    "name": "stop-sticks", "story": "An operator stops a model and it stays stopped.",
+    "target": {"models": {"m1": {"restart_policy": "always", "restart_delay": 0.2, "startup_probe_interval": 0.2}}},
+    "steady_state": [{"healthy": {"model": "m1", "within": 20}}],
+    "faults": [{"at": 0.2, "action": "api", "target": {"model": "m1"}, "operation": "stop"}],
+    "expect": [{"state": {"model": "m1", "is": "stopped", "within": 5, "stays": True}},
+               {"restarts": {"model": "m1", "count": 0}}, {"no_orphans": True}],
+    "duration": 1,
+}
+
+
+def test_list_and_validate_the_catalogue(capsys: pytest.CaptureFixture[str]) -> None:
+    """`list` names every catalogue scenario with its story; `validate` exits 0 on it."""
+    root = Path(__file__).resolve().parents[2] / "scenarios"
+    assert main(["list", str(root)]) == 0
+    listing = capsys.readouterr().out
+    assert "crash-loop-reaches-failed" in listing
+    assert "PRIOR_ART 3" in listing
+    assert main(["validate", str(root)]) == 0
+
+
+def test_invalid_scenario_exits_2_with_its_path(write_scenario: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown key makes validate and run exit 2, printing file and key path."""
+    path = write_scenario({**STOP_STICKS, "name": "typo", "expct": []})
+    assert main(["validate", str(path)]) == 2
+    assert "expct: unknown key" in capsys.readouterr().err
+    assert main(["run", str(path), "--dry-run"]) == 2
+
+
+def test_duplicate_names_are_invalid(write_scenario: Any, tmp_path: Path) -> None:
+    """Two files with one scenario name would collide in JUnit, so they are refused."""
+    write_scenario(STOP_STICKS)
+    other = tmp_path / "scenarios" / "copy.yaml"
+    other.write_text((tmp_path / "scenarios" / "stop-sticks.yaml").read_text())
+    assert main(["validate", str(tmp_path / "scenarios")]) == 2
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(write_scenario: Any, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--dry-run describes target, faults and expectations, and never runs the supervisor command."""
+    marker = tmp_path / "started"
+    probe = tmp_path / "probe.py"
+    probe.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    path = write_scenario(STOP_STICKS)
+    code = main(["run", str(path), "--dry-run", "--seed", "5", "--supervisor-cmd", f"{sys.executable} {probe}",
+                 "--report-dir", str(tmp_path / "rep")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "at +0.2s: api target={'model': 'm1'}, operation=stop" in out
+    assert "expect state" in out
+    assert not marker.exists()
+    assert not (tmp_path / "rep").exists()
+
+
+def test_dry_run_against_a_remote_says_what_would_be_skipped(write_scenario: Any,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Process actions on a remote target without allow_process_actions are shown as skipped."""
+    data = {**STOP_STICKS, "faults": [{"at": 1, "action": "kill", "target": {"model": "m1"}}]}
+    path = write_scenario(data)
+    assert main(["run", str(path), "--dry-run", "--supervisor", "http://10.1.2.3:8099"]) == 0
+    assert "would be SKIPPED: process actions need remote.allow_process_actions" in capsys.readouterr().out
+
+
+def test_run_with_a_broken_supervisor_exits_1_with_reports(write_scenario: Any, tmp_path: Path,
+                                                           no_leftovers: None) -> None:
+    """A supervisor command that dies at once is an error: exit 1, and the JUnit file says error."""
+    path = write_scenario(STOP_STICKS)
+    code = main(["run", str(path), "--supervisor-cmd", f"{sys.executable} -c 'raise SystemExit(3)'",
+                 "--report-dir", str(tmp_path / "rep"), "--seed", "9"])
+    assert code == 1
+    case = ET.parse(tmp_path / "rep" / "chaos-junit.xml").getroot().find("testcase")
+    assert case is not None
+    error = case.find("error")
+    assert error is not None
+    assert "exited with 3" in (error.get("message") or "")
+
+
+@pytest.mark.slow
+def test_run_passes_against_our_supervisor(write_scenario: Any, tmp_path: Path, no_leftovers: None) -> None:
+    """A real run against this project's supervisor exits 0 and records its seed in the journal."""
+    path = write_scenario(STOP_STICKS)
+    assert main(["run", str(path), "--report-dir", str(tmp_path / "rep"), "--seed", "1234"]) == 0
+    assert '"seed": 1234' in (tmp_path / "rep" / "chaos-journal.json").read_text()
