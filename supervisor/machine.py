@@ -185,8 +185,8 @@ class Machine:
     def _spawn_failed(self, snap: Snapshot, event: SpawnFailed, now: float) -> Step:
         self._expect_pending_spawn(snap, event.run)
         # A run that could not even start is a crash like any other and is counted (PRIOR_ART 3).
-        exited = Record(EventKind.EXITED, State.STARTING, f"spawn failed: {event.message}", Cause.CRASH)
-        return self._after_failure(snap, now, clean=False, cause=Cause.CRASH, first=(exited,))
+        exited = Record(EventKind.EXITED, State.STARTING, f"spawn failed: {event.message}", event.cause.value)
+        return self._after_failure(snap, now, clean=False, cause=event.cause, first=(exited,))
 
     def _exited(self, snap: Snapshot, event: Exited, now: float) -> Step:
         if event.run != snap.run or not snap.live:

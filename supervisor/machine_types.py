@@ -121,6 +121,7 @@ class Spawned:
 class SpawnFailed:
     run: int
     message: str
+    cause: Cause = Cause.CRASH  # e.g. port_in_use when the runtime could tell why
 
 
 @dataclass(frozen=True, slots=True)

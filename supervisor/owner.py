@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.clock import Clock
-from supervisor.diagnosis import Finding, RunDiagnosis
+from supervisor.diagnosis import Finding, RunDiagnosis, classify_line
 from supervisor.machine import Machine
 from supervisor.machine_types import (
     Action,
@@ -40,7 +40,7 @@ from supervisor.machine_types import (
 )
 from supervisor.probe import ProbeResult
 from supervisor.runtime.base import Run, Runtime, SpawnError, Stream
-from supervisor.status import State
+from supervisor.status import Cause, State
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,9 @@ class ModelOwner:
             handle = await self._runtime.spawn(self.model_id, number, sink)
         except SpawnError as exc:
             log.warning("%s: run %d could not start: %s", self.model_id, number, exc)
-            return SpawnFailed(number, str(exc))
+            # The runtime's message may name a known cause (a port taken by another container).
+            finding = classify_line(str(exc))
+            return SpawnFailed(number, str(exc), finding.cause if finding else Cause.CRASH)
         log.debug("%s: spawned run %d in %.1f ms", self.model_id, number, (time.perf_counter() - started) * 1e3)
         self.run = RunView(number, handle, diagnosis)
         self._start_helper(self._watch(number, handle))

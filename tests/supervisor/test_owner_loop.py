@@ -75,12 +75,13 @@ class FakeRuntime:
     runs: list[FakeRun] = field(default_factory=list)
     spawn_times: list[float] = field(default_factory=list)
     fail_spawn: bool = False
+    spawn_error: str = "no such command: vllm"
     ignore_sigterm: bool = False
 
     async def spawn(self, model_id: str, run_number: int, sink: LineSink) -> FakeRun:
         self.spawn_times.append(self.clock.now())
         if self.fail_spawn:
-            raise SpawnError("no such command: vllm")
+            raise SpawnError(self.spawn_error)
         run = FakeRun(1000 + run_number, sink, self.ignore_sigterm)
         self.runs.append(run)
         return run
@@ -277,3 +278,15 @@ async def test_shutdown_settles_with_nothing_running(make: Callable[..., Harness
     await asyncio.wait_for(h.owner.wait_settled(), 1)
     assert h.owner.snapshot.state is State.STOPPED
     assert h.owner.snapshot.desired.value == "running"
+
+
+async def test_spawn_failure_names_a_port_already_taken(make: Callable[..., Harness]) -> None:
+    """A runtime that cannot bind the model's port reports cause port_in_use, not a bare crash."""
+    h = make(budget=Budget(0, None))
+    h.runtime.fail_spawn = True
+    h.runtime.spawn_error = "port 8001 is taken: OSError: [Errno 98] Address already in use"
+    await settle()
+    exited = [r for _, r in h.records if r.kind is EventKind.EXITED]
+    assert exited[0].reason == "port_in_use"
+    assert h.owner.snapshot.failure_cause == "port_in_use"
+    assert h.owner.snapshot.state is State.FAILED
