@@ -20,6 +20,7 @@ run: $(STAMP)
 test: $(STAMP)
 	ci/lint.sh
 	ci/types.sh
+	ci/coverage-core.sh
 	ci/tests.sh
 
 lint: $(STAMP)

@@ -83,11 +83,13 @@ class Machine:
             case StopRequested():
                 return self._stop_requested(snap, event, now)
             case RestartRequested():
-                return self._restart_requested(snap, now)
+                return self._restart_requested(snap, event, now)
             case ShutdownRequested():
                 return self._shutdown_requested(snap, now)
             case Boot():
                 return self._boot(snap, now)
+            case _:
+                raise IllegalEvent(f"not an event: {event!r}")
 
     # --- operator requests -----------------------------------------------------------------------
 
@@ -116,10 +118,14 @@ class Machine:
         step = self._spawn(_fresh_budget(snap), now, reason=None, first=(record,))
         return replace(step, reply=Reply(True, "starting"))
 
-    def _restart_requested(self, snap: Snapshot, now: float) -> Step:
-        if snap.state is State.STARTING and snap.restart_reason == "manual":
-            # Concurrent restarts coalesce: this run is itself an operator's (re)start (PRIOR_ART 7).
-            return Step(snap, reply=Reply(True, f"run {snap.run} was just restarted and is starting"))
+    def _restart_requested(self, snap: Snapshot, event: RestartRequested, now: float) -> Step:
+        asked = now if event.requested_at is None else event.requested_at
+        if (
+            snap.state in LIVE and snap.restart_reason == "manual"
+            and snap.spawned_at is not None and asked <= snap.spawned_at
+        ):
+            # Concurrent restarts coalesce: the current run began after this request (PRIOR_ART 7).
+            return Step(snap, reply=Reply(True, f"run {snap.run} began after this restart was asked for"))
         record = Record(EventKind.RESTART_REQUESTED, snap.state)
         snap = replace(snap, desired=Desired.RUNNING)
         if snap.state in LIVE:
@@ -220,9 +226,11 @@ class Machine:
         self, snap: Snapshot, now: float, *, clean: bool, cause: Cause, first: tuple[Action, ...] = ()
     ) -> Step:
         """A run ended without being asked to: restart per policy, budget and backoff, or give up."""
-        healthy_for = None if snap.healthy_since is None else now - snap.healthy_since
+        health_ended = now if snap.unhealthy_since is None else snap.unhealthy_since
+        healthy_for = None if snap.healthy_since is None else health_ended - snap.healthy_since
         snap = replace(
-            snap, failure_cause=None if clean else cause, healthy_since=None, startup_deadline=None,
+            snap, failure_cause=None if clean else cause, healthy_since=None, unhealthy_since=None,
+            startup_deadline=None,
             next_probe_at=None, probe_in_flight=False, consecutive_failures=0, teardown=None,
         )
         if snap.desired is Desired.STOPPED or not wants_restart(self.settings.restart_policy, clean=clean):
@@ -292,7 +300,8 @@ class Machine:
                 return Step(replace(snap, consecutive_failures=0))
             # edge: starting/unhealthy -> healthy
             snap = replace(
-                snap, state=State.HEALTHY, healthy_since=now, startup_deadline=None, consecutive_failures=0,
+                snap, state=State.HEALTHY, healthy_since=now, unhealthy_since=None, startup_deadline=None,
+                consecutive_failures=0,
                 failure_cause=None, next_probe_at=now + s.health_check_interval,
             )
             return Step(snap, (Record(EventKind.HEALTHY, State.HEALTHY),))
@@ -304,7 +313,7 @@ class Machine:
         if snap.state is State.UNHEALTHY or failures < s.health_failure_threshold:
             return Step(snap, (failed,))
         # edge: healthy -> unhealthy, then -> stopping when the policy restarts it
-        snap = replace(snap, state=State.UNHEALTHY)
+        snap = replace(snap, state=State.UNHEALTHY, unhealthy_since=now)
         unhealthy = Record(EventKind.UNHEALTHY, State.UNHEALTHY, f"{failures} consecutive probe failures")
         if not wants_restart(s.restart_policy, clean=False):
             return Step(snap, (failed, unhealthy))
@@ -329,7 +338,7 @@ class Machine:
         s = self.settings
         run = snap.run + 1
         snap = replace(
-            snap, state=State.STARTING, run=run, live=False, spawned_at=now, healthy_since=None,
+            snap, state=State.STARTING, run=run, live=False, spawned_at=now, healthy_since=None, unhealthy_since=None,
             last_restart_at=now if reason is not None else snap.last_restart_at,
             consecutive_failures=0, probe_in_flight=False,
             next_probe_at=now + s.startup_probe_interval if s.has_probe else None,

@@ -65,6 +65,7 @@ class Snapshot:
     restart_count: int = 0  # automatic restarts since the operator last started the model
     spawned_at: float | None = None
     healthy_since: float | None = None
+    unhealthy_since: float | None = None  # health ended here: time after it does not earn a backoff reset
     last_restart_at: float | None = None
     consecutive_failures: int = 0
     probe_in_flight: bool = False
@@ -103,7 +104,9 @@ class StopRequested:
 
 @dataclass(frozen=True, slots=True)
 class RestartRequested:
-    pass
+    # When the operator asked (monotonic). A restart asked for before the current run began is already
+    # satisfied by that run: this is how fifty concurrent restarts make one new run (PRIOR_ART 7).
+    requested_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from supervisor.machine_types import (
     ProbeDone,
     Record,
     Reply,
+    RestartRequested,
     Snapshot,
     Spawn,
     Spawned,
@@ -104,6 +105,8 @@ class ModelOwner:
 
     async def request(self, event: Event) -> Reply:
         """Deliver an operator request and wait until the owner has acted on it."""
+        if isinstance(event, RestartRequested) and event.requested_at is None:
+            event = RestartRequested(requested_at=self._clock.now())
         reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._inbox.put_nowait(_Request(event, reply))
         return await reply
