@@ -8,6 +8,7 @@ seen, with times relative to the supervisor's start (`+3.20s`), so an operator c
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from chaos.scenario import (
@@ -322,6 +323,20 @@ def _no_orphans(obs: Observation) -> Verdict:
     if obs.alive_after_shutdown:
         problems += [f"pid {s.pid} ({s.name}) of {s.model}'s run {s.run_pid} survived the supervisor's shutdown"
                      for s in obs.sightings if s.key in obs.alive_after_shutdown]
+    problems += _stray_containers(obs, current)
     if problems:
         return Verdict(label, False, "; ".join(problems[:12]))
-    return Verdict(label, True, f"{len(obs.sightings)} processes seen; none left behind")
+    checked = " and the scenario's containers" if obs.containers_after_shutdown is not None else ""
+    return Verdict(label, True, f"{len(obs.sightings)} processes seen{checked}; none left behind")
+
+
+def _stray_containers(obs: Observation, current: Mapping[str, object]) -> list[str]:
+    """Containers of the scenario that outlived their run: only the current run's may exist at the end
+    (an exited one the supervisor did not remove counts, it still holds its name and volumes), none after
+    the supervisor's shutdown."""
+    problems = [f"container {c.name} of {c.model} ({c.status}, pid {c.pid}) was still there at the end, "
+                f"while the current run is {current.get(c.model)}"
+                for c in obs.containers_at_end if c.status != "running" or c.pid != current.get(c.model)]
+    problems += [f"container {c.name} of {c.model} ({c.status}) survived the supervisor's shutdown"
+                 for c in obs.containers_after_shutdown or ()]
+    return problems

@@ -2,7 +2,8 @@
 
 `FakeServer` runs one fake-vllm on a free port in its own session; `Supervised` runs a supervisor over fake
 servers described like a scenario's `target.models`. Both are context managers whose exit kills every
-process they started (whole groups), and checks with psutil that none is left.
+process they started (whole groups), and checks with psutil that none is left; `Supervised` also removes
+the containers of its container models (`runtime: docker`, the `:latest` fake-vLLM image unless named).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 
 from chaos import procs
+from chaos.containers import ScenarioContainers
 from chaos.scenario import ModelSpec, Scenario, Target
 from chaos.target import (
     SupervisorProcess,
@@ -154,9 +156,12 @@ class Supervised:
         return self
 
     def stop(self) -> None:
-        """SIGTERM the supervisor, then kill anything still running on the fakes' ports."""
+        """SIGTERM the supervisor, then kill anything still running on the fakes' ports, and remove the
+        containers of its container models (`runtime: docker`)."""
         self.supervisor.stop_blocking(40.0)
-        ports = {port: model for model, port in self.plan.server_ports.items()}
+        if self.plan.containers:
+            ScenarioContainers(self.plan.run_id, self.plan.containers).remove_all()
+        ports = {port: model for model, port in self.plan.process_ports.items()}
         leftovers = {(pid, created) for _, pid, created, _ in procs.find_servers(ports)}
         stuck = procs.kill_leftovers(leftovers)
         if stuck:

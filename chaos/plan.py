@@ -43,7 +43,12 @@ def describe_plan(scenario: Scenario, options: RunOptions, *, source: str = "") 
             keys = ", ".join(f"{k}={v}" for k, v in spec.supervisor_keys().items())
             via = " via the fault proxy" if any(step_model(s) == model and s.action == "net"
                                                 for s in scenario.faults) else ""
-            lines.append(f"    {model}: fake-vllm {' '.join(spec.fake_vllm)}{via}; {keys}")
+            where = ""
+            if spec.in_container:
+                image = spec.docker.image if spec.docker and spec.docker.image else "the fake-vLLM image"
+                limit = f", mem_limit {spec.docker.mem_limit}" if spec.docker and spec.docker.mem_limit else ""
+                where = f" in a container of {image}{limit}"
+            lines.append(f"    {model}: fake-vllm {' '.join(spec.fake_vllm)}{where}{via}; {keys}")
     else:
         lines.append("  target: none (this scenario needs --supervisor URL)")
     for item in scenario.steady_state:

@@ -5,6 +5,11 @@ collects `.yaml`/`.yml` files inside a directory named `scenarios` whose top lev
 (`name` and `expect`), or that fail to parse there (so a broken scenario is a failing test, not a silently
 missing one). Each file is one test named after its scenario, marked `chaos`.
 
+Scenarios with a container model (`runtime: docker`) are also marked `docker`. When any is selected, the
+daemon is checked and the fake-vLLM image built once, after collection (outside every test's timeout: a
+first build takes about a minute); they skip with the reason where no daemon answers or the machine cannot
+build the image, or fail instead with LLM_SUPERVISOR_REQUIRE_DOCKER=1. Nothing of this runs otherwise.
+
 Options: `--chaos-supervisor-cmd CMD`, `--chaos-seed N`, `--chaos-report-dir DIR` (journal, JUnit, HTML).
 Fixtures: `fake_vllm` (a factory of fake servers) and `supervised` (a factory of supervisors over fakes).
 """
@@ -22,12 +27,15 @@ from typing import Any
 import pytest
 import yaml
 
+from chaos import docker_image
+from chaos.docker_image import Readiness
 from chaos.fixtures import FakeServer, Supervised
 from chaos.report import write_reports
 from chaos.runner import RunOptions, ScenarioResult, run_scenario
 from chaos.scenario import Scenario, ScenarioError, load_scenario, looks_like_scenario
 
 _RESULTS = pytest.StashKey[list[ScenarioResult]]()
+_DOCKER = pytest.StashKey[Readiness]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,6 +47,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "chaos: an llm-chaos scenario run against a real supervisor")
+    config.addinivalue_line("markers", "docker: needs a reachable Docker Engine")
     config.stash[_RESULTS] = []
 
 
@@ -53,6 +62,14 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
         return None
     collector: pytest.Collector = ScenarioFile.from_parent(parent, path=file_path)
     return collector
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Check Docker and build the fake-vLLM image once, if a selected scenario runs containers."""
+    if session.config.option.collectonly:
+        return
+    if any(isinstance(item, ScenarioItem) and item.in_containers for item in session.items):
+        session.config.stash[_DOCKER] = docker_image.prepare([])
 
 
 class ScenarioFailedError(Exception):
@@ -76,11 +93,24 @@ class ScenarioItem(pytest.Item):
         super().__init__(**kwargs)
         self.scenario = scenario
         self.add_marker(pytest.mark.chaos)
+        if self.in_containers:
+            self.add_marker(pytest.mark.docker)
+
+    @property
+    def in_containers(self) -> bool:
+        return isinstance(self.scenario, Scenario) and bool(self.scenario.container_models())
 
     def runtest(self) -> None:
         if isinstance(self.scenario, ScenarioError):
             raise self.scenario
         options = _options(self.config)
+        if self.in_containers:
+            ready = self.config.stash.get(_DOCKER, None) or docker_image.prepare([])
+            if ready.problem is not None:
+                if ready.skip:
+                    pytest.skip(ready.problem)
+                pytest.fail(ready.problem, pytrace=False)
+            options = replace(options, docker_image=ready.image)
         result = asyncio.run(run_scenario(self.scenario, options, source=str(self.path)))
         self.config.stash[_RESULTS].append(result)
         self.user_properties.append(("seed", result.seed))

@@ -2,7 +2,8 @@
 observe, judge, and always clean up.
 
 Local target: proxies, config, supervisor (see `target`), and at the end SIGTERM to the supervisor, then
-SIGKILL to whatever of it and of every model process seen is still alive, checked with psutil. Remote target
+SIGKILL to whatever of it and of every model process seen is still alive, checked with psutil; container
+models' containers are listed and force-removed through the Docker SDK (see `containers`). Remote target
 (`--supervisor URL`): nothing is started or stopped; a scenario with a step this target cannot take (process
 actions not allowed, no fault proxy, no fake admin URL) is *skipped* with the reasons before anything is
 touched, because expectations judged after a fault that never happened would prove nothing.
@@ -23,15 +24,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from chaos import checks, procs
+from chaos import checks, docker_image, procs
 from chaos.actions import ActionError, Context, Revert, perform, runnable
 from chaos.checks import Verdict
+from chaos.containers import ContainerError, ScenarioContainers
 from chaos.netproxy import FaultProxy
 from chaos.observer import Observer
 from chaos.scenario import Scenario
 from chaos.steps import step_model
 from chaos.target import SupervisorProcess, build_config, default_supervisor_cmd, plan_local, write_config
-from chaos.timeline import FaultRecord, Observation, Sighting
+from chaos.timeline import Container, FaultRecord, Observation, Sighting
 
 Progress = Callable[[str], None]
 
@@ -48,6 +50,8 @@ class RunOptions:
     seed: int = 0
     poll_interval: float = 0.1
     workdir: Path | None = None  # where each local target's config, state and logs go (default: a temp dir)
+    # The image for container models that name none; None: build (or find) the fake-vLLM image on first use.
+    docker_image: str | None = None
 
 
 @dataclass
@@ -90,11 +94,15 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, source: str =
 
 async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioResult,
                      progress: Progress) -> None:
+    image = await _docker_ready(scenario, options, result, progress)
+    if image is None:
+        return
     base = options.workdir or Path(tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{scenario.name}-", dir=base))
     result.workdir = str(workdir)
-    plan = plan_local(scenario, workdir)
+    plan = plan_local(scenario, workdir, docker_image=image)
+    containers = ScenarioContainers(plan.run_id, plan.containers) if plan.containers else None
     proxies: dict[str, FaultProxy] = {}
     supervisor = SupervisorProcess(list(options.supervisor_cmd), plan.config_path, plan.api_url,
                                    workdir / "supervisor.log")
@@ -114,6 +122,7 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
                           supervisor=supervisor, proxies=proxies,
                           server_urls={m: plan.server_url(m) for m in plan.server_ports})
             obs, verdicts = await _drive(scenario, ctx, launched_at, options, progress)
+            obs = replace(obs, containers_at_end=await _list_containers(containers) or ())
             await _cleanup_steps(scenario, ctx, progress)
         grace = _stop_grace(scenario)
         progress("stopping the supervisor (SIGTERM)")
@@ -121,9 +130,10 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
         if supervisor.returncode not in (0, None):
             verdicts.append(Verdict("supervisor shutdown", False, f"the supervisor exited with "
                                     f"{supervisor.returncode} on SIGTERM: {supervisor.log_tail(5)}"))
-        _sight_unseen_servers(observer, plan.server_ports)
+        _sight_unseen_servers(observer, plan.process_ports)
         obs = replace(obs, sightings=tuple(observer.sightings.values()),
-                      alive_after_shutdown=procs.alive(set(observer.sightings)))
+                      alive_after_shutdown=procs.alive(set(observer.sightings)),
+                      containers_after_shutdown=await _list_containers(containers))
         result.observation = obs
         result.verdicts = verdicts + checks.judge(scenario, obs)
         result.outcome = "judged"
@@ -132,8 +142,9 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
             await supervisor.stop(1.0)
         for proxy in proxies.values():
             await proxy.close()
+        await _remove_containers(containers, result, progress)
         leftovers = {(pid, created) for _, pid, created, _ in procs.find_servers(
-            {port: model for model, port in plan.server_ports.items()})}
+            {port: model for model, port in plan.process_ports.items()})}
         if observer is not None:
             await observer.stop()
             leftovers |= set(observer.sightings)
@@ -141,6 +152,43 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
             stuck = await asyncio.to_thread(procs.kill_leftovers, leftovers)
             if stuck:
                 result.message += f" processes that would not die: {stuck}"
+
+
+async def _docker_ready(scenario: Scenario, options: RunOptions, result: ScenarioResult,
+                        progress: Progress) -> str | None:
+    """The default image for the scenario's container models; None when it cannot run (result says why).
+
+    Checked before anything starts, so a container scenario on a host without Docker touches nothing.
+    """
+    if not scenario.container_models():
+        return options.docker_image or docker_image.FAKE_VLLM_IMAGE  # unused: no container model
+    ready = await asyncio.to_thread(docker_image.prepare, scenario.container_images(),
+                                    default_image=options.docker_image)
+    if ready.problem is None and ready.image is not None:
+        return ready.image
+    result.outcome = "skipped" if ready.skip else "error"
+    result.message = ready.problem or "no image for the container models"
+    progress(result.message)
+    return None
+
+
+async def _list_containers(containers: ScenarioContainers | None) -> tuple[Container, ...] | None:
+    """The run's containers now; None for a scenario without container models."""
+    return None if containers is None else await asyncio.to_thread(containers.find)
+
+
+async def _remove_containers(containers: ScenarioContainers | None, result: ScenarioResult,
+                             progress: Progress) -> None:
+    """Always the last word on a container scenario: whatever container of the run is left goes."""
+    if containers is None:
+        return
+    try:
+        removed = await asyncio.to_thread(containers.remove_all)
+    except ContainerError as exc:
+        result.message += f" {exc}"
+        return
+    if removed:
+        progress(f"removed containers left behind: {', '.join(removed)}")
 
 
 async def _run_remote(scenario: Scenario, options: RunOptions, result: ScenarioResult,

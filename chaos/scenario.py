@@ -10,11 +10,12 @@ Fault steps are a tagged union on `action`; expectations are one-key mappings (`
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from chaos.steps import ModelId, Scalar, Seconds, Step, Strict, step_end, step_model
 
@@ -30,14 +31,35 @@ class ScenarioError(Exception):
 
 # --- target -------------------------------------------------------------------------------------------
 
+def _byte_size(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[1-9]\d*\s*[bkmgt]?b?", value.strip().lower()):
+        return value.strip()
+    raise ValueError(f'must be a size like "8m" or "2g", or a number of bytes (got {value!r})')
+
+
+class ContainerSettings(Strict):
+    """How a container model runs (`runtime: docker`); every key has a default, so `docker:` may be left out."""
+
+    # The image to run: it must start fake-vllm as `fake-vllm serve ...` (the entrypoint is set to fake-vllm).
+    # Default: the fake-vLLM image built locally by ci/build-fake-vllm-image.sh.
+    image: Annotated[str, Field(min_length=1)] | None = None
+    # docker.mem_limit of the supervisor's config: the kernel OOM-kills the container above it (OOMKilled).
+    mem_limit: Annotated[int | str, BeforeValidator(_byte_size)] | None = None
+
+
 class ModelSpec(Strict):
     """One fake server and the supervisor keys (CONTRACT section 2) the scenario sets for it.
 
-    Keys left out are not written, so the supervisor's own defaults apply.
+    Keys left out are not written, so the supervisor's own defaults apply. `runtime: docker` runs the fake in
+    a container of the fake-vLLM image (CONTRACT section 7) instead of as a process on this host.
     """
 
     fake_vllm: list[str] = []
     env: dict[str, str] = {}
+    runtime: Literal["process", "docker"] = "process"
+    docker: ContainerSettings | None = None
     restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] | None = None
     max_restarts: Annotated[int, Field(ge=0)] | None = None
     restart_window: Seconds | None = None
@@ -54,9 +76,21 @@ class ModelSpec(Strict):
     stop_timeout: Seconds | None = None
     success_exit_codes: list[int] | None = None
 
+    @model_validator(mode="after")
+    def _container_keys_fit_runtime(self) -> ModelSpec:
+        if self.docker is not None and self.runtime != "docker":
+            raise ValueError("docker: needs runtime: docker")
+        if self.runtime == "docker" and any("{gpu_dir}" in flag for flag in self.fake_vllm):
+            raise ValueError("fake_vllm: {gpu_dir} is a directory on this host; it needs runtime: process")
+        return self
+
+    @property
+    def in_container(self) -> bool:
+        return self.runtime == "docker"
+
     def supervisor_keys(self) -> dict[str, Any]:
         """The explicitly set section-2 keys, ready for the config file (null kept where it was written)."""
-        keys = self.model_fields_set - {"fake_vllm", "env"}
+        keys = self.model_fields_set - {"fake_vllm", "env", "runtime", "docker"}
         return {k: getattr(self, k) for k in sorted(keys)}
 
 
@@ -193,6 +227,15 @@ class Scenario(Strict):
             if model is not None and model not in known:
                 raise ValueError(f"{where}: unknown model {model!r} (target has {sorted(known)})")
         return self
+
+    def container_models(self) -> list[str]:
+        """The target's models that run as containers (`runtime: docker`), sorted."""
+        return sorted(m for m, spec in self.target.models.items() if spec.in_container) if self.target else []
+
+    def container_images(self) -> set[str]:
+        """The images the target's container models name (the rest get the default fake-vLLM image)."""
+        models = self.target.models.values() if self.target else []
+        return {spec.docker.image for spec in models if spec.docker is not None and spec.docker.image is not None}
 
     def faults_end(self) -> float:
         return max((step_end(s) for s in self.faults), default=0.0)

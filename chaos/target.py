@@ -4,6 +4,7 @@ The harness picks a free port for each fake server, puts a fault proxy in front 
 fault targets (their `base_url` names the proxy), gives the supervisor its own state dir and API port, and
 starts `<supervisor-cmd> run -c CONFIG` in a session of its own so it, and only it, can be signalled and
 killed. A random bearer token in a harness-owned env var keeps other local users off the API.
+A model with `runtime: docker` becomes a container of the fake-vLLM image, published on its free host port.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from typing import Any
 
 import httpx
 
-from chaos.scenario import Scenario
+from chaos.containers import RUN_ENV
+from chaos.docker_image import FAKE_VLLM_IMAGE
+from chaos.scenario import ContainerSettings, ModelSpec, Scenario
 from chaos.steps import NetStep
 
 TOKEN_ENV = "LLM_CHAOS_LOCAL_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+CONTAINER_PORT = 8000  # where a container model's server listens inside its container, as vLLM's image does
 
 
 def free_port() -> int:
@@ -52,7 +56,11 @@ def fake_vllm_command() -> str:
 
 @dataclass
 class LocalPlan:
-    """Everything decided before anything starts: ports, the config, where files go."""
+    """Everything decided before anything starts: ports, the config, where files go.
+
+    `server_ports` are host ports; a container model's server listens on CONTAINER_PORT inside its container,
+    published on that host port.
+    """
 
     workdir: Path
     api_port: int
@@ -60,6 +68,18 @@ class LocalPlan:
     proxied: set[str]
     gpu_dir: Path
     proxy_ports: dict[str, int] = field(default_factory=dict)
+    containers: set[str] = field(default_factory=set)  # models that run as containers
+    docker_image: str = FAKE_VLLM_IMAGE  # for container models whose scenario names no image
+
+    @property
+    def run_id(self) -> str:
+        """Marks this run's containers (see chaos.containers): the work directory's name is unique."""
+        return self.workdir.name
+
+    @property
+    def process_ports(self) -> dict[str, int]:
+        """Host ports of the models that run as processes here (a container's server has its own netns)."""
+        return {m: p for m, p in self.server_ports.items() if m not in self.containers}
 
     @property
     def config_path(self) -> Path:
@@ -73,13 +93,14 @@ class LocalPlan:
         return f"http://127.0.0.1:{self.server_ports[model]}"
 
 
-def plan_local(scenario: Scenario, workdir: Path) -> LocalPlan:
+def plan_local(scenario: Scenario, workdir: Path, *, docker_image: str = FAKE_VLLM_IMAGE) -> LocalPlan:
     if scenario.target is None:
         raise ValueError(f"{scenario.name}: no target to start; run it with --supervisor URL")
     models = list(scenario.target.models)
     proxied = {s.target.model for s in scenario.faults if isinstance(s, NetStep)}
     return LocalPlan(workdir=workdir, api_port=free_port(), server_ports={m: free_port() for m in models},
-                     proxied=proxied, gpu_dir=workdir / "fake-gpu")
+                     proxied=proxied, gpu_dir=workdir / "fake-gpu", containers=set(scenario.container_models()),
+                     docker_image=docker_image)
 
 
 def build_config(scenario: Scenario, plan: LocalPlan, seed: int) -> dict[str, Any]:
@@ -96,6 +117,8 @@ def build_config(scenario: Scenario, plan: LocalPlan, seed: int) -> dict[str, An
             "args": ["serve", model, "--port", str(plan.server_ports[model]), *flags],
             "endpoints": {"base_url": f"http://127.0.0.1:{port}/v1"},
         }
+        if spec.in_container:
+            entry.update(_container_entry(model, spec, plan, flags))
         if spec.env:
             entry["env"] = dict(spec.env)
         entry.update(spec.supervisor_keys())
@@ -104,6 +127,29 @@ def build_config(scenario: Scenario, plan: LocalPlan, seed: int) -> dict[str, An
         "supervisor": {"api": {"host": "127.0.0.1", "port": plan.api_port},
                        "state_dir": str(plan.workdir / "state"), "token_env": TOKEN_ENV},
         "llmModels": models,
+    }
+
+
+def _container_entry(model: str, spec: ModelSpec, plan: LocalPlan, flags: list[str]) -> dict[str, Any]:
+    """The keys that make a model a container (CONTRACT section 7) of the fake-vLLM image.
+
+    The image's launcher is `fake-vllm`; it listens on all of the container's interfaces (its own network
+    namespace) and the engine publishes that port on 127.0.0.1 only. The run marker in the container's
+    environment is how the harness tells its containers from anybody else's with the same model id.
+    """
+    settings = spec.docker or ContainerSettings()
+    docker: dict[str, Any] = {
+        "image": settings.image or plan.docker_image,
+        "ports": {f"{CONTAINER_PORT}/tcp": plan.server_ports[model]},
+        "env": {RUN_ENV: plan.run_id},
+    }
+    if settings.mem_limit is not None:
+        docker["mem_limit"] = settings.mem_limit
+    return {
+        "command": "fake-vllm",
+        "args": ["serve", model, "--host", "0.0.0.0", "--port", str(CONTAINER_PORT), *flags],  # noqa: S104 (inside the container's own netns)
+        "runtime": "docker",
+        "docker": docker,
     }
 
 

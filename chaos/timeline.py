@@ -68,6 +68,17 @@ class Overlap:
 
 
 @dataclass(frozen=True, slots=True)
+class Container:
+    """A container of the scenario's run, as the Docker engine listed it (container models only)."""
+
+    model: str
+    id: str  # the first 12 hex digits
+    name: str
+    status: str  # the engine's: created | running | paused | exited | dead | ...
+    pid: int | None  # host pid of its main process while it runs
+
+
+@dataclass(frozen=True, slots=True)
 class FaultRecord:
     """One fault (or cleanup) step as the harness carried it out."""
 
@@ -97,6 +108,10 @@ class Observation:
     # Processes still alive after the supervisor was asked to shut down; None where not checked.
     alive_after_shutdown: frozenset[tuple[int, float]] | None = None
     processes_visible: bool = True  # psutil could see the model processes (local target)
+    # The scenario's containers when the observation ended, and after the supervisor's shutdown (None: not
+    # checked, no container models).
+    containers_at_end: tuple[Container, ...] = ()
+    containers_after_shutdown: tuple[Container, ...] | None = None
     faults: tuple[FaultRecord, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
@@ -119,6 +134,7 @@ class Observation:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Observation:
         after = data.get("alive_after_shutdown")
+        shut = data.get("containers_after_shutdown")
         return cls(
             launched_at=data["launched_at"],
             steady_at=data.get("steady_at"),
@@ -132,6 +148,8 @@ class Observation:
             alive_at_end=frozenset((int(p), float(t)) for p, t in data.get("alive_at_end", [])),
             alive_after_shutdown=None if after is None else frozenset((int(p), float(t)) for p, t in after),
             processes_visible=data.get("processes_visible", True),
+            containers_at_end=tuple(Container(**c) for c in data.get("containers_at_end", [])),
+            containers_after_shutdown=None if shut is None else tuple(Container(**c) for c in shut),
             faults=tuple(FaultRecord(**f) for f in data.get("faults", [])),
             notes=tuple(data.get("notes", [])),
         )

@@ -267,7 +267,7 @@ class Machine:
             actions += [Kill(snap.run), Record(EventKind.KILLED, State.STOPPING, "stop_timeout passed")]
         if snap.state is State.STARTING and snap.startup_deadline is not None and snap.startup_deadline <= now:
             # edge: starting -> stopping; never became healthy within startup_timeout
-            snap = replace(snap, failure_cause=Cause.STARTUP_TIMEOUT)
+            snap = replace(snap, failure_cause=_explained(snap, Cause.STARTUP_TIMEOUT))
             detail = f"not healthy within {self.settings.startup_timeout:g}s"
             first = (*actions, Record(EventKind.STARTUP_TIMEOUT, State.STARTING, detail))
             return self._teardown(snap, now, Teardown.FAILURE, first=first)
@@ -317,7 +317,7 @@ class Machine:
         unhealthy = Record(EventKind.UNHEALTHY, State.UNHEALTHY, f"{failures} consecutive probe failures")
         if not wants_restart(s.restart_policy, clean=False):
             return Step(snap, (failed, unhealthy))
-        snap = replace(snap, failure_cause=Cause.UNHEALTHY)
+        snap = replace(snap, failure_cause=_explained(snap, Cause.UNHEALTHY))
         return self._teardown(snap, now, Teardown.FAILURE, first=(failed, unhealthy))
 
     def _diagnosed(self, snap: Snapshot, event: Diagnosed) -> Step:
@@ -368,3 +368,9 @@ class Machine:
 
 def _fresh_budget(snap: Snapshot) -> Snapshot:
     return replace(snap, restart_times=(), attempt=0, restart_count=0)
+
+
+def _explained(snap: Snapshot, symptom: Cause) -> Cause:
+    """The run's own output names the cause better than the symptom seen from outside (a dead engine turns
+    probes to 503 before the process exits); a bare crash finding does not."""
+    return snap.run_cause if snap.run_cause not in (None, Cause.CRASH) else symptom

@@ -23,6 +23,12 @@ GENERIC_ADVICE: dict[Cause, str] = {
     Cause.ENGINE_DEAD: "vLLM's engine died; the logs before this point show why (often OOM or a worker crash).",
 }
 
+CONTAINER_OOM_ADVICE = (
+    "The container went over its memory limit and the kernel killed it (Docker's OOMKilled): this is host "
+    "memory, not the GPU's. Raise docker.mem_limit, or lower what the server keeps in host memory "
+    "(e.g. vLLM's --swap-space or --cpu-offload-gb)."
+)
+
 
 def build_status(model_id: str, cfg: ModelConfig, owner: ModelOwner, clock: Clock, offset: float) -> ModelStatus:
     """`offset` turns monotonic times into Unix times; fixed per supervisor life so reads agree exactly."""
@@ -34,10 +40,14 @@ def build_status(model_id: str, cfg: ModelConfig, owner: ModelOwner, clock: Cloc
 
     cause = snap.failure_cause
     finding = owner.last_finding
-    advice = None
-    if cause is not None:
-        advice = finding.advice if finding is not None and finding.cause is cause else GENERIC_ADVICE[cause]
     exit_status = snap.last_exit
+    advice = None
+    if cause is not None and finding is not None and finding.cause is cause:
+        advice = finding.advice  # what the output said, e.g. which knob to turn for this OOM
+    elif cause is Cause.OOM and exit_status is not None and exit_status.oom_killed:
+        advice = CONTAINER_OOM_ADVICE
+    elif cause is not None:
+        advice = GENERIC_ADVICE[cause]
     exit_code = None
     if exit_status is not None:
         exit_code = -exit_status.signal if exit_status.signal is not None else exit_status.code

@@ -40,7 +40,7 @@ from supervisor.owner import ModelOwner
 from supervisor.probe import ProbeResult, probe
 from supervisor.redact import Redactor, secrets_from_argv
 from supervisor.runtime.base import Runtime, Stream
-from supervisor.runtime.factory import build_runtime, stop_leftover_run
+from supervisor.runtime.factory import build_runtime, instance_id, stop_leftover_run
 from supervisor.settings import machine_settings
 from supervisor.status import EventKind, ModelStatus, State, TimelineEvent
 from supervisor.status_view import build_status
@@ -100,6 +100,7 @@ class Supervisor:
         self._runtimes = runtimes or {}
         self._http = http  # tests may hand in one client (e.g. with a mock transport) for every model
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self.instance = instance_id(config.supervisor.state_dir)
         self._tls: ssl.SSLContext | None = None
         self._rng = random.Random(seed)
         self._observers: list[Observer] = []
@@ -138,7 +139,7 @@ class Supervisor:
         owner = ModelOwner(
             model_id,
             Machine(machine_settings(cfg), random.Random(self._rng.random())),
-            self._runtimes.get(model_id) or build_runtime(model_id, cfg),
+            self._runtimes.get(model_id) or build_runtime(model_id, cfg, self.instance),
             self.clock,
             probe=None if root is None else self._prober(model_id, root),
             on_record=self._record,
@@ -310,12 +311,15 @@ class Supervisor:
 
         Models no longer in the config are included: their processes would otherwise be orphans on the GPU.
         """
-        found = {model_id: state.run for model_id, state in persisted.items() if state.run is not None}
+        models: dict[str, RunRecord | None] = {m: state.run for m, state in persisted.items() if state.run is not None}
+        models.update({m: models.get(m) for m, cfg in self.config.models.items() if cfg.runtime == "docker"})
         results = await asyncio.gather(*(
-            stop_leftover_run(model_id, run, self.config.models.get(model_id), self._stop_timeout(model_id))
-            for model_id, run in found.items()
+            stop_leftover_run(
+                model_id, run, self.config.models.get(model_id), self._stop_timeout(model_id), self.instance
+            )
+            for model_id, run in models.items()
         ))
-        stopped = {model_id for model_id, was_running in zip(found, results, strict=True) if was_running}
+        stopped = {model_id for model_id, was_running in zip(models, results, strict=True) if was_running}
         for model_id in stopped:
             log.warning("%s: stopped a run left behind by the previous supervisor", model_id)
         return stopped

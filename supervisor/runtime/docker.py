@@ -26,6 +26,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import docker
@@ -34,7 +35,14 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 
 from supervisor.runtime.base import LineSink, SpawnError
 from supervisor.runtime.docker_run import DockerRun, die_filter
-from supervisor.runtime.docker_spec import MODEL_LABEL, RUN_LABEL, ContainerSpec, CreateArgs, create_args
+from supervisor.runtime.docker_spec import (
+    INSTANCE_LABEL,
+    MODEL_LABEL,
+    RUN_LABEL,
+    ContainerSpec,
+    CreateArgs,
+    create_args,
+)
 from supervisor.runtime.docker_streams import AttachedOutput, close_quietly
 
 if TYPE_CHECKING:
@@ -201,11 +209,14 @@ class LabelledContainer:
     status: str  # the engine's: created | running | exited | dead | ...
 
 
-def find_labelled(model_id: str, client_factory: ClientFactory = default_client_factory) -> list[LabelledContainer]:
-    """Every container (running or not) labelled with `model_id`. Blocking: call it in a thread."""
+def find_labelled(model_id: str, client_factory: ClientFactory = default_client_factory, *,
+                  instance: str | None = None) -> list[LabelledContainer]:
+    """Every container (running or not) labelled with `model_id` (and made by supervisor `instance`, when
+    given). Blocking: call it in a thread."""
+    labels = [f"{MODEL_LABEL}={model_id}"] + ([f"{INSTANCE_LABEL}={instance}"] if instance else [])
     client = connect(client_factory)
     try:
-        found = client.containers.list(all=True, filters={"label": f"{MODEL_LABEL}={model_id}"})
+        found = client.containers.list(all=True, filters={"label": labels})
         return [_labelled(container) for container in found]
     finally:
         client.close()
@@ -238,11 +249,12 @@ def stop_and_remove(container_ids: Iterable[str], stop_timeout: float,
 
 
 async def remove_leftovers(model_id: str, stop_timeout: float, also: Iterable[str] = (),
-                           client_factory: ClientFactory = default_client_factory) -> list[str]:
+                           client_factory: ClientFactory = default_client_factory, *,
+                           instance: str | None = None) -> list[str]:
     """Stop and remove every container labelled with `model_id` (and the ids in `also`); the ids that were
     still running. Call it before the model's first spawn only: it would remove a live run of this supervisor.
     """
-    found = await asyncio.to_thread(find_labelled, model_id, client_factory)
+    found = await asyncio.to_thread(partial(find_labelled, model_id, client_factory, instance=instance))
     ids = [container.id for container in found]
     # A recorded container whose labels were changed by hand is still ours to clean up.
     ids += [extra for extra in also if not any(cid.startswith(extra) for cid in ids)]
@@ -253,17 +265,19 @@ async def remove_leftovers(model_id: str, stop_timeout: float, also: Iterable[st
     return await asyncio.to_thread(stop_and_remove, ids, stop_timeout, client_factory)
 
 
-async def remove_leftover_container(model_id: str, ident: str, stop_timeout: float,
-                                    client_factory: ClientFactory = default_client_factory) -> bool:
-    """The journal's recorded run `ident` (a container id) and any other container labelled with the model:
-    stop and remove them. True if one of them was still running."""
-    return bool(await remove_leftovers(model_id, stop_timeout, [ident], client_factory))
+async def remove_leftover_container(model_id: str, ident: str | None, stop_timeout: float,
+                                    client_factory: ClientFactory = default_client_factory, *,
+                                    instance: str | None = None) -> bool:
+    """The journal's recorded run `ident` (a container id), if any, and every other container of this
+    supervisor labelled with the model: stop and remove them. True if one of them was still running."""
+    also = [ident] if ident else []
+    return bool(await remove_leftovers(model_id, stop_timeout, also, client_factory, instance=instance))
 
 
 # --- config adapter ----------------------------------------------------------------------------------------
 
 
-def spec_from_model_config(cfg: ModelConfig) -> ContainerSpec:
+def spec_from_model_config(cfg: ModelConfig, instance: str | None = None) -> ContainerSpec:
     """The container a model's config describes: `command` becomes the entrypoint and `args` its command,
     so `command: vllm, args: [serve, ...]` runs the same in the vllm/vllm-openai image as on a host."""
     settings = cfg.docker
@@ -283,11 +297,13 @@ def spec_from_model_config(cfg: ModelConfig) -> ContainerSpec:
         mem_limit=settings.mem_limit,
         stop_timeout=cfg.stop_timeout,
         pull=settings.pull,
+        instance=instance,
     )
 
 
 def docker_runtime_for(model_id: str, cfg: ModelConfig,
-                       client_factory: ClientFactory = default_client_factory) -> DockerRuntime:
+                       client_factory: ClientFactory = default_client_factory, *,
+                       instance: str | None = None) -> DockerRuntime:
     """The runtime for one model of the config (`runtime: docker`)."""
     del model_id  # the model id reaches the container as a label at spawn time
-    return DockerRuntime(spec_from_model_config(cfg), client_factory)
+    return DockerRuntime(spec_from_model_config(cfg, instance), client_factory)

@@ -17,6 +17,9 @@ from docker.types import DeviceRequest
 
 MODEL_LABEL = "llm-supervisor.model"
 RUN_LABEL = "llm-supervisor.run"
+# Which supervisor (by its state directory) made a container: two supervisors on one host may both have a
+# model called "qwen", and one must never remove the other's containers.
+INSTANCE_LABEL = "llm-supervisor.instance"
 
 Gpus = Literal["all"] | Sequence[int | str] | None
 
@@ -41,6 +44,7 @@ class ContainerSpec:
     mem_limit: int | str | None = None
     stop_timeout: float = 30.0
     pull: bool = False
+    instance: str | None = None
 
 
 def device_requests(gpus: Gpus) -> list[DeviceRequest]:
@@ -77,7 +81,8 @@ def create_args(spec: ContainerSpec, model_id: str, run_number: int) -> CreateAr
         "image": spec.image,
         "command": list(spec.command),
         "name": container_name(model_id, run_number),
-        "labels": {MODEL_LABEL: model_id, RUN_LABEL: str(run_number)},
+        "labels": {MODEL_LABEL: model_id, RUN_LABEL: str(run_number)}
+        | ({INSTANCE_LABEL: spec.instance} if spec.instance else {}),
         "environment": dict(spec.env),
         # "8000/tcp" as the SDK wants it, (8000, "tcp"): a string would get a second "/tcp" appended.
         "ports": [_port_and_protocol(port) for port in spec.ports],

@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from supervisor.config import ModelConfig
 from supervisor.journal import RunRecord
 from supervisor.runtime.base import Runtime
 from supervisor.runtime.process import ProcessRuntime, stop_leftover
 
 
-def build_runtime(model_id: str, cfg: ModelConfig) -> Runtime:
+def instance_id(state_dir: Path) -> str:
+    """A stable name for one supervisor: its state directory, hashed (labels its containers)."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def build_runtime(model_id: str, cfg: ModelConfig, instance: str) -> Runtime:
     if cfg.runtime == "docker":
         from supervisor.runtime.docker import docker_runtime_for  # optional extra: imported only when used
 
-        return docker_runtime_for(model_id, cfg)
+        return docker_runtime_for(model_id, cfg, instance=instance)
     return ProcessRuntime(
         argv=[cfg.command, *cfg.args], env=dict(cfg.env), cwd=None if cfg.cwd is None else str(cfg.cwd)
     )
 
 
-async def stop_leftover_run(model_id: str, run: RunRecord, cfg: ModelConfig | None, stop_timeout: float) -> bool:
-    """Stop a run recorded by a previous supervisor life; True if something was still running."""
-    if run.runtime == "docker":
+async def stop_leftover_run(
+    model_id: str, run: RunRecord | None, cfg: ModelConfig | None, stop_timeout: float, instance: str
+) -> bool:
+    """Before a model's first run: stop what a previous life of this supervisor left of it.
+
+    Processes are found from the journal's record (pid + start time). Containers also by their labels, so a
+    container created in the instant before a crash, before the journal recorded it, is found too.
+    True if something was still running.
+    """
+    docker = (cfg is not None and cfg.runtime == "docker") or (run is not None and run.runtime == "docker")
+    if docker:
         from supervisor.runtime.docker import remove_leftover_container
 
-        return await remove_leftover_container(model_id, run.ident, stop_timeout)
+        ident = run.ident if run is not None else None
+        return await remove_leftover_container(model_id, ident, stop_timeout, instance=instance)
+    if run is None:
+        return False
     return await stop_leftover(run.ident, stop_timeout)

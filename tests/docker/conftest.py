@@ -2,16 +2,15 @@
 
 Tests marked `docker` skip, with the reason, when no daemon answers (a laptop without Docker); with
 LLM_SUPERVISOR_REQUIRE_DOCKER=1 (CI) they fail instead, so a daemon that did not come up cannot hide.
-The fake-vLLM image is built by ci/build-fake-vllm-image.sh once per session, when collection is over and
-before any test runs: a first build takes about a minute, longer than one test's timeout should allow.
+The fake-vLLM image is built by ci/build-fake-vllm-image.sh (through chaos.docker_image) once per session,
+when collection is over and before any test runs: a first build takes about a minute, longer than one
+test's timeout should allow.
 Every test uses its own model id, and teardown fails the test if a container labelled with it is left.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,28 +20,12 @@ import docker
 import pytest
 from docker_helpers import Lines
 
+from chaos.docker_image import build_fake_vllm_image, daemon_problem
 from supervisor.runtime.docker_spec import MODEL_LABEL
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = ROOT / "ci" / "build-fake-vllm-image.sh"
-BUILD_TIMEOUT = 900
-CANNOT_BUILD_HERE = 3  # the script's exit code when this machine cannot build (no root, no debootstrap)
 
 _state: dict[str, Any] = {}
-
-
-def daemon_problem() -> str | None:
-    """Why no Docker daemon can be used here, or None when one answers."""
-    try:
-        client = docker.from_env(timeout=10)
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except Exception as exc:
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        return f"no Docker daemon reachable at {host} ({type(exc).__name__}); start one with ci/start-dockerd.sh"
-    return None
 
 
 def _unavailable(reason: str) -> None:
@@ -61,19 +44,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     _state["daemon_problem"] = problem
     if problem is not None:
         return
-    started = time.monotonic()
-    try:
-        done = subprocess.run([str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=BUILD_TIMEOUT,
-                              check=False, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        _state["image_problem"] = f"{BUILD_SCRIPT.name} took more than {BUILD_TIMEOUT} s"
-        return
-    _state["build_seconds"] = time.monotonic() - started
-    if done.returncode == 0:
-        _state["image"] = done.stdout.strip().splitlines()[-1]
+    build = build_fake_vllm_image()  # ci/build-fake-vllm-image.sh, shared with the chaos plugin
+    _state["build_seconds"] = build.seconds
+    if build.image is not None:
+        _state["image"] = build.image
     else:
-        _state["image_problem"] = (f"{BUILD_SCRIPT.name} exited {done.returncode}:\n{done.stderr[-3000:]}",
-                                   done.returncode == CANNOT_BUILD_HERE)
+        _state["image_problem"] = (build.problem, build.cannot_build_here)
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,13 @@ from supervisor.runtime.docker_spec import ContainerSpec, create_args
 pytestmark = pytest.mark.docker
 
 
-def leave_container(client: Any, image: str, model_id: str, run_number: int, *, start: bool) -> str:
+def leave_container(
+    client: Any, image: str, model_id: str, run_number: int, *, start: bool, instance: str | None = None
+) -> str:
     """Create (and start) a container exactly as a supervisor run would, with nobody watching it."""
-    spec = ContainerSpec(image=image, entrypoint=["python3", "-c"], command=["import time; time.sleep(600)"])
+    spec = ContainerSpec(
+        image=image, entrypoint=["python3", "-c"], command=["import time; time.sleep(600)"], instance=instance
+    )
     container_id = create_container(client, create_args(spec, model_id, run_number))
     if start:
         client.api.start(container_id)
@@ -64,3 +68,17 @@ async def test_nothing_left_is_nothing_to_do(docker_client: Any, model_id: str) 
     """A model with no container and a journal id that no longer exists: nothing running, no error."""
     assert await remove_leftovers(model_id, stop_timeout=1) == []
     assert await remove_leftover_container(model_id, "0" * 64, stop_timeout=1) is False
+
+
+async def test_another_supervisors_container_of_the_same_model_is_left_alone(
+    docker_client: Any, fake_image: str, model_id: str
+) -> None:
+    """Two supervisors on one host both run a model with this id: each removes only its own leftovers."""
+    leave_container(docker_client, fake_image, model_id, 1, start=True, instance="aaaaaaaaaaaa")
+    theirs = leave_container(docker_client, fake_image, model_id, 1, start=True, instance="bbbbbbbbbbbb")
+    try:
+        assert await remove_leftover_container(model_id, None, stop_timeout=1, instance="aaaaaaaaaaaa") is True
+        assert [c.id for c in find_labelled(model_id)] == [theirs]
+        assert docker_client.api.inspect_container(theirs)["State"]["Running"]
+    finally:
+        docker_client.api.remove_container(theirs, force=True)  # "mine" is gone already

@@ -1189,3 +1189,29 @@ def test_something_that_is_not_an_event_is_refused() -> None:
     with pytest.raises(IllegalEvent, match="not an event"):
         d.feed("stop please")  # type: ignore[arg-type]
     assert d.snap is before
+
+
+@pytest.mark.parametrize(
+    ("finding", "cause", "expected"),
+    [("engine_dead", Cause.ENGINE_DEAD, Cause.ENGINE_DEAD), ("nccl_failure", Cause.CRASH, Cause.UNHEALTHY)],
+)
+def test_unhealthy_run_keeps_the_cause_its_output_named(finding: str, cause: Cause, expected: Cause) -> None:
+    """A dead engine turns probes to 503 before it exits: the cause stays engine_dead, not unhealthy."""
+    d = driver()
+    d.boot()
+    d.healthy()
+    d.feed(Diagnosed(1, cause, finding, has_cuda_oom=False))
+    for _ in range(3):
+        d.probe(ok=False, message="HTTP 503 from /health")
+    assert d.snap.state is State.STOPPING
+    assert d.snap.failure_cause is expected
+
+
+def test_startup_timeout_of_a_run_that_printed_an_oom_is_an_oom() -> None:
+    """A run that printed a CUDA OOM and then never became healthy failed because of the OOM."""
+    d = driver(startup_timeout=60)
+    d.boot()
+    d.feed(Diagnosed(1, Cause.OOM, "cuda_oom", has_cuda_oom=True), 5)
+    d.feed(Tick(), 60)
+    assert d.snap.state is State.STOPPING
+    assert d.snap.failure_cause is Cause.OOM

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from supervisor.clock import VirtualClock, settle
+from supervisor.config import parse_config
 from supervisor.machine import Machine
 from supervisor.machine_types import (
     Boot,
@@ -27,6 +28,7 @@ from supervisor.policy import Backoff, Budget, RestartPolicy
 from supervisor.probe import ProbeResult
 from supervisor.runtime.base import ExitStatus, LineSink, SpawnError, Stream
 from supervisor.status import EventKind, State
+from supervisor.status_view import CONTAINER_OOM_ADVICE, build_status
 
 
 class FakeRun:
@@ -290,3 +292,15 @@ async def test_spawn_failure_names_a_port_already_taken(make: Callable[..., Harn
     assert exited[0].reason == "port_in_use"
     assert h.owner.snapshot.failure_cause == "port_in_use"
     assert h.owner.snapshot.state is State.FAILED
+
+
+async def test_container_oom_kill_gets_host_memory_advice(make: Callable[..., Harness]) -> None:
+    """An exit flagged OOMKilled (no CUDA message) is cause oom with advice about the memory limit, not the GPU."""
+    h = make()
+    await h.clock.advance(1)
+    h.runtime.runs[0].die(ExitStatus(137, 9, oom_killed=True))
+    await settle()
+    cfg = parse_config({"llmModels": {"m": {"command": "vllm"}}}, "t").models["m"]
+    status = build_status("m", cfg, h.owner, h.clock, 0.0)
+    assert status.failure_cause == "oom"
+    assert status.failure_advice == CONTAINER_OOM_ADVICE
