@@ -282,11 +282,12 @@ def load_scenario(path: Path) -> Scenario:
 
 
 def scenario_files(paths: list[Path]) -> list[Path]:
-    """Expand directories to their *.yaml / *.yml files, sorted; files are kept as given."""
+    """Expand directories to the *.yaml / *.yml files below them (sub-folders too, like `pytest scenarios/`),
+    sorted; files are kept as given."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+            found += sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
         else:
             found.append(path)
     return found

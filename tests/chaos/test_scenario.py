@@ -99,3 +99,11 @@ def test_issue_catalogue_entries_exist(name: str) -> None:
     """Each failure the issue lists has its scenario in the catalogue."""
     data = yaml.safe_load((CATALOGUE / f"{name}.yaml").read_text())
     assert load_scenario(CATALOGUE / f"{name}.yaml").name == data["name"] == name
+
+
+def test_a_directory_expands_to_the_scenarios_of_its_sub_folders(tmp_path: Path) -> None:
+    """`llm-chaos run scenarios/` takes scenarios/docker/ too, as `pytest scenarios/` does; other files are not."""
+    (tmp_path / "docker").mkdir()
+    for name in ("b.yaml", "docker/a.yml", "notes.txt"):
+        (tmp_path / name).write_text("")
+    assert scenario_files([tmp_path]) == [tmp_path / "b.yaml", tmp_path / "docker" / "a.yml"]
