@@ -2,7 +2,8 @@
 
 Exit codes: 0 every expectation held (skipped scenarios do not fail a run), 1 an expectation failed or a
 scenario could not be run (error), 2 invalid scenarios or usage. Progress lines go to stderr as it runs;
-the summary goes to stdout.
+the summary goes to stdout. Output piped into a reader that stops early (`llm-chaos list | head`) ends the
+command quietly with 141 (128 + SIGPIPE, what the shell reports for tools killed by SIGPIPE).
 """
 
 from __future__ import annotations
@@ -66,7 +67,24 @@ def _print_errors(errors: list[ScenarioError]) -> None:
             print(f"  {problem}", file=sys.stderr)
 
 
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a reader gone before the buffered output was written shows up here
+    except BrokenPipeError:
+        # Python's recipe (docs: "Note on SIGPIPE"): point stdout at devnull so the flush at interpreter exit
+        # does not raise again and print a traceback about a reader that simply stopped reading.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     loaded, errors = _load_all(list(args.files))
     if errors:

@@ -49,6 +49,9 @@ class ContainerSettings(Strict):
     mem_limit: Annotated[int | str, BeforeValidator(_byte_size)] | None = None
 
 
+NULLABLE_KEYS = frozenset({"max_restarts", "restart_window", "docker"})
+
+
 class ModelSpec(Strict):
     """One fake server and the supervisor keys (CONTRACT section 2) the scenario sets for it.
 
@@ -62,19 +65,19 @@ class ModelSpec(Strict):
     docker: ContainerSettings | None = None
     restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] | None = None
     max_restarts: Annotated[int, Field(ge=0)] | None = None
-    restart_window: Seconds | None = None
+    restart_window: Annotated[float, Field(gt=0)] | None = None
     restart_delay: Seconds | None = None
     backoff_multiplier: Annotated[float, Field(ge=1)] | None = None
     backoff_max: Seconds | None = None
-    backoff_jitter: Annotated[float, Field(ge=0, le=1)] | None = None
-    backoff_reset_after: Seconds | None = None
+    backoff_jitter: Annotated[float, Field(ge=0, lt=1)] | None = None  # bounds as the supervisor's config
+    backoff_reset_after: Annotated[float, Field(gt=0)] | None = None
     health_check_interval: Annotated[float, Field(gt=0)] | None = None
     health_check_timeout: Annotated[float, Field(gt=0)] | None = None
     health_failure_threshold: Annotated[int, Field(ge=1)] | None = None
     startup_timeout: Annotated[float, Field(gt=0)] | None = None
     startup_probe_interval: Annotated[float, Field(gt=0)] | None = None
     stop_timeout: Seconds | None = None
-    success_exit_codes: list[int] | None = None
+    success_exit_codes: list[Annotated[int, Field(ge=0, le=255)]] | None = None
 
     @model_validator(mode="after")
     def _container_keys_fit_runtime(self) -> ModelSpec:
@@ -82,6 +85,10 @@ class ModelSpec(Strict):
             raise ValueError("docker: needs runtime: docker")
         if self.runtime == "docker" and any("{gpu_dir}" in flag for flag in self.fake_vllm):
             raise ValueError("fake_vllm: {gpu_dir} is a directory on this host; it needs runtime: process")
+        # null means "unlimited" for these two only; the supervisor refuses it for every other key.
+        nulls = sorted(k for k in self.model_fields_set - NULLABLE_KEYS if getattr(self, k) is None)
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)}: null is allowed only for max_restarts and restart_window")
         return self
 
     @property

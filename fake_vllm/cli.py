@@ -74,11 +74,19 @@ def _utilization(text: str) -> float:
 
 
 def _exit_after(text: str) -> float | None:
-    return None if text.lower() == "never" else faults.seconds("engine_dead_exit_after", text)
+    if text.lower() == "never":
+        return None
+    try:
+        return faults.seconds("engine_dead_exit_after", text)
+    except faults.FaultValueError as exc:  # name the fault, as _typed does for the other fault flags
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
     return value

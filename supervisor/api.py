@@ -132,9 +132,7 @@ def _read_routes(api: APIRouter, supervisor: SupervisorFacade) -> None:
     ) -> list[EventOut]:
         """The model's timeline, oldest first."""
         _status_of(supervisor, model_id)
-        events = supervisor.events(model_id, since)
-        if limit is not None:
-            events = events[-limit:]
+        events = supervisor.events(model_id, since, limit)
         return [EventOut.model_validate(e) for e in events]
 
     @api.post("/models/{model_id}/health-check", response_model=HealthCheckResponse, responses=_MODEL)

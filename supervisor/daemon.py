@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
+import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TextIO
 
 import uvicorn
@@ -26,6 +29,7 @@ from supervisor.journal import JOURNAL_FILENAME, Journal, JournalError
 from supervisor.status import TimelineEvent
 from supervisor.supervisor import Supervisor
 
+LOCK_FILENAME = "supervisor.lock"
 # Streaming log followers must not hold the exit hostage.
 _GRACEFUL_HTTP_SHUTDOWN = 3
 
@@ -92,6 +96,28 @@ def bind(host: str, port: int) -> socket.socket:
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", exit_code=1) from exc
 
 
+def lock_state_dir(state_dir: Path) -> int:
+    """Hold an exclusive lock on the state directory for this process's life (released by the kernel on any
+    exit, kill -9 included). A second supervisor on the same directory would take the first one's live runs
+    for leftovers and stop them, then both would start the models: two copies fighting over the GPUs."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / LOCK_FILENAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StartupError(f"cannot use state_dir {state_dir}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StartupError(
+            f"another llm-supervisor (pid {holder}) is using state_dir {state_dir}; give each supervisor its own"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 async def serve(config: Config, host: str, port: int, out: TextIO = sys.stderr) -> int:
     """Run until SIGTERM/SIGINT, then stop every model and return 0. Raises StartupError before starting."""
     token_env = config.supervisor.token_env
@@ -99,15 +125,22 @@ async def serve(config: Config, host: str, port: int, out: TextIO = sys.stderr) 
     check_bind(host, token, token_env)
     sock = bind(host, port)
     try:
+        lock = lock_state_dir(config.supervisor.state_dir)
+    except StartupError:
+        sock.close()
+        raise
+    try:
         journal = Journal.open(config.supervisor.state_dir / JOURNAL_FILENAME)
     except JournalError as exc:
         sock.close()
+        os.close(lock)
         raise StartupError(str(exc)) from exc
     try:
         return await _serve(config, journal, sock, token, out)
     finally:
         journal.close()
         sock.close()
+        os.close(lock)
 
 
 async def _serve(config: Config, journal: Journal, sock: socket.socket, token: str | None, out: TextIO) -> int:

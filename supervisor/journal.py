@@ -57,6 +57,15 @@ CREATE TABLE IF NOT EXISTS models (
 """
 
 
+_EVENTS_SQL = (
+    "SELECT seq, time, model_id, kind, state, detail, reason FROM events WHERE model_id = ? AND seq > ? ORDER BY seq"
+)
+_NEWEST_EVENTS_SQL = (
+    "SELECT * FROM (SELECT seq, time, model_id, kind, state, detail, reason FROM events "
+    "WHERE model_id = ? AND seq > ? ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+)
+
+
 class JournalError(Exception):
     """The journal file cannot be used (written by a newer version, not a database, unwritable)."""
 
@@ -146,14 +155,17 @@ class Journal:
             (model_id, model_id, self._max_events),
         )
 
-    def events(self, model_id: str, since: int = 0, limit: int | None = None) -> list[TimelineEvent]:
-        """Events of `model_id` with seq > since, ascending; with `limit`, the first `limit` of them."""
-        sql = (
-            "SELECT seq, time, model_id, kind, state, detail, reason FROM events "
-            "WHERE model_id = ? AND seq > ? ORDER BY seq"
-        )
+    def events(
+        self, model_id: str, since: int = 0, limit: int | None = None, *, newest: int | None = None
+    ) -> list[TimelineEvent]:
+        """Events of `model_id` with seq > since, ascending; with `limit`, the first `limit` of them; with
+        `newest`, the last `newest` of them (a dashboard's view, read without loading the rest)."""
+        sql = _EVENTS_SQL
         params: tuple[object, ...] = (model_id, since)
-        if limit is not None:
+        if newest is not None:
+            sql = _NEWEST_EVENTS_SQL
+            params = (*params, newest)
+        elif limit is not None:
             sql += " LIMIT ?"
             params = (*params, limit)
         with self._lock:

@@ -191,8 +191,9 @@ class Machine:
     def _spawn_failed(self, snap: Snapshot, event: SpawnFailed, now: float) -> Step:
         self._expect_pending_spawn(snap, event.run)
         # A run that could not even start is a crash like any other and is counted (PRIOR_ART 3).
-        exited = Record(EventKind.EXITED, State.STARTING, f"spawn failed: {event.message}", event.cause.value)
-        return self._after_failure(snap, now, clean=False, cause=event.cause, first=(exited,))
+        step = self._after_failure(snap, now, clean=False, cause=event.cause)
+        exited = Record(EventKind.EXITED, step.snapshot.state, f"spawn failed: {event.message}", event.cause.value)
+        return replace(step, actions=(exited, *step.actions))
 
     def _exited(self, snap: Snapshot, event: Exited, now: float) -> Step:
         if event.run != snap.run or not snap.live:
@@ -200,13 +201,18 @@ class Machine:
         status = event.status
         snap = replace(snap, live=False, last_exit=status, probe_in_flight=False, next_probe_at=None)
         if snap.state is State.STOPPING:
-            # A requested exit: not a failure, whatever its code (PRIOR_ART 9).
-            return Step(snap, (Record(EventKind.EXITED, State.STOPPING, status.describe()),))
+            # A requested exit is not a failure, whatever its code (PRIOR_ART 9); one we caused because the
+            # run had failed (unhealthy, start-up timeout) carries that failure's cause.
+            failed = snap.teardown is Teardown.FAILURE and snap.failure_cause is not None
+            reason = snap.failure_cause.value if failed and snap.failure_cause else None
+            return Step(snap, (Record(EventKind.EXITED, State.STOPPING, status.describe(), reason),))
         clean = status.signal is None and status.code in self.settings.success_exit_codes
         cause = snap.run_cause or (Cause.OOM if status.oom_killed else Cause.CRASH)
-        exited = Record(EventKind.EXITED, snap.state, status.describe(), "clean" if clean else cause.value)
         # Whatever the run left behind (engine children) is an orphan now: reap the whole group.
-        return self._after_failure(snap, now, clean=clean, cause=cause, first=(exited, Kill(snap.run)))
+        step = self._after_failure(snap, now, clean=clean, cause=cause, first=(Kill(snap.run),))
+        reason = None if clean else cause.value  # a success exit code is no failure
+        exited = Record(EventKind.EXITED, step.snapshot.state, status.describe(), reason)
+        return replace(step, actions=(exited, *step.actions))
 
     def _group_gone(self, snap: Snapshot, event: GroupGone, now: float) -> Step:
         if event.run != snap.run or snap.live or not snap.group_alive:
@@ -250,7 +256,9 @@ class Machine:
         delay = self.settings.backoff.delay(attempt, self._rng)
         # edge: -> backoff; the restart is counted now, when it is decided (PRIOR_ART 3)
         snap = replace(
-            snap, state=State.BACKOFF, attempt=attempt + 1, restart_times=(*recent, now),
+            snap, state=State.BACKOFF, attempt=attempt + 1,
+            # An unlimited budget needs no history (and a long-lived model would grow it for ever).
+            restart_times=(*recent, now) if budget.max_restarts is not None else (),
             restart_count=snap.restart_count + 1, restart_at=now + delay,
             restart_reason="exit" if clean else cause.value,
         )
@@ -343,7 +351,7 @@ class Machine:
             consecutive_failures=0, probe_in_flight=False,
             next_probe_at=now + s.startup_probe_interval if s.has_probe else None,
             startup_deadline=now + s.startup_timeout if s.has_probe else None,
-            kill_at=None, restart_at=None, restart_reason=reason, teardown=None,
+            kill_at=None, restart_at=None, restart_reason=reason, teardown=None, health_message=None,
             run_cause=None, has_cuda_oom=False, last_exit=None,
         )
         return Step(snap, (*first, Spawn(run, reason)))

@@ -24,7 +24,8 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 PREFIX = "llm_supervisor"
 # `spawned` reasons: an operator's restart, or the cause of the run that died.
-RESTART_REASONS = ("manual", *(c.value for c in Cause))
+# "exit": a run that ended with a success exit code, restarted under `always` / `unless-stopped`.
+RESTART_REASONS = ("manual", "exit", *(c.value for c in Cause))
 # `exited` causes; "none" is an exit that was no failure (a requested stop, a success exit code).
 EXIT_CAUSES = (*(c.value for c in Cause), "none")
 PROBE_RESULTS = ("success", "failure")

@@ -121,7 +121,13 @@ class ModelOwner:
         try:
             while True:
                 request = await self._next(next_deadline(self.snapshot))
-                reply = await self._apply(request.event if request else Tick())
+                event = request.event if request else Tick()
+                try:
+                    reply = await self._apply(event)
+                except Exception as exc:
+                    # One failed event (a bug, an illegal event) must never end this model's supervision.
+                    log.exception("%s: handling %s failed", self.model_id, type(event).__name__)
+                    reply = Reply(False, f"internal error: {exc}")
                 if request and request.reply and not request.reply.done():
                     request.reply.set_result(reply or Reply(True, "done"))
         finally:
@@ -147,6 +153,9 @@ class ModelOwner:
         return getter.result() if getter.done() and not getter.cancelled() else None
 
     async def _apply(self, event: Event) -> Reply | None:
+        if isinstance(event, Exited) and self.run is not None and self.run.number == event.run:
+            # The advice shown with a failure is that of the run that failed, or none (PRIOR_ART 11).
+            self.last_finding = self.run.diagnosis.primary
         step = self.machine.handle(self.snapshot, event, self._clock.now())
         self.snapshot = step.snapshot
         follow_ups: list[Event] = []
@@ -180,8 +189,8 @@ class ModelOwner:
         def sink(stream: Stream, text: str) -> None:
             self._on_line(number, stream, text)
             finding = diagnosis.observe(text)
-            if finding is not None:
-                self.last_finding = finding
+            if finding is not None and self.run is not None and self.run.number == number:
+                self.last_finding = diagnosis.primary
                 cause = diagnosis.primary_cause
                 assert cause is not None  # a finding always gives the run a cause
                 self.post(Diagnosed(number, cause, finding.finding, diagnosis.has_cuda_oom))
@@ -189,11 +198,12 @@ class ModelOwner:
         started = time.perf_counter()
         try:
             handle = await self._runtime.spawn(self.model_id, number, sink)
-        except SpawnError as exc:
-            log.warning("%s: run %d could not start: %s", self.model_id, number, exc)
+        except Exception as exc:  # whatever stops a start is a failed start, counted like a crash
+            message = str(exc) if isinstance(exc, SpawnError) else f"{type(exc).__name__}: {exc}"
+            log.warning("%s: run %d could not start: %s", self.model_id, number, message)
             # The runtime's message may name a known cause (a port taken by another container).
-            finding = classify_line(str(exc))
-            return SpawnFailed(number, str(exc), finding.cause if finding else Cause.CRASH)
+            finding = classify_line(message)
+            return SpawnFailed(number, message, finding.cause if finding else Cause.CRASH)
         log.debug("%s: spawned run %d in %.1f ms", self.model_id, number, (time.perf_counter() - started) * 1e3)
         self.run = RunView(number, handle, diagnosis)
         self._start_helper(self._watch(number, handle))

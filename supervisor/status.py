@@ -48,7 +48,6 @@ class EventKind(StrEnum):
     START_REQUESTED = "start_requested"
     STOP_REQUESTED = "stop_requested"
     RESTART_REQUESTED = "restart_requested"
-    ADOPTED = "adopted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +61,8 @@ class TimelineEvent:
     state: State
     detail: str | None = None
     # For `spawned`: why this run started (None: first start, "manual", or a Cause value).
-    # For `exited`: the cause value, or "clean" for an exit listed in success_exit_codes.
+    # For `exited`: the failure cause value; None for a requested stop or an exit in success_exit_codes.
+    # For `backoff` and `failed`: the cause that led there ("exit" after a success exit under always).
     reason: str | None = None
 
 

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import random
+import sqlite3
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,8 @@ from supervisor.status_view import build_status
 log = logging.getLogger(__name__)
 
 MEMORY_EVENTS_PER_MODEL = 2000
+# How long past the longest stop_timeout a shutdown waits for SIGKILLed processes to disappear.
+SHUTDOWN_GRACE = 10.0
 ProbeFn = Callable[[float], Awaitable[ProbeResult]]
 
 
@@ -110,6 +113,8 @@ class Supervisor:
         self._writers: dict[str, LogWriter] = {}
         self._events: dict[str, deque[TimelineEvent]] = {}
         self._seq = journal.last_seq() if journal else 0
+        self._closing = False
+        self._journal_broken = False
 
     # --- life -------------------------------------------------------------------------------------
 
@@ -148,14 +153,35 @@ class Supervisor:
             snapshot=self._restore(persisted),
         )
         self._owners[model_id] = owner
-        self._tasks[model_id] = asyncio.get_running_loop().create_task(owner.serve(), name=f"model:{model_id}")
+        task = asyncio.get_running_loop().create_task(owner.serve(), name=f"model:{model_id}")
+        task.add_done_callback(self._owner_ended)
+        self._tasks[model_id] = task
         owner.post(Boot())
 
+    def _owner_ended(self, task: asyncio.Task[None]) -> None:
+        # serve() only ends by cancellation at shutdown; anything else leaves a model unsupervised.
+        if not task.cancelled() and not self._closing:
+            log.critical("%s ended: this model is no longer supervised", task.get_name(), exc_info=task.exception())
+
     async def shutdown(self) -> None:
-        """Stop every model, whole process groups included, and return once nothing of them is left."""
+        """Stop every model, whole process groups included, and return once nothing of them is left.
+
+        Bounded: a process that outlives its SIGKILL (stuck in the kernel on a wedged GPU driver) is logged
+        and left after the longest stop_timeout plus a grace; the journal keeps its record, so the next start
+        of the supervisor stops it (PRIOR_ART 18: a shutdown must be able to finish).
+        """
+        if self._closing:
+            return
+        self._closing = True
         for owner in self._owners.values():
             owner.post(ShutdownRequested())
-        await asyncio.gather(*(owner.wait_settled() for owner in self._owners.values()))
+        limit = max((cfg.stop_timeout for cfg in self._configs.values()), default=0.0) + SHUTDOWN_GRACE
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.gather(*(owner.wait_settled() for owner in self._owners.values()))
+        except TimeoutError:
+            stuck = [m for m, o in self._owners.items() if o.snapshot.live or o.snapshot.group_alive]
+            log.error("shutdown: gave up after %.0f s waiting for %s to stop", limit, ", ".join(stuck))  # noqa: TRY400
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -175,11 +201,13 @@ class Supervisor:
     def statuses(self) -> list[ModelStatus]:
         return [self.status(model_id) for model_id in self._owners]
 
-    def events(self, model_id: str, since: int = 0) -> list[TimelineEvent]:
+    def events(self, model_id: str, since: int = 0, limit: int | None = None) -> list[TimelineEvent]:
+        """Events with seq > since, oldest first; with `limit`, only the newest `limit` of them."""
         self._owner(model_id)
         if self.journal is not None:
-            return self.journal.events(model_id, since)
-        return [e for e in self._events[model_id] if e.seq > since]
+            return self.journal.events(model_id, since, newest=limit)
+        found = [e for e in self._events[model_id] if e.seq > since]
+        return found[-limit:] if limit else found
 
     def log_dir(self) -> Path:
         return self.config.supervisor.state_dir / "logs"
@@ -216,7 +244,10 @@ class Supervisor:
         )
 
     async def _act(self, model_id: str, event: Event) -> ActionResult:
-        reply = await self._owner(model_id).request(event)
+        owner = self._owner(model_id)
+        if self._closing:
+            return ActionResult(False, "the supervisor is shutting down", self.status(model_id))
+        reply = await owner.request(event)
         return ActionResult(reply.accepted, reply.message, self.status(model_id))
 
     # --- plumbing ---------------------------------------------------------------------------------
@@ -253,10 +284,24 @@ class Supervisor:
         )
         self._events[model_id].append(event)
         self._mark_log(model_id, run, record)
-        if self.journal is not None:
+        self._journal_write(model_id, event)
+        self._notify(lambda o: o.on_event(event))
+
+    def _journal_write(self, model_id: str, event: TimelineEvent) -> None:
+        """Persist an event and the model's state; a broken journal (disk full) never stops supervision."""
+        if self.journal is None:
+            return
+        try:
             self.journal.append(event)
             self.journal.save_model(model_id, self._persisted(model_id))
-        self._notify(lambda o: o.on_event(event))
+        except sqlite3.Error as exc:
+            if not self._journal_broken:
+                log.error("journal write failed (%s): supervising on; state will not survive a restart", exc)  # noqa: TRY400
+            self._journal_broken = True
+        else:
+            if self._journal_broken:
+                log.warning("journal writes work again")
+            self._journal_broken = False
 
     def _mark_log(self, model_id: str, run: int, record: Record) -> None:
         """Put run boundaries into the model's log, so a reader can tell runs apart."""
@@ -313,13 +358,21 @@ class Supervisor:
         """
         models: dict[str, RunRecord | None] = {m: state.run for m, state in persisted.items() if state.run is not None}
         models.update({m: models.get(m) for m, cfg in self.config.models.items() if cfg.runtime == "docker"})
-        results = await asyncio.gather(*(
-            stop_leftover_run(
-                model_id, run, self.config.models.get(model_id), self._stop_timeout(model_id), self.instance
-            )
-            for model_id, run in models.items()
-        ))
-        stopped = {model_id for model_id, was_running in zip(models, results, strict=True) if was_running}
+        results = await asyncio.gather(
+            *(
+                stop_leftover_run(
+                    model_id, run, self.config.models.get(model_id), self._stop_timeout(model_id), self.instance
+                )
+                for model_id, run in models.items()
+            ),
+            return_exceptions=True,  # one model's trouble (Docker unreachable) must not stop the others
+        )
+        stopped = set()
+        for model_id, result in zip(models, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("%s: could not clean up after the previous supervisor: %s", model_id, result)
+            elif result:
+                stopped.add(model_id)
         for model_id in stopped:
             log.warning("%s: stopped a run left behind by the previous supervisor", model_id)
         return stopped

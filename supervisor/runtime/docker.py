@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -69,6 +70,12 @@ class PortInUse(SpawnError):
 
 def default_client_factory() -> Any:
     """A client for the daemon that DOCKER_HOST names (the local socket by default)."""
+    address = _daemon_address()
+    if address.startswith("unix://"):
+        # Try the socket ourselves first: docker-py leaks the socket of a failed connect (an fd per retry).
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(5)
+            probe.connect(address.removeprefix("unix://"))  # OSError: reported as DockerUnavailable
     return docker.from_env()
 
 

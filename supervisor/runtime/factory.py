@@ -8,7 +8,7 @@ from pathlib import Path
 from supervisor.config import ModelConfig
 from supervisor.journal import RunRecord
 from supervisor.runtime.base import Runtime
-from supervisor.runtime.process import ProcessRuntime, stop_leftover
+from supervisor.runtime.process import ProcessRuntime, run_marker, stop_leftover
 
 
 def instance_id(state_dir: Path) -> str:
@@ -31,16 +31,17 @@ async def stop_leftover_run(
 ) -> bool:
     """Before a model's first run: stop what a previous life of this supervisor left of it.
 
-    Processes are found from the journal's record (pid + start time). Containers also by their labels, so a
-    container created in the instant before a crash, before the journal recorded it, is found too.
-    True if something was still running.
+    The recorded run is stopped the way it was started (its runtime may have changed in the config since).
+    Containers of a docker model are also looked for by their labels, so one created in the instant before a
+    crash, before the journal recorded it, is found too. True if something was still running.
     """
-    docker = (cfg is not None and cfg.runtime == "docker") or (run is not None and run.runtime == "docker")
-    if docker:
+    stopped = False
+    if run is not None and run.runtime == "process":
+        marker = run_marker(model_id, run.run_number)
+        stopped = await stop_leftover(run.ident, stop_timeout, marker=marker)
+    recorded_container = run.ident if run is not None and run.runtime == "docker" else None
+    if recorded_container is not None or (cfg is not None and cfg.runtime == "docker"):
         from supervisor.runtime.docker import remove_leftover_container
 
-        ident = run.ident if run is not None else None
-        return await remove_leftover_container(model_id, ident, stop_timeout, instance=instance)
-    if run is None:
-        return False
-    return await stop_leftover(run.ident, stop_timeout)
+        stopped |= await remove_leftover_container(model_id, recorded_container, stop_timeout, instance=instance)
+    return stopped

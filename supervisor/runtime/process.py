@@ -200,7 +200,7 @@ class ProcessRuntime:
         env = {**os.environ, **self.env}
         # Python servers (vLLM) buffer stdout when it is a pipe; unbuffered, their lines arrive as written.
         env.setdefault("PYTHONUNBUFFERED", "1")
-        env[RUN_MARKER_ENV] = f"{model_id}:{run_number}"
+        env[RUN_MARKER_ENV] = run_marker(model_id, run_number)
         return env
 
     async def spawn(self, model_id: str, run_number: int, sink: LineSink) -> ProcessRun:
@@ -216,9 +216,11 @@ class ProcessRuntime:
                 env=self._environment(model_id, run_number),
                 start_new_session=True,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: e.g. a NUL byte in an argument
             for fd in (out_r, err_r):
                 os.close(fd)
+            if isinstance(exc, ValueError):
+                raise SpawnError(f"cannot start {self.argv[0]!r}: {exc}") from exc
             raise SpawnError(_describe_spawn_error(self.argv, self.cwd, exc)) from exc
         finally:
             # The child holds its own copies; ours must go or we would never see EOF.
@@ -226,6 +228,11 @@ class ProcessRuntime:
                 os.close(fd)
         readers = [LineReader(out_r, Stream.STDOUT, sink), LineReader(err_r, Stream.STDERR, sink)]
         return ProcessRun(proc, _create_time(proc.pid), readers)
+
+
+def run_marker(model_id: str, run_number: int) -> str:
+    """The value of RUN_MARKER_ENV in every process of one run."""
+    return f"{model_id}:{run_number}"
 
 
 def _describe_spawn_error(argv: Sequence[str], cwd: str | None, exc: OSError) -> str:
@@ -296,7 +303,7 @@ def _parse_ident(ident: str) -> tuple[int, float]:
         raise ValueError(f"not a process run identity ('pid:create_time'): {ident!r}") from None
 
 
-def _is_our_leftover(pid: int, create_time: float) -> bool:
+def _is_our_leftover(pid: int, create_time: float, marker: str | None) -> bool:
     """True if `pid` is still the leader we started, or its group survives it with our marker."""
     try:
         leader = psutil.Process(pid)
@@ -315,23 +322,27 @@ def _is_our_leftover(pid: int, create_time: float) -> bool:
         try:
             proc = psutil.Process(member)
             is_younger = proc.create_time() + _CREATE_TIME_TOLERANCE >= create_time
-            if is_younger and RUN_MARKER_ENV in proc.environ():
+            found = proc.environ().get(RUN_MARKER_ENV)
+            if is_younger and found is not None and (marker is None or found == marker):
                 return True
         except psutil.Error:
             continue
     return False
 
 
-async def stop_leftover(ident: str, stop_timeout: float, kill_timeout: float = 10.0) -> bool:
+async def stop_leftover(
+    ident: str, stop_timeout: float, kill_timeout: float = 10.0, *, marker: str | None = None
+) -> bool:
     """Stop the process group of a run a previous supervisor started, if it is still there.
 
     SIGTERM the group, wait up to `stop_timeout` for it to go, then SIGKILL and wait up to `kill_timeout`
     (a process stuck in the kernel, e.g. in a GPU driver call, can outlive SIGKILL for a while; we then log
     and give up rather than hang). Returns True if something was stopped. A pid now used by an unrelated
-    process (different create time) is never signalled.
+    process (different create time) is never signalled; an orphaned group whose leader is gone counts only
+    if its members carry the run's `marker` ("model:run", see run_marker), when one is given.
     """
     pid, create_time = _parse_ident(ident)
-    if not await asyncio.to_thread(_is_our_leftover, pid, create_time):
+    if not await asyncio.to_thread(_is_our_leftover, pid, create_time, marker):
         return False
     log.info("stopping leftover process group %d (run %s)", pid, ident)
     signal_group(pid, signal.SIGTERM)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -30,6 +32,20 @@ def test_list_and_validate_the_catalogue(capsys: pytest.CaptureFixture[str]) -> 
     assert "crash-loop-reaches-failed" in listing
     assert "PRIOR_ART 3" in listing
     assert main(["validate", str(root)]) == 0
+
+
+def test_a_closed_stdout_ends_list_quietly_with_141() -> None:
+    """`llm-chaos list | head`: a reader that is gone ends the command with 141 and no traceback."""
+    root = Path(__file__).resolve().parents[2] / "scenarios"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # no reader at all, before the command writes: its first write (or flush) fails
+    try:
+        result = subprocess.run([sys.executable, "-m", "chaos.cli", "list", str(root)], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141
+    assert result.stderr == ""
 
 
 def test_invalid_scenario_exits_2_with_its_path(write_scenario: Any, capsys: pytest.CaptureFixture[str]) -> None:

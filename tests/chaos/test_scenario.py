@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from chaos.scenario import ScenarioError, load_scenario, parse_scenario, scenario_files
+from supervisor.config import ConfigError, parse_config
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "scenarios"
 
@@ -58,6 +59,35 @@ def test_supervisor_keys_keep_explicit_nulls_and_drop_unset() -> None:
     spec = parse_scenario(base(target={"models": {"m1": {"max_restarts": None, "restart_delay": 1}}})).target
     assert spec is not None
     assert spec.models["m1"].supervisor_keys() == {"max_restarts": None, "restart_delay": 1.0}
+
+
+def _supervisor_accepts(key: str, value: object) -> bool:
+    try:
+        parse_config({"llmModels": {"m1": {"command": "fake-vllm", key: value}}})
+    except ConfigError:
+        return False
+    return True
+
+
+def _scenario_accepts(key: str, value: object) -> bool:
+    try:
+        parse_scenario(base(target={"models": {"m1": {key: value}}}))
+    except ScenarioError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("key", "value", "valid"), [
+    ("backoff_jitter", 1, False), ("backoff_jitter", 0.99, True), ("backoff_jitter", 0, True),
+    ("backoff_jitter", -0.1, False), ("restart_window", 0, False), ("restart_window", 0.1, True),
+    ("backoff_reset_after", 0, False), ("backoff_reset_after", 0.1, True), ("backoff_multiplier", 0.5, False),
+    ("success_exit_codes", [256], False), ("success_exit_codes", [0, 3], True), ("max_restarts", None, True),
+    ("restart_window", None, True), ("restart_delay", None, False), ("stop_timeout", None, False),
+])
+def test_supervisor_key_bounds_match_the_supervisor_config(key: str, value: object, valid: bool) -> None:
+    """A value `validate` accepts is one the supervisor accepts too, so no run dies at start-up on it."""
+    assert _supervisor_accepts(key, value) is valid
+    assert _scenario_accepts(key, value) is valid
 
 
 def test_for_is_the_duration_of_net_and_hang() -> None:

@@ -73,6 +73,30 @@ def test_cli_defaults_match_vllm() -> None:
     assert settings.faults.engine_dead_exit_after == 5.0
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine-dead-exit-after", "-1"], "--engine-dead-exit-after: engine_dead_exit_after: must be >= 0"),
+        (["--engine-dead-exit-after", "soon"], "engine_dead_exit_after: expected a number, got 'soon'"),
+        (["--max-num-seqs", "x"], "--max-num-seqs: must be a whole number >= 1, got 'x'"),
+    ],
+)
+def test_typed_flags_name_what_is_wrong(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad value is a usage error (exit 2) whose message names the fault, not a Python function."""
+    with pytest.raises(SystemExit) as caught:
+        cli.parse_settings(["serve", "m", *args])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "invalid _" not in err
+
+
+def test_engine_dead_exit_after_accepts_never_and_seconds() -> None:
+    """`never` disables the exit after engine death; a number of seconds is kept."""
+    assert cli.parse_settings(["serve", "m", "--engine-dead-exit-after", "NEVER"]).faults.engine_dead_exit_after is None
+    assert cli.parse_settings(["serve", "m", "--engine-dead-exit-after", "0.5"]).faults.engine_dead_exit_after == 0.5
+
+
 def test_plan_is_deterministic_and_honours_limits() -> None:
     """The same inputs give the same text; max_tokens cuts with "length"; ignore_eos fills to it."""
     first = engine.plan(1, None, "prompt", 0, None)

@@ -98,9 +98,10 @@ class FakeSupervisor:
     def statuses(self) -> list[ModelStatus]:
         return list(self._statuses.values())
 
-    def events(self, model_id: str, since: int = 0) -> list[TimelineEvent]:
+    def events(self, model_id: str, since: int = 0, limit: int | None = None) -> list[TimelineEvent]:
         self.status(model_id)
-        return [e for e in self._events if e.model_id == model_id and e.seq > since]
+        found = [e for e in self._events if e.model_id == model_id and e.seq > since]
+        return found[-limit:] if limit else found
 
     def log_dir(self) -> Path:
         return self._log_dir

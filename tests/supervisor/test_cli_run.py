@@ -21,6 +21,8 @@ import psutil
 import pytest
 from real_fleet import config_data, fake_model, model_processes
 
+from supervisor.daemon import StartupError, lock_state_dir
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_process_left")]
 WAIT = 40.0  # generous: several real processes on a loaded two-core machine
 CLI = [sys.executable, "-m", "supervisor.cli"]
@@ -199,3 +201,14 @@ def test_kill_9_then_restart_leaves_no_orphan_no_duplicate(tmp_path: Path) -> No
         assert second.proc.wait(timeout=WAIT) == 0
     assert model_processes(healthy_model) == []
     assert model_processes(crashing) == []
+
+
+def test_a_second_supervisor_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    """Two supervisors on one state_dir would stop each other's runs: the second refuses to start."""
+    first = lock_state_dir(tmp_path / "state")
+    try:
+        with pytest.raises(StartupError, match=rf"another llm-supervisor \(pid {os.getpid()}\)"):
+            lock_state_dir(tmp_path / "state")
+    finally:
+        os.close(first)
+    os.close(lock_state_dir(tmp_path / "state"))  # free again once the holder is gone

@@ -207,3 +207,12 @@ def test_every_returned_write_survives_kill_9(tmp_path: Path) -> None:
         assert j._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         j.close()
+
+
+def test_newest_events_are_read_from_the_end(tmp_path: Path) -> None:
+    """`newest=N` returns the last N events after `since`, oldest first, without reading the rest."""
+    journal = Journal.open(tmp_path / "j.sqlite3")
+    for seq in range(1, 8):
+        journal.append(TimelineEvent(seq, float(seq), "m", EventKind.SPAWNED, State.STARTING))
+    assert [e.seq for e in journal.events("m", since=2, newest=3)] == [5, 6, 7]
+    journal.close()

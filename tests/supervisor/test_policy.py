@@ -40,15 +40,15 @@ def test_wants_restart_per_policy(policy: RestartPolicy, clean: bool, restarts: 
         (RestartPolicy.ON_FAILURE, True, True),
         (RestartPolicy.ON_FAILURE, False, False),
         (RestartPolicy.ALWAYS, True, True),
-        (RestartPolicy.ALWAYS, False, True),
+        (RestartPolicy.ALWAYS, False, False),
         (RestartPolicy.UNLESS_STOPPED, True, True),
         (RestartPolicy.UNLESS_STOPPED, False, False),
     ],
 )
-def test_starts_on_boot_honours_the_stop_except_under_always(
+def test_starts_on_boot_honours_an_operators_stop_under_every_policy(
     policy: RestartPolicy, desired_running: bool, starts: bool
 ) -> None:
-    """Only `always` comes back after an operator's stop when the supervisor restarts (Docker's meaning)."""
+    """No policy, `always` included, brings back a model an operator stopped when the supervisor restarts."""
     assert starts_on_boot(policy, desired_running=desired_running) is starts
 
 
