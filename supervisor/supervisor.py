@@ -16,12 +16,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 import httpx
 
 from supervisor.clock import Clock, RealClock
 from supervisor.config import Config, ModelConfig
+from supervisor.facade import Observer
 from supervisor.journal import Journal, PersistedModel, RunRecord
 from supervisor.logs import LogWriter
 from supervisor.machine import Machine
@@ -76,12 +76,6 @@ class HealthCheckReport:
     consecutive_health_failures: int
     last_health_check_time: float | None
     has_cuda_oom: bool
-
-
-class Observer(Protocol):
-    def on_event(self, event: TimelineEvent) -> None: ...
-
-    def on_probe(self, model_id: str, ok: bool, duration: float) -> None: ...
 
 
 class Supervisor:
@@ -282,7 +276,8 @@ class Supervisor:
         event = TimelineEvent(
             self._seq, self.clock.wall(), model_id, record.kind, record.state, record.detail, record.reason
         )
-        self._events[model_id].append(event)
+        if self.journal is None:  # with a journal, the timeline is read from there
+            self._events[model_id].append(event)
         self._mark_log(model_id, run, record)
         self._journal_write(model_id, event)
         self._notify(lambda o: o.on_event(event))
