@@ -9,14 +9,11 @@ in one pass. A FluidMCP file (`{"llmModels": {...}}`) loads unchanged; FluidMCP'
 
 from __future__ import annotations
 
-import difflib
-import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -29,6 +26,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import core_schema
+
+from supervisor.config_files import DocumentError, load_json, load_yaml
+from supervisor.config_messages import describe, show, step, suggest
 
 MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # FluidMCP's own sections (MCP servers, its cloud models, its GitHub token): a FluidMCP file carries them next
@@ -106,7 +106,7 @@ def _byte_size(value: object) -> object:
         return value
     match = re.fullmatch(r"(\d+)\s*([bkmgt]?)b?", value.strip().lower()) if isinstance(value, str) else None
     if match is None or int(match[1]) == 0:
-        raise ValueError(f'must be a size like "8g" or "512m", or a number of bytes (got {_show(value)})')
+        raise ValueError(f'must be a size like "8g" or "512m", or a number of bytes (got {show(value)})')
     return int(match[1]) * 1024 ** "bkmgt".index(match[2] or "b")
 
 
@@ -116,13 +116,13 @@ def _gpus(value: object) -> object:
     if isinstance(value, list | tuple) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
                                                for i in value):
         return tuple(value)
-    raise ValueError(f'must be "all", a list of GPU indices like [0, 1], or null (got {_show(value)})')
+    raise ValueError(f'must be "all", a list of GPU indices like [0, 1], or null (got {show(value)})')
 
 
 def _container_port(value: object) -> object:
     match = re.fullmatch(r"(\d{1,5})(/(tcp|udp|sctp))?", str(value))
     if match is None or not 1 <= int(match[1]) <= 65535:
-        raise ValueError(f'container port must look like "8000/tcp" or "8000" (got {_show(value)})')
+        raise ValueError(f'container port must look like "8000/tcp" or "8000" (got {show(value)})')
     return value if match[2] else f"{match[1]}/tcp"
 
 
@@ -286,7 +286,10 @@ def load_config(path: str | Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read the file: {exc}"], source) from None
-    data, duplicates = _load_json(text, source) if suffix == ".json" else _load_yaml(text, source)
+    try:
+        data, duplicates = load_json(text) if suffix == ".json" else load_yaml(text)
+    except DocumentError as exc:
+        raise ConfigError([str(exc)], source) from None
     try:
         config = parse_config(data, source, base_dir=path.parent)
     except ConfigError as exc:
@@ -299,8 +302,8 @@ def load_config(path: str | Path) -> Config:
 def parse_config(data: object, source: str = "<config>", *, base_dir: str | Path | None = None) -> Config:
     """Check loaded data; relative paths resolve against base_dir (default: the current directory)."""
     if not isinstance(data, Mapping):
-        raise ConfigError([f"(top level): must be a mapping with an llmModels section (got {_show(data)})"], source)
-    problems = [f"{key}: unknown key{_suggest(key, TOP_LEVEL_KEYS)}"
+        raise ConfigError([f"(top level): must be a mapping with an llmModels section (got {show(data)})"], source)
+    problems = [f"{key}: unknown key{suggest(key, TOP_LEVEL_KEYS)}"
                 for key in data if key not in TOP_LEVEL_KEYS and key not in FLUIDMCP_SECTIONS]
     context = {"base_dir": Path(base_dir) if base_dir is not None else Path.cwd()}
     raw_settings = data.get("supervisor")  # an empty `supervisor:` section reads as null
@@ -310,10 +313,10 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: str | Path
     models: dict[str, ModelConfig] = {}
     if not isinstance(raw_models, Mapping):
         problems.append("llmModels: required: a mapping of model id -> model settings"
-                        + ("" if raw_models is None else f" (got {_show(raw_models)})"))
+                        + ("" if raw_models is None else f" (got {show(raw_models)})"))
         raw_models = {}
     for model_id, raw in raw_models.items():
-        path = "llmModels" + _step(model_id)
+        path = "llmModels" + step(model_id)
         if not (isinstance(model_id, str) and MODEL_ID_PATTERN.fullmatch(model_id)):
             problems.append(f"{path}: a model id must be 1-64 characters of A-Z a-z 0-9 . _ -")
         model = _validate(ModelConfig, raw, path, context, problems)
@@ -332,7 +335,8 @@ def _validate(cls: type[_M], raw: object, path: str, context: dict[str, Any], pr
     try:
         return cls.model_validate(raw, context=context)
     except ValidationError as exc:
-        problems.extend(_describe(cls, path, error) for error in exc.errors(include_url=False))
+        aliases = ["shutdown_timeout"] if cls is ModelConfig else []
+        problems.extend(describe(cls, path, error, aliases) for error in exc.errors(include_url=False))
         return None
 
 
@@ -349,126 +353,3 @@ def _shared_servers(models: Mapping[str, ModelConfig]) -> list[str]:
         elif root is not None:
             owners[root] = model_id
     return problems
-
-
-_KINDS = {
-    "float_type": "a number", "int_type": "a whole number", "bool_type": "true or false",
-    "string_type": "a string", "tuple_type": "a list", "list_type": "a list", "dict_type": "a mapping",
-    "model_type": "a mapping", "model_attributes_type": "a mapping", "path_type": "a path (a string)",
-    "finite_number": "a finite number",
-}
-_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-
-
-def _describe(cls: type[BaseModel], prefix: str, error: Any) -> str:
-    loc = [part for part in error["loc"] if part != "[key]"]
-    return f"{prefix}{''.join(map(_step, loc))}: {_message(cls, loc, error)}"
-
-
-def _step(part: object) -> str:
-    """One step of a key path: `.restart_policy`, `[3]` for a list item, `["./models"]` for an odd key."""
-    if isinstance(part, int):
-        return f"[{part}]"
-    return f".{part}" if re.fullmatch(r"[A-Za-z0-9_.-]+", str(part)) else f"[{json.dumps(str(part))}]"
-
-
-def _message(cls: type[BaseModel], loc: list[Any], error: Any) -> str:
-    kind, ctx, got = error["type"], error.get("ctx") or {}, _show(error.get("input"))
-    if kind == "extra_forbidden" and loc[-1] == "shutdown_timeout":
-        return "given together with stop_timeout, of which it is an alias: keep one"
-    if kind == "extra_forbidden":
-        return f"unknown key{_suggest(str(loc[-1]), _keys_at(cls, loc))}"
-    if kind == "missing":
-        return "required key is missing"
-    if kind in _BOUNDS:
-        bound = next(iter(ctx.values()))
-        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
-        return f"must be {_BOUNDS[kind]} {bound} (got {got})"
-    if kind == "literal_error":
-        expected = ctx["expected"]
-        return f"must be {'one of ' if ' or ' in expected else ''}{expected} (got {got})"
-    if kind == "value_error":
-        return str(ctx["error"])
-    if kind == "string_too_short":
-        return "must not be empty"
-    if kind == "string_pattern_mismatch":
-        return f"must match {ctx['pattern']} (got {got})"
-    return f"must be {_KINDS[kind]} (got {got})" if kind in _KINDS else f"{error['msg']} (got {got})"
-
-
-def _keys_at(cls: type[BaseModel], loc: list[Any]) -> list[str]:
-    """The keys allowed where an unknown key was found, to suggest the one meant."""
-    model: type[BaseModel] = cls
-    for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        candidates = (field.annotation, *get_args(field.annotation)) if field else ()
-        inner = [t for t in candidates if isinstance(t, type) and issubclass(t, BaseModel)]
-        model = inner[0] if inner else model
-    extra = ["shutdown_timeout"] if model is ModelConfig else []
-    return [*model.model_fields, *extra]
-
-
-def _suggest(key: str, known: Any) -> str:
-    close = difflib.get_close_matches(str(key), list(known), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _show(value: object) -> str:
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    text = repr(value)
-    if len(text) <= 60:
-        return text
-    if isinstance(value, Mapping | list | tuple):
-        return "a mapping" if isinstance(value, Mapping) else "a list"
-    return text[:57] + "..."
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that records duplicate keys: PyYAML would silently keep the last one (a lost model)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.duplicates: list[str] = []
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            # Merge keys (<<) override by design; only keys written twice by hand are mistakes.
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if key_node.value in seen:
-                    self.duplicates.append(f"line {key_node.start_mark.line + 1}: duplicate key "
-                                           f"{key_node.value!r}: the later value would silently win")
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep)
-
-
-def _load_yaml(text: str, source: str) -> tuple[object, list[str]]:
-    try:
-        loader = _Loader(text)
-        return loader.get_single_data(), loader.duplicates
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        what = ", ".join(part for part in (exc.context, exc.problem) if part)
-        raise ConfigError([f"{where}YAML syntax error: {what}"], source) from None
-    except yaml.reader.ReaderError as exc:  # a control character: YAML allows only printable text
-        line = text.count("\n", 0, exc.position) + 1
-        raise ConfigError([f"line {line}: character #x{exc.character:04x} is not allowed in YAML"], source) from None
-
-
-def _load_json(text: str, source: str) -> tuple[object, list[str]]:
-    duplicates: list[str] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: dict[str, Any] = {}
-        for key, value in items:
-            if key in seen:
-                duplicates.append(f"duplicate key {key!r}: the later value would silently win")
-            seen[key] = value
-        return seen
-
-    try:
-        return json.loads(text, object_pairs_hook=pairs), duplicates
-    except json.JSONDecodeError as exc:
-        raise ConfigError([f"line {exc.lineno}, column {exc.colno}: JSON syntax error: {exc.msg}"], source) from None
