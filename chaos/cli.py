@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import shlex
@@ -115,27 +116,33 @@ def _run(args: argparse.Namespace, loaded: list[tuple[Path, Scenario]]) -> int:
         for path, scenario in loaded:
             print(describe_plan(scenario, options, source=str(path)))
         return 0
-    print(f"llm-chaos: {len(loaded)} scenario(s), seed {seed}", file=sys.stderr)
+    _say(f"llm-chaos: {len(loaded)} scenario(s), seed {seed}")
     results: list[ScenarioResult] = []
     for number, (path, scenario) in enumerate(loaded, start=1):
         prefix = f"[{number}/{len(loaded)}] {scenario.name}"
-        print(f"{prefix} ...", file=sys.stderr)
+        _say(f"{prefix} ...")
 
         def progress(line: str, prefix: str = prefix) -> None:
-            print(f"{prefix}: {line}", file=sys.stderr, flush=True)
+            _say(f"{prefix}: {line}")
 
         result = asyncio.run(run_scenario(scenario, options, source=str(path), progress=progress))
         results.append(result)
-        print(f"{prefix}: {result.outcome.upper()} ({result.duration:.1f}s) {result.message}".rstrip(),
-              file=sys.stderr)
+        _say(f"{prefix}: {result.outcome.upper()} ({result.duration:.1f}s) {result.message}".rstrip())
         for verdict in result.verdicts:
             if verdict.passed is False:
-                print(f"    ✘ {verdict.check}: {verdict.message}", file=sys.stderr)
+                _say(f"    ✘ {verdict.check}: {verdict.message}")
     paths = write_reports(results, args.report_dir, seed=seed, command=["llm-chaos", *sys.argv[1:]])
     counts = summary(results)
     print(", ".join(f"{n} {k}" for k, n in counts.items() if n) + f" · seed {seed} · reports: "
           + ", ".join(str(p) for p in paths))
     return 1 if counts["failed"] or counts["error"] else 0
+
+
+
+def _say(text: str) -> None:
+    """Progress for the person watching. Best effort: a closed stderr (`2>&1 | head`) must not fail a run."""
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

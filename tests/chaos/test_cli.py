@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from chaos import cli
 from chaos.cli import main
 
 STOP_STICKS = {
@@ -110,3 +112,14 @@ def test_run_passes_against_our_supervisor(write_scenario: Any, tmp_path: Path, 
     path = write_scenario(STOP_STICKS)
     assert main(["run", str(path), "--report-dir", str(tmp_path / "rep"), "--seed", "1234"]) == 0
     assert '"seed": 1234' in (tmp_path / "rep" / "chaos-journal.json").read_text()
+
+
+def test_progress_to_a_closed_stderr_is_dropped_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`llm-chaos run ... 2>&1 | head`: once the reader is gone, progress lines vanish; the run goes on."""
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stderr", ClosedPipe())
+    cli._say("[1/1] crash-loop-reaches-failed: healthy")  # must not raise
