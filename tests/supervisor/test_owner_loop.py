@@ -29,6 +29,7 @@ from supervisor.probe import ProbeResult
 from supervisor.runtime.base import ExitStatus, LineSink, SpawnError, Stream
 from supervisor.status import EventKind, State
 from supervisor.status_view import CONTAINER_OOM_ADVICE, build_status
+from tests.supervisor.test_machine import make_settings
 
 
 class FakeRun:
@@ -90,21 +91,8 @@ class FakeRuntime:
 
 
 def settings(**overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "restart_policy": RestartPolicy.ON_FAILURE,
-        "success_exit_codes": frozenset(),
-        "backoff": Backoff(5, 2, 300, 0.0, 600),
-        "budget": Budget(None, 600),
-        "has_probe": True,
-        "startup_timeout": 900,
-        "startup_probe_interval": 1,
-        "health_check_interval": 10,
-        "health_check_timeout": 5,
-        "health_failure_threshold": 3,
-        "stop_timeout": 30,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    """The contract's defaults with an unlimited budget (these tests watch the schedule, not the limit)."""
+    return make_settings(**{"budget": Budget(None, 600), **overrides})
 
 
 @dataclass
