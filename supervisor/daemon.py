@@ -26,7 +26,7 @@ from supervisor.api import create_app
 from supervisor.auth import token_from_env
 from supervisor.config import Config
 from supervisor.journal import JOURNAL_FILENAME, Journal, JournalError
-from supervisor.status import TimelineEvent
+from supervisor.status import EventKind, TimelineEvent
 from supervisor.supervisor import Supervisor
 
 LOCK_FILENAME = "supervisor.lock"
@@ -54,7 +54,8 @@ class EventPrinter:
         if event.state.value != event.kind.value:  # "healthy -> healthy" says nothing twice
             line += f" -> {event.state}"
         if event.detail:
-            line += f" ({event.detail})"
+            unit = " s" if event.kind is EventKind.BACKOFF else ""  # the backoff detail is a delay in seconds
+            line += f" ({event.detail}{unit})"
         if event.reason:
             line += f" [reason: {event.reason}]"
         print(line, file=self._out, flush=True)
