@@ -144,7 +144,7 @@ async def test_health_check_runs_one_probe(sup: FakeSupervisor) -> None:
     assert body["is_healthy"] is True
 
 
-async def test_get_endpoints_never_probe_or_act(sup: FakeSupervisor) -> None:
+async def test_prior_art_6_get_endpoints_never_probe_or_act(sup: FakeSupervisor) -> None:
     """Polling every GET path (as a dashboard does) runs no probe and calls no action (PRIOR_ART 6)."""
     sup.emit("qwen", EventKind.SPAWNED, State.STARTING)
     before = sup.statuses()

@@ -70,7 +70,7 @@ async def kinds(client: httpx.AsyncClient, model_id: str) -> list[str]:
 
 
 @pytest.mark.parametrize("rate_limit", [1000, 10])
-async def test_fifty_simultaneous_restarts_make_exactly_one_new_run(tmp_path: Path, rate_limit: int) -> None:
+async def test_prior_art_7_fifty_simultaneous_restarts_make_one_new_run(tmp_path: Path, rate_limit: int) -> None:
     """50 concurrent POST restart calls end with exactly one new run, and one process (PRIOR_ART 7);
     with the default limit of 10 a minute, the other 40 are answered 429."""
     model = fake_model()
@@ -90,7 +90,7 @@ async def test_fifty_simultaneous_restarts_make_exactly_one_new_run(tmp_path: Pa
         assert [p.pid for p in model_processes(model)] == [after["pid"]]
 
 
-async def test_stop_sticks_even_under_always_until_start(tmp_path: Path) -> None:
+async def test_prior_art_9_stop_sticks_even_under_always_until_start(tmp_path: Path) -> None:
     """After stop, `always` does not restart the model; start brings it back (PRIOR_ART 9)."""
     model = fake_model(restart_policy="always")
     async with running(tmp_path, {"m": model}) as client:
@@ -142,7 +142,7 @@ async def test_restart_during_backoff_restarts_now(tmp_path: Path) -> None:
         assert loop.time() - t0 < 10  # not the 30 s backoff
 
 
-async def test_get_endpoints_do_not_probe_or_move_counters(tmp_path: Path) -> None:
+async def test_prior_art_6_get_endpoints_do_not_probe_or_move_counters(tmp_path: Path) -> None:
     """Hammering every GET path changes no probe time, counter or timeline; POST health-check does."""
     model = fake_model(health_check_interval=300)  # no scheduled probe during the test
     async with running(tmp_path, {"m": model}) as client:
