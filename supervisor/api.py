@@ -44,7 +44,7 @@ _AUTH: Responses = {401: {**_ERR, "description": "Missing, malformed or wrong be
 _MODEL: Responses = {**_AUTH, 404: {**_ERR, "description": "No model with this id"}}
 _ACTION: Responses = {
     **_MODEL,
-    409: {**_ERR, "description": "Refused (e.g. already stopped); detail says why"},
+    409: {**_ERR, "description": "Refused (the supervisor is shutting down); detail says why"},
     429: {**_ERR, "description": "More than the allowed actions a minute for this model; see Retry-After"},
 }
 ModelId = Annotated[str, PathParam(description="The model id from the config")]
