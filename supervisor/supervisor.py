@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 MEMORY_EVENTS_PER_MODEL = 2000
 # How long past the longest stop_timeout a shutdown waits for SIGKILLed processes to disappear.
 SHUTDOWN_GRACE = 10.0
+DEFAULT_STOP_TIMEOUT = 30.0  # the contract's stop_timeout default
 ProbeFn = Callable[[float], Awaitable[ProbeResult]]
 
 
@@ -374,7 +375,7 @@ class Supervisor:
 
     def _stop_timeout(self, model_id: str) -> float:
         cfg = self.config.models.get(model_id)
-        return cfg.stop_timeout if cfg is not None else 30.0
+        return cfg.stop_timeout if cfg is not None else DEFAULT_STOP_TIMEOUT  # a model no longer configured
 
 
 def _wall(mono: float | None, offset: float) -> float:
