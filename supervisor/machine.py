@@ -51,7 +51,7 @@ from supervisor.machine_types import (
     Terminate,
     Tick,
 )
-from supervisor.policy import starts_on_boot, wants_restart
+from supervisor.policy import wants_restart
 from supervisor.status import Cause, EventKind, State
 
 
@@ -98,9 +98,10 @@ class Machine:
             return Step(snap)  # failed stays failed across a supervisor restart until an operator acts
         if snap.state is not State.STOPPED or snap.group_alive:
             raise IllegalEvent(f"boot in state {snap.state}")
-        running = snap.desired is Desired.RUNNING
-        if starts_on_boot(self.settings.restart_policy, desired_running=running):
-            return self._spawn(replace(snap, desired=Desired.RUNNING), now, reason=None)
+        # The journal's desired state decides, under every policy: an operator's stop survives a supervisor
+        # restart, `always` included (unlike Docker's `always`: a GPU freed at 3 a.m. must stay free).
+        if snap.desired is Desired.RUNNING:
+            return self._spawn(snap, now, reason=None)
         return Step(snap)
 
     def _start_requested(self, snap: Snapshot, now: float) -> Step:
@@ -158,7 +159,7 @@ class Machine:
             actions: tuple[Action, ...] = (record,)
             if event.force and snap.group_alive:
                 snap = replace(snap, kill_at=None)
-                actions += (Kill(snap.run), Record(EventKind.KILLED, State.STOPPING, "forced"))
+                actions += _kill(snap.run, "forced")
             return Step(snap, actions, Reply(True, "stopping"))
         if snap.state in (State.BACKOFF, State.FAILED):
             # edge: backoff/failed -> stopped; the scheduled restart is cancelled
@@ -191,9 +192,7 @@ class Machine:
     def _spawn_failed(self, snap: Snapshot, event: SpawnFailed, now: float) -> Step:
         self._expect_pending_spawn(snap, event.run)
         # A run that could not even start is a crash like any other and is counted (PRIOR_ART 3).
-        step = self._after_failure(snap, now, clean=False, cause=event.cause)
-        exited = Record(EventKind.EXITED, step.snapshot.state, f"spawn failed: {event.message}", event.cause.value)
-        return replace(step, actions=(exited, *step.actions))
+        return self._ended(snap, now, clean=False, cause=event.cause, detail=f"spawn failed: {event.message}")
 
     def _exited(self, snap: Snapshot, event: Exited, now: float) -> Step:
         if event.run != snap.run or not snap.live:
@@ -203,15 +202,21 @@ class Machine:
         if snap.state is State.STOPPING:
             # A requested exit is not a failure, whatever its code (PRIOR_ART 9); one we caused because the
             # run had failed (unhealthy, start-up timeout) carries that failure's cause.
-            failed = snap.teardown is Teardown.FAILURE and snap.failure_cause is not None
-            reason = snap.failure_cause.value if failed and snap.failure_cause else None
+            failure = snap.failure_cause if snap.teardown is Teardown.FAILURE else None
+            reason = failure.value if failure else None
             return Step(snap, (Record(EventKind.EXITED, State.STOPPING, status.describe(), reason),))
         clean = status.signal is None and status.code in self.settings.success_exit_codes
         cause = snap.run_cause or (Cause.OOM if status.oom_killed else Cause.CRASH)
         # Whatever the run left behind (engine children) is an orphan now: reap the whole group.
-        step = self._after_failure(snap, now, clean=clean, cause=cause, first=(Kill(snap.run),))
+        return self._ended(snap, now, clean=clean, cause=cause, detail=status.describe(), first=(Kill(snap.run),))
+
+    def _ended(
+        self, snap: Snapshot, now: float, *, clean: bool, cause: Cause, detail: str, first: tuple[Action, ...] = ()
+    ) -> Step:
+        """A run ended by itself: decide what follows; its `exited` entry shows the state that led to."""
+        step = self._after_failure(snap, now, clean=clean, cause=cause, first=first)
         reason = None if clean else cause.value  # a success exit code is no failure
-        exited = Record(EventKind.EXITED, step.snapshot.state, status.describe(), reason)
+        exited = Record(EventKind.EXITED, step.snapshot.state, detail, reason)
         return replace(step, actions=(exited, *step.actions))
 
     def _group_gone(self, snap: Snapshot, event: GroupGone, now: float) -> Step:
@@ -236,8 +241,7 @@ class Machine:
         healthy_for = None if snap.healthy_since is None else health_ended - snap.healthy_since
         snap = replace(
             snap, failure_cause=None if clean else cause, healthy_since=None, unhealthy_since=None,
-            startup_deadline=None,
-            next_probe_at=None, probe_in_flight=False, consecutive_failures=0, teardown=None,
+            startup_deadline=None, next_probe_at=None, probe_in_flight=False, consecutive_failures=0, teardown=None,
         )
         if snap.desired is Desired.STOPPED or not wants_restart(self.settings.restart_policy, clean=clean):
             # edge: -> stopped; policy `no`, or a clean exit under on-failure
@@ -272,7 +276,7 @@ class Machine:
         if snap.state is State.STOPPING and snap.kill_at is not None and snap.kill_at <= now:
             # stop_timeout passed: SIGKILL to the whole group
             snap = replace(snap, kill_at=None)
-            actions += [Kill(snap.run), Record(EventKind.KILLED, State.STOPPING, "stop_timeout passed")]
+            actions += _kill(snap.run, "stop_timeout passed")
         if snap.state is State.STARTING and snap.startup_deadline is not None and snap.startup_deadline <= now:
             # edge: starting -> stopping; never became healthy within startup_timeout
             snap = replace(snap, failure_cause=_explained(snap, Cause.STARTUP_TIMEOUT))
@@ -309,8 +313,7 @@ class Machine:
             # edge: starting/unhealthy -> healthy
             snap = replace(
                 snap, state=State.HEALTHY, healthy_since=now, unhealthy_since=None, startup_deadline=None,
-                consecutive_failures=0,
-                failure_cause=None, next_probe_at=now + s.health_check_interval,
+                consecutive_failures=0, failure_cause=None, next_probe_at=now + s.health_check_interval,
             )
             return Step(snap, (Record(EventKind.HEALTHY, State.HEALTHY),))
         if snap.state is State.STARTING:
@@ -364,14 +367,17 @@ class Machine:
             probe_in_flight=False, kill_at=None if force else now + self.settings.stop_timeout,
         )
         stopping = Record(EventKind.STOPPING, State.STOPPING, why.value)
-        if force:
-            return Step(snap, (*first, stopping, Kill(snap.run), Record(EventKind.KILLED, State.STOPPING, "forced")))
-        return Step(snap, (*first, stopping, Terminate(snap.run)))
+        return Step(snap, (*first, stopping, *(_kill(snap.run, "forced") if force else (Terminate(snap.run),))))
 
     @staticmethod
     def _expect_pending_spawn(snap: Snapshot, run: int) -> None:
         if snap.state is not State.STARTING or snap.run != run or snap.live:
             raise IllegalEvent(f"spawn result for run {run} in state {snap.state} (run {snap.run})")
+
+
+def _kill(run: int, why: str) -> tuple[Action, Action]:
+    """SIGKILL to the whole group of `run`, and its timeline entry."""
+    return Kill(run), Record(EventKind.KILLED, State.STOPPING, why)
 
 
 def _fresh_budget(snap: Snapshot) -> Snapshot:

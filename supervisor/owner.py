@@ -84,7 +84,8 @@ class ModelOwner:
         self.machine = machine
         self.snapshot = snapshot or Snapshot()
         self.run: RunView | None = None
-        # The newest finding from a run's output; its advice explains failure_cause when the causes match.
+        # The primary finding of the last run that ended (PRIOR_ART 11: none when it printed nothing); its
+        # advice explains failure_cause when the causes match.
         self.last_finding: Finding | None = None
         self._runtime = runtime
         self._clock = clock
@@ -154,7 +155,6 @@ class ModelOwner:
 
     async def _apply(self, event: Event) -> Reply | None:
         if isinstance(event, Exited) and self.run is not None and self.run.number == event.run:
-            # The advice shown with a failure is that of the run that failed, or none (PRIOR_ART 11).
             self.last_finding = self.run.diagnosis.primary
         step = self.machine.handle(self.snapshot, event, self._clock.now())
         self.snapshot = step.snapshot
@@ -189,8 +189,7 @@ class ModelOwner:
         def sink(stream: Stream, text: str) -> None:
             self._on_line(number, stream, text)
             finding = diagnosis.observe(text)
-            if finding is not None and self.run is not None and self.run.number == number:
-                self.last_finding = diagnosis.primary
+            if finding is not None:  # lines may arrive before spawn() returns (Docker attaches first)
                 cause = diagnosis.primary_cause
                 assert cause is not None  # a finding always gives the run a cause
                 self.post(Diagnosed(number, cause, finding.finding, diagnosis.has_cuda_oom))

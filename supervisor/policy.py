@@ -33,17 +33,6 @@ def wants_restart(policy: RestartPolicy, *, clean: bool) -> bool:
     return True
 
 
-def starts_on_boot(policy: RestartPolicy, *, desired_running: bool) -> bool:
-    """Whether a model runs when the supervisor (re)starts: as the journal's desired state says.
-
-    An operator's stop holds under every policy, `always` included, across supervisor restarts too: a model
-    stopped to free a GPU must not come back because systemd restarted the supervisor. (Docker's `always`
-    would restart it; here `always` and `unless-stopped` behave alike, and both names are accepted.)
-    """
-    del policy  # every policy honours the desired state; kept so the decision stays a policy's
-    return desired_running
-
-
 @dataclass(frozen=True, slots=True)
 class Backoff:
     initial: float

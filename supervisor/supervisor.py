@@ -110,6 +110,7 @@ class Supervisor:
         self._seq = journal.last_seq() if journal else 0
         self._closing = False
         self._journal_broken = False
+        self._saved: dict[str, PersistedModel] = {}  # what the journal holds for each model, to skip rewrites
 
     # --- life -------------------------------------------------------------------------------------
 
@@ -289,7 +290,10 @@ class Supervisor:
             return
         try:
             self.journal.append(event)
-            self.journal.save_model(model_id, self._persisted(model_id))
+            persisted = self._persisted(model_id)
+            if self._saved.get(model_id) != persisted:  # most events (probe failures) change no saved state
+                self.journal.save_model(model_id, persisted)
+                self._saved[model_id] = persisted
         except sqlite3.Error as exc:
             if not self._journal_broken:
                 log.error("journal write failed (%s): supervising on; state will not survive a restart", exc)  # noqa: TRY400

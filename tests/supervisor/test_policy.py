@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor.policy import Backoff, Budget, RestartPolicy, starts_on_boot, wants_restart
+from supervisor.policy import Backoff, Budget, RestartPolicy, wants_restart
 
 DEFAULT = Backoff(initial=5, multiplier=2, cap=300, jitter=0.0, reset_after=600)
 
@@ -30,26 +30,6 @@ DEFAULT = Backoff(initial=5, multiplier=2, cap=300, jitter=0.0, reset_after=600)
 def test_wants_restart_per_policy(policy: RestartPolicy, clean: bool, restarts: bool) -> None:
     """Each policy restarts exactly the unrequested ends the contract says it does."""
     assert wants_restart(policy, clean=clean) is restarts
-
-
-@pytest.mark.parametrize(
-    ("policy", "desired_running", "starts"),
-    [
-        (RestartPolicy.NO, True, True),
-        (RestartPolicy.NO, False, False),
-        (RestartPolicy.ON_FAILURE, True, True),
-        (RestartPolicy.ON_FAILURE, False, False),
-        (RestartPolicy.ALWAYS, True, True),
-        (RestartPolicy.ALWAYS, False, False),
-        (RestartPolicy.UNLESS_STOPPED, True, True),
-        (RestartPolicy.UNLESS_STOPPED, False, False),
-    ],
-)
-def test_starts_on_boot_honours_an_operators_stop_under_every_policy(
-    policy: RestartPolicy, desired_running: bool, starts: bool
-) -> None:
-    """No policy, `always` included, brings back a model an operator stopped when the supervisor restarts."""
-    assert starts_on_boot(policy, desired_running=desired_running) is starts
 
 
 def test_policy_names_are_the_contract_names() -> None:
