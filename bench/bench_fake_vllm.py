@@ -22,11 +22,7 @@ import subprocess
 import sys
 import time
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from fake_vllm.testing import free_port
 
 
 def start_server(port: int, core: int, access_log: bool) -> subprocess.Popen[bytes]:

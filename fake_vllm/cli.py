@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from fake_vllm import faults
 from fake_vllm.settings import VLLM_VERSION, Settings
@@ -41,10 +42,13 @@ IGNORED_BOOL_FLAGS = (
 )
 
 
-def _typed(parser: Callable[[str, object], object], key: str) -> Callable[[str], object]:
+_T = TypeVar("_T")
+
+
+def _typed(parser: Callable[[str, object], _T], key: str) -> Callable[[str], _T]:
     """Adapt a fault parser to argparse, so the flag and /admin/faults accept the same values."""
 
-    def convert(text: str) -> object:
+    def convert(text: str) -> _T:
         try:
             return parser(key, text)
         except faults.FaultValueError as exc:
@@ -67,7 +71,7 @@ def _model_len(text: str) -> int:
 
 
 def _utilization(text: str) -> float:
-    value = faults.probability("gpu_memory_utilization", text)
+    value = _typed(faults.probability, "gpu_memory_utilization")(text)
     if value == 0:
         raise argparse.ArgumentTypeError("--gpu-memory-utilization must be > 0")
     return value
@@ -76,10 +80,7 @@ def _utilization(text: str) -> float:
 def _exit_after(text: str) -> float | None:
     if text.lower() == "never":
         return None
-    try:
-        return faults.seconds("engine_dead_exit_after", text)
-    except faults.FaultValueError as exc:  # name the fault, as _typed does for the other fault flags
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return _typed(faults.seconds, "engine_dead_exit_after")(text)
 
 
 def _positive_int(text: str) -> int:

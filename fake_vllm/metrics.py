@@ -67,19 +67,17 @@ class Metrics:
         def header(name: str, kind: str, text: str) -> None:
             out.append(f"# HELP {name} {text}\n# TYPE {name} {kind}\n")
 
-        for name, value, text in (
-            ("vllm:num_requests_running", self.running, "Number of requests in model execution batches."),
-            ("vllm:num_requests_waiting", self.waiting, "Number of requests waiting to be processed."),
-            ("vllm:kv_cache_usage_perc", self.kv_cache_usage, "KV-cache usage. 1 means 100 percent usage."),
+        for name, kind, value, text in (
+            ("vllm:num_requests_running", "gauge", self.running, "Number of requests in model execution batches."),
+            ("vllm:num_requests_waiting", "gauge", self.waiting, "Number of requests waiting to be processed."),
+            ("vllm:kv_cache_usage_perc", "gauge", self.kv_cache_usage, "KV-cache usage. 1 means 100 percent usage."),
+            ("vllm:num_preemptions_total", "counter", self.preemptions,
+             "Cumulative number of preemption from the engine."),
+            ("vllm:prompt_tokens_total", "counter", self.prompt_tokens, "Number of prefill tokens processed."),
+            ("vllm:generation_tokens_total", "counter", self.generation_tokens,
+             "Number of generation tokens processed."),
         ):
-            header(name, "gauge", text)
-            out.append(f"{name}{{{labels}}} {_number(value)}\n")
-        for name, value, text in (
-            ("vllm:num_preemptions_total", self.preemptions, "Cumulative number of preemption from the engine."),
-            ("vllm:prompt_tokens_total", self.prompt_tokens, "Number of prefill tokens processed."),
-            ("vllm:generation_tokens_total", self.generation_tokens, "Number of generation tokens processed."),
-        ):
-            header(name, "counter", text)
+            header(name, kind, text)
             out.append(f"{name}{{{labels}}} {_number(value)}\n")
         header("vllm:request_success_total", "counter", "Count of successfully processed requests.")
         for reason, value in self.success.items():

@@ -12,11 +12,10 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fake_vllm import tracebacks, vllm_log
 from fake_vllm.app import ROUTES, make_handler
@@ -100,8 +99,7 @@ class Lifecycle:
             if isinstance(exc, ChildStartError):
                 vllm_log.stderr_text(f"RuntimeError: Engine core initialization failed. {exc}")
             sock.close()
-            await asyncio.to_thread(self.children.terminate)  # a failed start takes its engine down
-            self._release()
+            await asyncio.to_thread(self._stop_engine)  # a failed start takes its engine down
             return 1
         await self._listen(sock)
         await self._stop
@@ -125,12 +123,7 @@ class Lifecycle:
                          f"Model loading took {weights:.4f} GiB and {time.monotonic() - started:.2f} seconds")
         if s.oom_at_startup:
             used = s.fake_gpu_total_gib - (self.gpu.free_bytes() / GIB if self.gpu else 0.0)
-            vllm_log.error("core.py:708", "EngineCore failed to start.", process=vllm_log.ENGINE_CORE,
-                           pid=self.engine_pid)
-            oom = tracebacks.cuda_oom_message(s.fake_gpu_total_gib, used)
-            failure = tracebacks.engine_start_failure(self.engine_pid, os.getpid(), oom, during_profile=True)
-            vllm_log.stderr_text(failure)
-            raise StartupFailed
+            self._engine_start_failed(tracebacks.cuda_oom_message(s.fake_gpu_total_gib, used), during_profile=True)
         await asyncio.sleep(s.startup_delay * 0.4)
         self._engine_log("gpu_worker.py:298", f"Available KV cache memory: {s.claim_bytes / GIB * 0.7:.2f} GiB")
         self._engine_log("kv_cache_utils.py:1087", "GPU KV cache size: 49,152 tokens")
@@ -147,16 +140,21 @@ class Lifecycle:
             free = self.gpu.free_bytes()
             if free < s.claim_bytes:
                 message = tracebacks.free_memory_message(free, self.gpu.total_bytes, s.gpu_memory_utilization)
-                vllm_log.error("core.py:708", "EngineCore failed to start.", process=vllm_log.ENGINE_CORE)
-                vllm_log.stderr_text(tracebacks.engine_start_failure(os.getpid(), os.getpid(), message,
-                                                                     during_profile=False))
-                raise StartupFailed
+                self._engine_start_failed(message, during_profile=False)
             if s.engine_children:
                 self.children.start(s.engine_children, self.gpu.directory, s.claim_bytes // s.engine_children)
             else:
                 from fake_vllm.gpu import process_create_time
 
                 self.gpu.register(os.getpid(), process_create_time(os.getpid()), s.claim_bytes, "fake-vllm")
+
+    def _engine_start_failed(self, final_line: str, *, during_profile: bool) -> NoReturn:
+        """Write EngineCore's start-up failure as vLLM does, ending with ``final_line``; raises StartupFailed."""
+        vllm_log.error("core.py:708", "EngineCore failed to start.", process=vllm_log.ENGINE_CORE, pid=self.engine_pid)
+        failure = tracebacks.engine_start_failure(self.engine_pid, os.getpid(), final_line,
+                                                  during_profile=during_profile)
+        vllm_log.stderr_text(failure)
+        raise StartupFailed
 
     async def _listen(self, sock: socket.socket) -> None:
         sock.listen(2048)
@@ -215,8 +213,7 @@ class Lifecycle:
         vllm_log.stderr_text(f"ERROR:    fake-vllm: injected crash ({reason}); dying with {how}")
         if f.exit_signal is None:
             # A Python-level crash runs vLLM's shutdown hooks, which take the engine down with it.
-            self.children.terminate()
-            self._release()
+            self._stop_engine()
         die(f.exit_code, f.exit_signal)
 
     def _hang(self) -> None:
@@ -230,8 +227,7 @@ class Lifecycle:
         self.rt.record("engine_dead")
         vllm_log.error("async_llm.py:480", "AsyncLLM output_handler failed.")
         vllm_log.stderr_text(tracebacks.engine_dead(os.getpid()))
-        self.children.terminate()  # the engine is what died
-        self._release()
+        self._stop_engine()  # the engine is what died
         self._arm({"engine_dead_exit_after": None})
 
     def _engine_dead_exit(self) -> None:
@@ -244,8 +240,7 @@ class Lifecycle:
         vllm_log.error("core.py:710", "EngineCore encountered a fatal error.", process=vllm_log.ENGINE_CORE,
                        pid=self.engine_pid)
         vllm_log.stderr_text(tracebacks.runtime_oom(self.engine_pid, s.fake_gpu_total_gib, s.claim_bytes / GIB))
-        self.children.terminate()
-        self._release()
+        self._stop_engine()
         die(1, None)
 
     # -- stopping ------------------------------------------------------------------------------------
@@ -269,14 +264,14 @@ class Lifecycle:
         vllm_log.uvicorn("Shutting down")
         await self.http.close()
         vllm_log.uvicorn("Waiting for application shutdown.")
-        await asyncio.to_thread(self.children.terminate)
-        self._release()
+        await asyncio.to_thread(self._stop_engine)
         vllm_log.uvicorn("Application shutdown complete.")
         flush_streams()
         return 0
 
-    def _release(self) -> None:
-        """Give back the fake GPU memory this process registered itself (children release their own)."""
+    def _stop_engine(self) -> None:
+        """Take the engine down: terminate the children (each frees its own fake GPU memory), then free ours."""
+        self.children.terminate()
         if self.gpu is not None:
             self.gpu.unregister(os.getpid())
 
@@ -301,5 +296,4 @@ def run(settings: Settings) -> int:
     """Run one server process to its end; returns the exit status."""
     status = asyncio.run(Lifecycle(settings).main())
     flush_streams()
-    sys.stdout.flush()
     return status

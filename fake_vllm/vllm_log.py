@@ -16,9 +16,9 @@ API_SERVER = "APIServer"
 ENGINE_CORE = "EngineCore_DP0"
 
 
-def _vllm_line(level: str, where: str, message: str, process: str, pid: int) -> str:
+def _vllm_line(level: str, where: str, message: str, process: str, pid: int | None) -> str:
     stamp = time.strftime("%m-%d %H:%M:%S", time.localtime())
-    return f"({process} pid={pid}) {level} {stamp} [{where}] {message}\n"
+    return f"({process} pid={os.getpid() if pid is None else pid}) {level} {stamp} [{where}] {message}\n"
 
 
 def _write(stream: TextIO, text: str) -> None:
@@ -32,17 +32,17 @@ def _write(stream: TextIO, text: str) -> None:
 
 def info(where: str, message: str, *, process: str = API_SERVER, pid: int | None = None) -> None:
     """A vLLM logger INFO line on stdout."""
-    _write(sys.stdout, _vllm_line("INFO", where, message, process, os.getpid() if pid is None else pid))
+    _write(sys.stdout, _vllm_line("INFO", where, message, process, pid))
 
 
 def warning(where: str, message: str, *, process: str = API_SERVER, pid: int | None = None) -> None:
     """A vLLM logger WARNING line on stdout."""
-    _write(sys.stdout, _vllm_line("WARNING", where, message, process, os.getpid() if pid is None else pid))
+    _write(sys.stdout, _vllm_line("WARNING", where, message, process, pid))
 
 
 def error(where: str, message: str, *, process: str = API_SERVER, pid: int | None = None) -> None:
     """A vLLM logger ERROR line on stdout (vLLM's logger handler is stdout even for errors)."""
-    _write(sys.stdout, _vllm_line("ERROR", where, message, process, os.getpid() if pid is None else pid))
+    _write(sys.stdout, _vllm_line("ERROR", where, message, process, pid))
 
 
 def uvicorn(message: str, level: str = "INFO") -> None:

@@ -79,6 +79,7 @@ def test_cli_defaults_match_vllm() -> None:
         (["--engine-dead-exit-after", "-1"], "--engine-dead-exit-after: engine_dead_exit_after: must be >= 0"),
         (["--engine-dead-exit-after", "soon"], "engine_dead_exit_after: expected a number, got 'soon'"),
         (["--max-num-seqs", "x"], "--max-num-seqs: must be a whole number >= 1, got 'x'"),
+        (["--gpu-memory-utilization", "2"], "--gpu-memory-utilization: gpu_memory_utilization: "),
     ],
 )
 def test_typed_flags_name_what_is_wrong(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
