@@ -29,10 +29,10 @@ from supervisor.api_models import (
     ModelStatusOut,
 )
 from supervisor.auth import BearerAuth, token_from_env
-from supervisor.facade import ActionOutcome, SupervisorFacade
+from supervisor.facade import SupervisorFacade
 from supervisor.metrics import CONTENT_TYPE_LATEST, Metrics
 from supervisor.ratelimit import ActionRateLimiter
-from supervisor.status import ModelStatus
+from supervisor.status import ActionResult, ModelStatus
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_LOG_LINES = 10_000
@@ -147,7 +147,7 @@ def _read_routes(api: APIRouter, supervisor: SupervisorFacade) -> None:
 
 
 def _action_routes(api: APIRouter, supervisor: SupervisorFacade, limiter: ActionRateLimiter) -> None:
-    async def act(model_id: str, action: Callable[[], Awaitable[ActionOutcome]]) -> ActionResponse:
+    async def act(model_id: str, action: Callable[[], Awaitable[ActionResult]]) -> ActionResponse:
         _status_of(supervisor, model_id)
         wait = limiter.check(model_id)
         if wait is not None:
@@ -221,8 +221,8 @@ def _log_routes(api: APIRouter, supervisor: SupervisorFacade) -> None:
 
         async def body() -> AsyncIterator[str]:
             # The follower starts exactly where the tail ended, so no line is lost or sent twice.
-            shown = await logs.read_tail(log_dir, model_id, max(lines, 1))
-            for line in shown.lines[-lines:] if lines else []:
+            shown = await logs.read_tail(log_dir, model_id, lines)
+            for line in shown.lines:
                 yield line + "\n"
             async for line in logs.follow(log_dir, model_id, start=shown.position):
                 yield line + "\n"

@@ -14,8 +14,8 @@ from typing import Any
 
 from supervisor import cli_format
 from supervisor.auth import token_from_env
-from supervisor.client import DEFAULT_URL, ClientError, Refused, SupervisorClient, Unreachable, UsageError
-from supervisor.config import ConfigError, load_config
+from supervisor.client import DEFAULT_URL, ClientError, SupervisorClient, Unreachable, UsageError
+from supervisor.config import Config, ConfigError, load_config
 
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 DEFAULT_TOKEN_ENV = "LLM_SUPERVISOR_TOKEN"  # noqa: S105 (the variable's name, not a secret)
@@ -64,15 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, config: Config) -> int:
     # The whole supervisor and uvicorn: imported only here so client subcommands start fast.
     from supervisor import daemon
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return USAGE
     host = args.host or config.supervisor.api.host
     port = config.supervisor.api.port if args.port is None else args.port
     try:
@@ -82,12 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         return exc.exit_code
 
 
-def _validate(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return USAGE
+def _validate(config: Config) -> int:
     ids = list(config.models)
     print(f"ok: {len(ids)} model{'s' if len(ids) != 1 else ''} ({', '.join(ids)})")
     return OK
@@ -120,10 +110,13 @@ def _client_command(args: argparse.Namespace, client: SupervisorClient) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "run":
-        return _run(args)
-    if args.command == "validate":
-        return _validate(args)
+    if args.command in ("run", "validate"):
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return USAGE
+        return _run(args, config) if args.command == "run" else _validate(config)
     if args.command == "logs" and not 1 <= args.lines <= 10_000 and not (args.follow and args.lines == 0):
         print("llm-supervisor: --lines must be between 1 and 10000", file=sys.stderr)
         return USAGE
@@ -138,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"llm-supervisor: {exc}", file=sys.stderr)
         return USAGE
-    except (Refused, ClientError) as exc:
+    except ClientError as exc:  # Refused included: the daemon said no
         print(f"llm-supervisor: {exc}", file=sys.stderr)
         return FAILED
 

@@ -124,24 +124,19 @@ async def serve(config: Config, host: str, port: int, out: TextIO = sys.stderr) 
     token_env = config.supervisor.token_env
     token = token_from_env(token_env)
     check_bind(host, token, token_env)
-    sock = bind(host, port)
-    try:
+    # Each resource is released on every way out, a later one failing to open included; last opened, first
+    # closed, so the journal is closed before the lock lets another supervisor open it.
+    with contextlib.ExitStack() as release:
+        sock = bind(host, port)
+        release.callback(sock.close)
         lock = lock_state_dir(config.supervisor.state_dir)
-    except StartupError:
-        sock.close()
-        raise
-    try:
-        journal = Journal.open(config.supervisor.state_dir / JOURNAL_FILENAME)
-    except JournalError as exc:
-        sock.close()
-        os.close(lock)
-        raise StartupError(str(exc)) from exc
-    try:
+        release.callback(os.close, lock)
+        try:
+            journal = Journal.open(config.supervisor.state_dir / JOURNAL_FILENAME)
+        except JournalError as exc:
+            raise StartupError(str(exc)) from exc
+        release.callback(journal.close)
         return await _serve(config, journal, sock, token, out)
-    finally:
-        journal.close()
-        sock.close()
-        os.close(lock)
 
 
 async def _serve(config: Config, journal: Journal, sock: socket.socket, token: str | None, out: TextIO) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from supervisor.status import ModelStatus, TimelineEvent
+from supervisor.status import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
 
 
 class Observer(Protocol):
@@ -19,41 +19,6 @@ class Observer(Protocol):
 
     def on_probe(self, model_id: str, ok: bool, duration: float) -> None:
         """Called for every probe (start-up, liveness, manual)."""
-
-
-class ActionOutcome(Protocol):
-    """The answer to start/stop/restart: refused when `accepted` is False."""
-
-    @property
-    def accepted(self) -> bool: ...
-
-    @property
-    def message(self) -> str: ...
-
-    @property
-    def status(self) -> ModelStatus: ...
-
-
-class HealthReport(Protocol):
-    """The POST .../health-check answer (CONTRACT section 4)."""
-
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def is_healthy(self) -> bool: ...
-
-    @property
-    def health_message(self) -> str | None: ...
-
-    @property
-    def consecutive_health_failures(self) -> int: ...
-
-    @property
-    def last_health_check_time(self) -> float | None: ...
-
-    @property
-    def has_cuda_oom(self) -> bool: ...
 
 
 class SupervisorSettings(Protocol):
@@ -82,13 +47,13 @@ class SupervisorFacade(Protocol):
 
     def events(self, model_id: str, since: int = 0, limit: int | None = None) -> list[TimelineEvent]: ...
 
-    async def start_model(self, model_id: str) -> ActionOutcome: ...
+    async def start_model(self, model_id: str) -> ActionResult: ...
 
-    async def stop_model(self, model_id: str, force: bool = False) -> ActionOutcome: ...
+    async def stop_model(self, model_id: str, force: bool = False) -> ActionResult: ...
 
-    async def restart_model(self, model_id: str) -> ActionOutcome: ...
+    async def restart_model(self, model_id: str) -> ActionResult: ...
 
-    async def health_check(self, model_id: str) -> HealthReport: ...
+    async def health_check(self, model_id: str) -> HealthCheckReport: ...
 
     def log_dir(self) -> Path: ...
 

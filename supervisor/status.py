@@ -89,3 +89,24 @@ class ModelStatus:
     failure_advice: str | None
     next_restart_at: float | None
     desired: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """The answer to start/stop/restart: refused when `accepted` is False (API 409, CLI exit 1)."""
+
+    accepted: bool
+    message: str
+    status: ModelStatus  # right after the model's owner acted on the request
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckReport:
+    """The POST .../health-check answer (CONTRACT section 4)."""
+
+    model_id: str
+    is_healthy: bool
+    health_message: str | None
+    consecutive_health_failures: int
+    last_health_check_time: float | None
+    has_cuda_oom: bool

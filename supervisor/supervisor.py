@@ -14,7 +14,7 @@ import sqlite3
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -43,7 +43,7 @@ from supervisor.redact import Redactor, secrets_from_argv
 from supervisor.runtime.base import Runtime, Stream
 from supervisor.runtime.factory import build_runtime, instance_id, stop_leftover_run
 from supervisor.settings import machine_settings
-from supervisor.status import EventKind, ModelStatus, State, TimelineEvent
+from supervisor.status import ActionResult, EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
 from supervisor.status_view import build_status
 
 log = logging.getLogger(__name__)
@@ -60,23 +60,6 @@ class UnknownModel(KeyError):
 
     def __str__(self) -> str:
         return f"unknown model {self.args[0]!r}"
-
-
-@dataclass(frozen=True, slots=True)
-class ActionResult:
-    accepted: bool
-    message: str
-    status: ModelStatus
-
-
-@dataclass(frozen=True, slots=True)
-class HealthCheckReport:
-    model_id: str
-    is_healthy: bool
-    health_message: str | None
-    consecutive_health_failures: int
-    last_health_check_time: float | None
-    has_cuda_oom: bool
 
 
 class Supervisor:

@@ -131,9 +131,7 @@ class DockerRuntime:
             client.api.start(container_id)
             attrs = client.api.inspect_container(container_id)
         except (RequestsConnectionError, docker_errors.DockerException) as exc:
-            for stream in (events, output):
-                close_quietly(stream)
-            _remove_quietly(client, container_id)
+            _undo_start(client, container_id, events, output)
             raise _spawn_error(exc, self.spec) from exc
         pid = int(attrs["State"].get("Pid") or 0) or None
         log.info("model %s run %d: container %s (%s) started", model_id, run_number, attrs["Name"].lstrip("/"),
@@ -187,15 +185,16 @@ def _discard_started(done: asyncio.Future[tuple[str, int | None, Any, Any]], cli
     container_id, _, events, output = done.result()
 
     def discard() -> None:
-        for stream in (events, output):
-            close_quietly(stream)
-        _remove_quietly(client, container_id)
+        _undo_start(client, container_id, events, output)
         client.close()
 
     threading.Thread(target=discard, name=f"docker-discard-{container_id[:12]}", daemon=True).start()
 
 
-def _remove_quietly(client: Any, container_id: str) -> None:
+def _undo_start(client: Any, container_id: str, events: Any, output: AttachedOutput | None) -> None:
+    """Close the streams of a start that will not become a run, and remove its container (best effort)."""
+    for stream in (events, output):
+        close_quietly(stream)
     try:
         client.api.remove_container(container_id, v=True, force=True)
     except Exception:  # best effort: the failure that brought us here is the one to report

@@ -1,6 +1,7 @@
 """The two blocking streams a container run reads from the Docker Engine, in plain functions for worker threads.
 
-- Output: the attach stream, demultiplexed into (stdout, stderr) chunks, is cut into lines per stream.
+- Output: the attach stream, demultiplexed into (stdout, stderr) chunks, is cut into lines per stream
+  (by `runtime.lines.LineSplitter`, the process runtime's too, so both runtimes log the same lines).
 - Exit: the engine's event stream, filtered to the container's `die` event, is read until that event comes.
   If the stream breaks (the daemon restarted), it is opened again and the container's state is read, so an
   exit that happened while nobody listened is still seen. Nothing here polls a container's state on a timer.
@@ -12,7 +13,6 @@ callables given by the caller.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -22,48 +22,9 @@ from docker.types import CancellableStream
 from docker.utils.socket import demux_adaptor, frames_iter
 
 from supervisor.runtime.base import Stream
+from supervisor.runtime.lines import LineSplitter
 
 log = logging.getLogger(__name__)
-
-# A line longer than this is handed on in pieces: one runaway line must not hold the supervisor's memory.
-# (The same limit and line ends as the process runtime, so logs and diagnosis read both alike.)
-MAX_LINE_BYTES = 256 * 1024
-# "\r" alone ends a line too: progress bars (vLLM's weight loading) redraw with it.
-_EOL = re.compile(rb"\r\n|\n|\r")
-
-
-class LineSplitter:
-    """Bytes in, complete lines out, for one stream; a line split across chunks is joined first."""
-
-    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
-        self._buffer = bytearray()
-        self._max_line = max_line
-
-    def feed(self, data: bytes) -> list[str]:
-        self._buffer += data
-        lines: list[str] = []
-        start = 0
-        for end in _EOL.finditer(self._buffer):
-            if end.group() == b"\r" and end.end() == len(self._buffer):
-                break  # maybe the first half of a \r\n split across chunks: wait for the next one
-            lines.append(_decode(self._buffer[start : end.start()]))
-            start = end.end()
-        del self._buffer[:start]
-        while len(self._buffer) >= self._max_line:
-            lines.append(_decode(self._buffer[: self._max_line]))
-            del self._buffer[: self._max_line]
-        return lines
-
-    def flush(self) -> list[str]:
-        """The last line of a stream that ended without a newline."""
-        line = _decode(self._buffer.rstrip(b"\r"))
-        had_text = bool(self._buffer)
-        self._buffer.clear()
-        return [line] if had_text else []
-
-
-def _decode(raw: bytes | bytearray) -> str:
-    return bytes(raw).decode("utf-8", errors="replace")
 
 
 class AttachedOutput:

@@ -23,13 +23,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
 from collections.abc import Mapping, Sequence
 
 import psutil
 
 from supervisor.runtime.base import ExitStatus, LineSink, SpawnError, Stream
+from supervisor.runtime.lines import LineSplitter
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,10 @@ _CREATE_TIME_TOLERANCE = 1.0
 _GONE_POLL_FIRST = 0.005
 _GONE_POLL_MAX = 0.05
 
-# A line longer than this is delivered in pieces: a process printing megabytes without a newline must not
-# grow our memory without bound, and no log line is useful past this size.
-MAX_LINE_BYTES = 256 * 1024
 # Small reads keep one chatty process from holding the event loop for long in a single callback.
 _READ_SIZE = 32 * 1024
 # Enough to empty a pipe buffer (64 KiB by default, 1 MiB at most) when the leader exits.
 _MAX_DRAIN_READS = 64
-# "\r" alone ends a line too: progress bars (vLLM's weight loading) redraw with it, and an operator should
-# see their progress while a model loads rather than one giant line when loading finishes.
-_EOL = re.compile(rb"\r\n|\n|\r")
 
 
 class LineReader:
@@ -67,7 +61,7 @@ class LineReader:
         self._fd = fd
         self._stream = stream
         self._sink = sink
-        self._buffer = bytearray()
+        self._lines = LineSplitter()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(fd, self._read_once)
         self.closed = False
@@ -83,11 +77,10 @@ class LineReader:
         except OSError:
             data = b""
         if not data:
-            self._emit_lines(at_eof=True)
+            self._deliver(self._lines.flush())
             self.close()
             return False
-        self._buffer += data
-        self._emit_lines(at_eof=False)
+        self._deliver(self._lines.feed(data))
         return True
 
     def drain(self) -> None:
@@ -102,33 +95,13 @@ class LineReader:
             self._loop.remove_reader(self._fd)
             os.close(self._fd)
 
-    def _emit_lines(self, at_eof: bool) -> None:
-        buffer = self._buffer
-        start = 0
-        for match in _EOL.finditer(buffer):
-            is_lone_cr = match.group() == b"\r"
-            if is_lone_cr and match.end() == len(buffer) and not at_eof:
-                break  # may be the first half of "\r\n"; wait for the next read
-            if not (is_lone_cr and match.start() == start):  # a redraw's leading "\r" is no empty line
-                self._deliver(buffer[start : match.start()])
-            start = match.end()
-        while len(buffer) - start > MAX_LINE_BYTES:
-            cut = start + MAX_LINE_BYTES
-            while cut > start + MAX_LINE_BYTES - 4 and buffer[cut] & 0xC0 == 0x80:
-                cut -= 1  # do not split a UTF-8 character (at most 3 continuation bytes; more is garbage)
-            self._deliver(buffer[start:cut])
-            start = cut
-        if at_eof and start < len(buffer):
-            self._deliver(buffer[start:])  # a last line without a newline still counts
-            start = len(buffer)
-        del buffer[:start]
-
-    def _deliver(self, raw: bytes | bytearray) -> None:
-        try:
-            self._sink(self._stream, raw.decode("utf-8", errors="replace"))
-        except Exception:
-            # A broken sink must not stop the reading: an unread pipe would block the model when it fills.
-            log.exception("output sink failed on a %s line", self._stream)
+    def _deliver(self, lines: list[str]) -> None:
+        for line in lines:
+            try:
+                self._sink(self._stream, line)
+            except Exception:
+                # A broken sink must not stop the reading: an unread pipe would block the model when it fills.
+                log.exception("output sink failed on a %s line", self._stream)
 
 
 class ProcessRun:

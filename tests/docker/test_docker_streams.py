@@ -9,7 +9,8 @@ import pytest
 
 from supervisor.runtime.base import ExitStatus, Stream
 from supervisor.runtime.docker_run import exit_status
-from supervisor.runtime.docker_streams import DieNotice, LineSplitter, pump_output, wait_for_die
+from supervisor.runtime.docker_streams import DieNotice, pump_output, wait_for_die
+from supervisor.runtime.lines import LineSplitter
 
 
 @pytest.mark.parametrize(
@@ -19,6 +20,7 @@ from supervisor.runtime.docker_streams import DieNotice, LineSplitter, pump_outp
         ([b"par", b"tial\n"], ["partial"], []),
         ([b"crlf\r", b"\nnext\n"], ["crlf", "next"], []),
         ([b"10%\r20%\r"], ["10%"], ["20%"]),
+        ([b"\rLoading 10%\rLoading 50%\n"], ["Loading 10%", "Loading 50%"], []),
         ([b"no newline"], [], ["no newline"]),
         ([b"caf\xc3", b"\xa9\n"], ["caf\u00e9"], []),
         ([b"bad \xff\n"], ["bad \ufffd"], []),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from supervisor.facade import Observer
-from supervisor.status import Cause, EventKind, ModelStatus, State, TimelineEvent
+from supervisor.status import ActionResult, Cause, EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
 
 
 class FakeUnknownModel(KeyError):
@@ -26,23 +26,6 @@ class FakeSettings:
 @dataclass(frozen=True)
 class FakeConfig:
     supervisor: FakeSettings = field(default_factory=FakeSettings)
-
-
-@dataclass(frozen=True, slots=True)
-class FakeActionResult:
-    accepted: bool
-    message: str
-    status: ModelStatus
-
-
-@dataclass(frozen=True, slots=True)
-class FakeHealthReport:
-    model_id: str
-    is_healthy: bool
-    health_message: str | None
-    consecutive_health_failures: int
-    last_health_check_time: float | None
-    has_cuda_oom: bool
 
 
 def make_status(model_id: str, state: State = State.HEALTHY, **overrides: object) -> ModelStatus:
@@ -136,13 +119,13 @@ class FakeSupervisor:
             obs.on_probe(model_id, ok, duration)
 
     # -- actions ------------------------------------------------------------------------------------
-    def _refused(self, model_id: str) -> FakeActionResult | None:
+    def _refused(self, model_id: str) -> ActionResult | None:
         if self.refuse_next is None:
             return None
         message, self.refuse_next = self.refuse_next, None
-        return FakeActionResult(False, message, self.status(model_id))
+        return ActionResult(False, message, self.status(model_id))
 
-    async def start_model(self, model_id: str) -> FakeActionResult:
+    async def start_model(self, model_id: str) -> ActionResult:
         self.status(model_id)
         self.calls.append(("start", model_id))
         if refused := self._refused(model_id):
@@ -150,21 +133,21 @@ class FakeSupervisor:
         self.emit(model_id, EventKind.START_REQUESTED, State.STARTING)
         self.emit(model_id, EventKind.SPAWNED, State.STARTING)
         self.emit(model_id, EventKind.HEALTHY, State.HEALTHY)
-        return FakeActionResult(True, f"start of '{model_id}' begun", self.status(model_id))
+        return ActionResult(True, f"start of '{model_id}' begun", self.status(model_id))
 
-    async def stop_model(self, model_id: str, force: bool = False) -> FakeActionResult:
+    async def stop_model(self, model_id: str, force: bool = False) -> ActionResult:
         self.status(model_id)
         self.calls.append(("stop-force" if force else "stop", model_id))
         if refused := self._refused(model_id):
             return refused
         if self._statuses[model_id].state == State.STOPPED:
-            return FakeActionResult(False, f"model '{model_id}' is already stopped", self.status(model_id))
+            return ActionResult(False, f"model '{model_id}' is already stopped", self.status(model_id))
         self.emit(model_id, EventKind.STOP_REQUESTED, State.STOPPING)
         self.emit(model_id, EventKind.EXITED, State.STOPPING, detail="signal 15")
         self.emit(model_id, EventKind.STOPPED, State.STOPPED)
-        return FakeActionResult(True, f"stop of '{model_id}' begun", self.status(model_id))
+        return ActionResult(True, f"stop of '{model_id}' begun", self.status(model_id))
 
-    async def restart_model(self, model_id: str) -> FakeActionResult:
+    async def restart_model(self, model_id: str) -> ActionResult:
         self.status(model_id)
         self.calls.append(("restart", model_id))
         if refused := self._refused(model_id):
@@ -173,14 +156,14 @@ class FakeSupervisor:
         self.emit(model_id, EventKind.RESTART_REQUESTED, State.STOPPING)
         self.emit(model_id, EventKind.SPAWNED, State.STARTING, reason="manual")
         self._statuses[model_id] = replace(self._statuses[model_id], restart_count=count)
-        return FakeActionResult(True, f"restart of '{model_id}' begun", self.status(model_id))
+        return ActionResult(True, f"restart of '{model_id}' begun", self.status(model_id))
 
-    async def health_check(self, model_id: str) -> FakeHealthReport:
+    async def health_check(self, model_id: str) -> HealthCheckReport:
         status = self.status(model_id)
         self.calls.append(("health-check", model_id))
         self.probes += 1
         self.probe(model_id, status.is_healthy, 0.003)
-        return FakeHealthReport(
+        return HealthCheckReport(
             model_id=model_id,
             is_healthy=status.is_healthy,
             health_message=None if status.is_healthy else "connection refused",

@@ -10,8 +10,9 @@ from api_helpers import ManualClock, asgi_client
 from fakes import FakeSupervisor
 
 from supervisor.api import create_app
+from supervisor.api_models import EventOut, HealthCheckResponse, ModelStatusOut
 from supervisor.ratelimit import ActionRateLimiter
-from supervisor.status import EventKind, ModelStatus, State
+from supervisor.status import EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
 
 TOKEN = "s3cret-token-value"
 
@@ -248,6 +249,13 @@ def test_rate_limiter_window_rolls() -> None:
     assert limiter.check("other") is None
     assert ActionRateLimiter.retry_after_header(0.2) == "1"
     assert ActionRateLimiter.retry_after_header(9.0) == "9"
+
+
+def test_response_models_have_the_fields_of_the_values_they_copy() -> None:
+    """The pydantic answers repeat the core's dataclasses field for field, so neither can drift alone."""
+    for model, source in ((ModelStatusOut, ModelStatus), (EventOut, TimelineEvent),
+                          (HealthCheckResponse, HealthCheckReport)):
+        assert list(model.model_fields) == [f.name for f in fields(source)], model.__name__
 
 
 async def test_openapi_documents_every_contract_path(sup: FakeSupervisor) -> None:
