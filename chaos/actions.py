@@ -11,12 +11,14 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx
 
 from chaos import procs
 from chaos.netproxy import FaultProxy, Toxic
 from chaos.observer import Observer
+from chaos.scenario import Scenario
 from chaos.steps import (
     PROCESS_ACTIONS,
     ApiStep,
@@ -49,6 +51,12 @@ class Context:
     supervisor: SupervisorProcess | None = None
     proxies: dict[str, FaultProxy] = field(default_factory=dict)
     server_urls: dict[str, str] = field(default_factory=dict)  # fake-vllm's own URL per model (local)
+
+
+def remote_allows_process_actions(scenario: Scenario, url: str) -> bool:
+    """Process actions against `--supervisor URL`: only when the scenario allows them and the supervisor is on
+    this host, where the pids its API reports are processes the harness can signal."""
+    return scenario.remote.allow_process_actions and urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def runnable(step: Step, ctx: Context) -> str | None:

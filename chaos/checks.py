@@ -142,6 +142,11 @@ def _since(obs: Observation, t: float) -> str:
     return "start" if t == obs.launched_at else "the faults"
 
 
+def _after_steady(obs: Observation, model: str) -> list[Event]:
+    """The model's events from the steady state on: what the faults and the recovery caused."""
+    return [e for e in obs.model_events(model) if obs.steady_at is None or e.time >= obs.steady_at]
+
+
 def _restart_spawns(obs: Observation, model: str) -> list[Event]:
     """`spawned` events during the observation, less the model's very first start."""
     spawns = [e for e in obs.model_events(model) if e.kind == "spawned"]
@@ -272,7 +277,7 @@ def _api(spec: ApiFields, obs: Observation) -> tuple[bool, str]:
 
 
 def _events(spec: EventsSeen, obs: Observation) -> tuple[bool, str]:
-    after = [e for e in obs.model_events(spec.model) if obs.steady_at is None or e.time >= obs.steady_at]
+    after = _after_steady(obs, spec.model)
     kinds = [e.kind for e in after]
     position, missing = 0, []
     for wanted in spec.include:
@@ -295,7 +300,7 @@ def _events(spec: EventsSeen, obs: Observation) -> tuple[bool, str]:
 
 
 def _gap(spec: Gap, obs: Observation) -> tuple[bool, str]:
-    events = [e for e in obs.model_events(spec.model) if obs.steady_at is None or e.time >= obs.steady_at]
+    events = _after_steady(obs, spec.model)
     start = next((e for e in events if e.kind == spec.from_), None)
     end = next((e for e in events if start and e.kind == spec.to and e.time >= start.time), None)
     if start is None or end is None:

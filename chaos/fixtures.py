@@ -161,8 +161,7 @@ class Supervised:
         self.supervisor.stop_blocking(40.0)
         if self.plan.containers:
             ScenarioContainers(self.plan.run_id, self.plan.containers).remove_all()
-        ports = {port: model for model, port in self.plan.process_ports.items()}
-        leftovers = {(pid, created) for _, pid, created, _ in procs.find_servers(ports)}
+        leftovers = {(pid, created) for _, pid, created, _ in procs.find_servers(self.plan.process_ports)}
         stuck = procs.kill_leftovers(leftovers)
         if stuck:
             raise RuntimeError(f"processes would not die: {stuck}")

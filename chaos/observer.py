@@ -119,20 +119,19 @@ class Observer:
 
     def observation(self, launched_at: float, *, steady_at: float | None = None,
                     faults_end: float | None = None, ended_at: float | None = None,
-                    faults: tuple[FaultRecord, ...] = (), alive_at_end: frozenset[procs.Key] = frozenset(),
-                    alive_after_shutdown: frozenset[procs.Key] | None = None,
-                    notes: tuple[str, ...] = ()) -> Observation:
+                    faults: tuple[FaultRecord, ...] = (),
+                    alive_at_end: frozenset[procs.Key] = frozenset()) -> Observation:
         """Everything seen so far, with the runner's marks (the times are Unix times)."""
         return Observation(
             launched_at=launched_at, steady_at=steady_at, faults_end=faults_end,
             ended_at=time.time() if ended_at is None else ended_at,
-            faults=faults, alive_at_end=alive_at_end, alive_after_shutdown=alive_after_shutdown,
+            faults=faults, alive_at_end=alive_at_end,
             events=tuple(sorted(self.events.values(), key=lambda e: (e.time, e.seq))),
             snapshots=tuple(self.snapshots),
             sightings=tuple(self.sightings.values()),
             overlaps=tuple(self.overlaps),
             processes_visible=self.processes_visible,
-            notes=notes + tuple(self.errors),
+            notes=tuple(self.errors),
         )
 
 

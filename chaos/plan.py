@@ -6,11 +6,11 @@ deployment before letting the harness near it.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
+from chaos.actions import remote_allows_process_actions
 from chaos.runner import RunOptions, scenario_seed
 from chaos.scenario import Scenario
-from chaos.steps import PROCESS_ACTIONS, FaultStep, NetStep, Step, step_model
+from chaos.steps import PROCESS_ACTIONS, FaultStep, NetStep, Step
+from chaos.target import proxied_models
 
 
 def describe_step(step: Step) -> str:
@@ -21,10 +21,9 @@ def describe_step(step: Step) -> str:
 
 def remote_refusal(step: Step, scenario: Scenario, url: str) -> str | None:
     """Why a step would be skipped against `url`, or None (the runner checks again, with the live API)."""
-    local_host = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
     if step.action == "supervisor":
         return "needs a local target"
-    if step.action in PROCESS_ACTIONS and not (scenario.remote.allow_process_actions and local_host):
+    if step.action in PROCESS_ACTIONS and not remote_allows_process_actions(scenario, url):
         return "process actions need remote.allow_process_actions and a supervisor on this host"
     if isinstance(step, NetStep):
         return "net faults need the harness's proxy (local target only)"
@@ -39,10 +38,10 @@ def describe_plan(scenario: Scenario, options: RunOptions, *, source: str = "") 
         lines.append(f"  target: the supervisor at {options.supervisor_url} (nothing started or stopped)")
     elif scenario.target is not None:
         lines.append(f"  target: `{' '.join(options.supervisor_cmd)} run -c <generated config>` on free ports")
+        proxied = proxied_models(scenario)
         for model, spec in scenario.target.models.items():
             keys = ", ".join(f"{k}={v}" for k, v in spec.supervisor_keys().items())
-            via = " via the fault proxy" if any(step_model(s) == model and s.action == "net"
-                                                for s in scenario.faults) else ""
+            via = " via the fault proxy" if model in proxied else ""
             where = ""
             if spec.in_container:
                 image = spec.docker.image if spec.docker and spec.docker.image else "the fake-vLLM image"

@@ -11,6 +11,7 @@ import itertools
 import os
 import signal
 import time
+from collections.abc import Mapping
 
 import psutil
 
@@ -35,7 +36,12 @@ def _name(proc: psutil.Process) -> str:
         cmdline = proc.cmdline()
     except psutil.Error:
         cmdline = []
-    return " ".join(cmdline[:3])[:80] if cmdline else proc.name()
+    return _label(cmdline) if cmdline else proc.name()
+
+
+def _label(cmdline: list[str]) -> str:
+    """How a process is named in verdicts: its program and first arguments (`fake-vllm serve m1`)."""
+    return " ".join(cmdline[:3])[:80]
 
 
 def is_alive(key: Key) -> bool:
@@ -88,17 +94,18 @@ def kill_leftovers(keys: set[Key], timeout: float = 5.0) -> list[Key]:
     return remaining
 
 
-def find_servers(ports: dict[int, str]) -> list[tuple[str, int, float, str]]:
-    """Processes started with `--port P` for one of our ports: (model, pid, create_time, name).
+def find_servers(server_ports: Mapping[str, int]) -> list[tuple[str, int, float, str]]:
+    """Processes started with `--port P` for one of the models' ports: (model, pid, create_time, name).
 
     The safety net for servers the observer never sighted (started after its last poll, or by a supervisor
     that died before it was ever asked), so clean-up still finds them.
     """
+    ports = {port: model for model, port in server_ports.items()}
     found = []
     for proc in psutil.process_iter(["cmdline", "create_time"]):
         cmdline = proc.info.get("cmdline") or []
         for flag, value in itertools.pairwise(cmdline):
             if flag == "--port" and value.isdigit() and int(value) in ports:
-                found.append((ports[int(value)], proc.pid, proc.info["create_time"], " ".join(cmdline[:3])[:80]))
+                found.append((ports[int(value)], proc.pid, proc.info["create_time"], _label(cmdline)))
                 break
     return found

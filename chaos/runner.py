@@ -1,5 +1,5 @@
-"""Runs one scenario: start (or attach to) the target, hold the steady state, inject the timed faults,
-observe, judge, and always clean up.
+"""Runs one scenario: start (or attach to) the target, let `drive` hold the steady state, inject the timed
+faults and observe, then judge, and always clean up.
 
 Local target: proxies, config, supervisor (see `target`), and at the end SIGTERM to the supervisor, then
 SIGKILL to whatever of it and of every model process seen is still alive, checked with psutil; container
@@ -16,26 +16,23 @@ import contextlib
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from random import Random
-from urllib.parse import urlsplit
 
 import httpx
 
 from chaos import checks, docker_image, procs
-from chaos.actions import ActionError, Context, Revert, perform, runnable
+from chaos.actions import ActionError, Context, remote_allows_process_actions, runnable
 from chaos.checks import Verdict
 from chaos.containers import ContainerError, ScenarioContainers
+from chaos.drive import Progress, cleanup_steps, drive
 from chaos.netproxy import FaultProxy
 from chaos.observer import Observer
 from chaos.scenario import Scenario
 from chaos.steps import step_model
 from chaos.target import SupervisorProcess, build_config, default_supervisor_cmd, plan_local, write_config
-from chaos.timeline import Container, FaultRecord, Observation, Sighting
-
-Progress = Callable[[str], None]
+from chaos.timeline import Container, Observation, Sighting
 
 
 def _quiet(_line: str) -> None:
@@ -87,9 +84,16 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, source: str =
     except (RuntimeError, OSError, httpx.HTTPError, ActionError) as exc:
         result.outcome, result.message = "error", f"{type(exc).__name__}: {exc}"
     result.duration = time.time() - started
-    if result.outcome not in {"error", "skipped"}:
-        result.outcome = "failed" if any(v.passed is False for v in result.verdicts) else "passed"
     return result
+
+
+def _record_judgement(result: ScenarioResult, scenario: Scenario, obs: Observation,
+                      verdicts: list[Verdict]) -> None:
+    """The run's own verdicts (faults not carried out, a bad shutdown) and the scenario's; they decide the
+    outcome. Until this is called the outcome stays "error": the run ended without being judged."""
+    result.observation = obs
+    result.verdicts = verdicts + checks.judge(scenario, obs)
+    result.outcome = "failed" if any(v.passed is False for v in result.verdicts) else "passed"
 
 
 async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioResult,
@@ -121,9 +125,9 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
             ctx = Context(client, plan.api_url, observer, local=True, allow_process_actions=True,
                           supervisor=supervisor, proxies=proxies,
                           server_urls={m: plan.server_url(m) for m in plan.server_ports})
-            obs, verdicts = await _drive(scenario, ctx, launched_at, options, progress)
+            obs, verdicts = await drive(scenario, ctx, launched_at, options.poll_interval, progress)
             obs = replace(obs, containers_at_end=await _list_containers(containers) or ())
-            await _cleanup_steps(scenario, ctx, progress)
+            await cleanup_steps(scenario, ctx, progress)
         grace = _stop_grace(scenario)
         progress("stopping the supervisor (SIGTERM)")
         await supervisor.stop(grace)
@@ -134,17 +138,14 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
         obs = replace(obs, sightings=tuple(observer.sightings.values()),
                       alive_after_shutdown=procs.alive(set(observer.sightings)),
                       containers_after_shutdown=await _list_containers(containers))
-        result.observation = obs
-        result.verdicts = verdicts + checks.judge(scenario, obs)
-        result.outcome = "judged"
+        _record_judgement(result, scenario, obs, verdicts)
     finally:
         with contextlib.suppress(Exception):
             await supervisor.stop(1.0)
         for proxy in proxies.values():
             await proxy.close()
         await _remove_containers(containers, result, progress)
-        leftovers = {(pid, created) for _, pid, created, _ in procs.find_servers(
-            {port: model for model, port in plan.process_ports.items()})}
+        leftovers = {(pid, created) for _, pid, created, _ in procs.find_servers(plan.process_ports)}
         if observer is not None:
             await observer.stop()
             leftovers |= set(observer.sightings)
@@ -195,8 +196,7 @@ async def _run_remote(scenario: Scenario, options: RunOptions, result: ScenarioR
                       progress: Progress) -> None:
     url = (options.supervisor_url or "").rstrip("/")
     headers = {"Authorization": f"Bearer {options.token}"} if options.token else {}
-    local_host = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
-    allow = scenario.remote.allow_process_actions and local_host
+    allow = remote_allows_process_actions(scenario, url)
     async with httpx.AsyncClient(headers=headers, timeout=5.0) as client:
         observer = Observer(client, url, processes_visible=allow)
         ctx = Context(client, url, observer, local=False, allow_process_actions=allow)
@@ -209,141 +209,23 @@ async def _run_remote(scenario: Scenario, options: RunOptions, result: ScenarioR
             progress(result.message)
             return
         try:
-            obs, verdicts = await _drive(scenario, ctx, time.time(), options, progress)
-            await _cleanup_steps(scenario, ctx, progress)
+            obs, verdicts = await drive(scenario, ctx, time.time(), options.poll_interval, progress)
+            await cleanup_steps(scenario, ctx, progress)
         finally:
             await observer.stop()
-    result.observation = obs
-    result.verdicts = verdicts + checks.judge(scenario, obs)
-    result.outcome = "judged"
-
-
-async def _drive(scenario: Scenario, ctx: Context, launched_at: float, options: RunOptions,
-                 progress: Progress) -> tuple[Observation, list[Verdict]]:
-    """Steady state, then the faults on schedule, then the observation window."""
-    observer = ctx.observer
-    observer.start(options.poll_interval)
-    steady_at = await _await_steady(scenario, observer, launched_at, options.poll_interval)
-    records: list[FaultRecord] = []
-    verdicts: list[Verdict] = []
-    faults_end = None
-    if steady_at is None:
-        progress("steady state did not hold; no fault injected")
-    else:
-        progress(f"steady state held at +{steady_at - launched_at:.2f}s")
-        records, verdicts = await _inject(scenario, ctx, steady_at, progress)
-        faults_end = max([steady_at] + [r.ended or r.started for r in records])
-        await _watch(scenario, observer, launched_at=launched_at, steady_at=steady_at, faults_end=faults_end,
-                     interval=options.poll_interval, progress=progress)
-    ended_at = time.time()
-    await observer.stop()
-    await observer.poll()  # one last look at the end state
-    alive = procs.alive(set(observer.sightings)) if observer.processes_visible else frozenset()
-    obs = observer.observation(launched_at, steady_at=steady_at, faults_end=faults_end, ended_at=ended_at,
-                               faults=tuple(records), alive_at_end=alive)
-    return obs, verdicts
-
-
-async def _watch(scenario: Scenario, observer: Observer, *, launched_at: float, steady_at: float,
-                 faults_end: float, interval: float, progress: Progress) -> None:
-    """Observe until every expectation holds (then `duration` more), or until the last `within` runs out.
-
-    Without timed expectations the watch is `duration` after the faults. Stopping early keeps the
-    catalogue quick; the `duration` that follows is what catches a restart that comes too late.
-    """
-    settle = scenario.settle_for()
-    obs = observer.observation(launched_at, steady_at=steady_at, faults_end=faults_end)
-    hard = max([faults_end + settle] + [checks.deadline(item, obs) for item in scenario.timed()])
-    if scenario.observe_at_most is not None:
-        hard = faults_end + scenario.observe_at_most
-    progress(f"observing until the expectations hold (at most {hard - time.time():.1f}s), then {settle:g}s")
-    while time.time() < hard:
-        obs = observer.observation(launched_at, steady_at=steady_at, faults_end=faults_end)
-        if all(checks.judge_expectation(item, obs).passed for item in scenario.expect):
-            await _sleep_until(min(hard, time.time() + settle))
-            return
-        await asyncio.sleep(interval)
-
-
-async def _await_steady(scenario: Scenario, observer: Observer, launched_at: float,
-                        interval: float) -> float | None:
-    deadline = launched_at + max((s.healthy.within for s in scenario.steady_state), default=0.0)
-    while True:
-        obs = observer.observation(launched_at)
-        if all(checks.judge_steady(item, obs).passed for item in scenario.steady_state):
-            return time.time()
-        if time.time() > deadline:
-            return None
-        await asyncio.sleep(interval)
-
-
-async def _inject(scenario: Scenario, ctx: Context, steady_at: float,
-                  progress: Progress) -> tuple[list[FaultRecord], list[Verdict]]:
-    records: list[FaultRecord] = []
-    verdicts: list[Verdict] = []
-    reverts: list[asyncio.Task[None]] = []
-    order = sorted(range(len(scenario.faults)), key=lambda i: scenario.faults[i].at)
-    for index in order:
-        step = scenario.faults[index]
-        await _sleep_until(steady_at + step.at)
-        began = time.time()
-        try:
-            message, revert = await perform(step, ctx)
-        except (ActionError, httpx.HTTPError, OSError) as exc:
-            progress(f"fault {index} ({step.action}) could not be carried out: {exc}")
-            records.append(FaultRecord(index, step.action, step_model(step), step.note or step.action, began,
-                                       None, "error", str(exc)))
-            verdicts.append(Verdict(f"fault {index} ({step.action})", False, f"not carried out: {exc}"))
-            continue
-        progress(f"+{began - steady_at:.2f}s fault {index}: {message}")
-        records.append(FaultRecord(index, step.action, step_model(step), step.note or step.action, began,
-                                   None, "done", message))
-        if revert is not None:
-            until = steady_at + step.at + (getattr(step, "duration", None) or 0.0)
-            reverts.append(asyncio.create_task(_revert_at(until, revert, records, len(records) - 1, progress)))
-    await asyncio.gather(*reverts)
-    return records, verdicts
-
-
-async def _revert_at(when: float, revert: Revert, records: list[FaultRecord], position: int,
-                     progress: Progress) -> None:
-    await _sleep_until(when)
-    try:
-        message = await revert()
-    except (OSError, httpx.HTTPError) as exc:
-        message = f"revert failed: {exc}"
-    progress(f"reverted: {message}")
-    record = records[position]
-    records[position] = replace(record, ended=time.time(), message=f"{record.message}; {message}")
-
-
-async def _cleanup_steps(scenario: Scenario, ctx: Context, progress: Progress) -> None:
-    for step in scenario.cleanup:
-        try:
-            message, revert = await perform(step, ctx)
-            if revert is not None:
-                message += "; " + await revert()
-            progress(f"cleanup: {message}")
-        except (ActionError, httpx.HTTPError, OSError) as exc:
-            progress(f"cleanup step {step.action} failed: {exc}")
-
-
-async def _sleep_until(when: float) -> None:
-    delay = when - time.time()
-    if delay > 0:
-        await asyncio.sleep(delay)
+    _record_judgement(result, scenario, obs, verdicts)
 
 
 def _stop_grace(scenario: Scenario) -> float:
     """How long the supervisor may take to stop every model: the longest stop_timeout plus slack."""
     timeouts = [m.stop_timeout for m in scenario.target.models.values()] if scenario.target else []
-    return max([t for t in timeouts if t is not None] + [30.0 if None in timeouts or not timeouts else 0.0]) + 10
+    # A model that sets none gets the supervisor's default stop_timeout, 30 s (CONTRACT section 2).
+    return max((30.0 if t is None else t for t in timeouts), default=30.0) + 10
 
 
 def _sight_unseen_servers(observer: Observer, server_ports: dict[str, int]) -> None:
     """Add servers still running on our ports that the polls never caught (so orphans cannot hide)."""
-    ports = {port: model for model, port in server_ports.items()}
-    for model, pid, created, name in procs.find_servers(ports):
+    for model, pid, created, name in procs.find_servers(server_ports):
         if (pid, created) not in observer.sightings:
             observer.sightings[(pid, created)] = Sighting(model, pid, created, pid, name, time.time())
 

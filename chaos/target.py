@@ -93,14 +93,18 @@ class LocalPlan:
         return f"http://127.0.0.1:{self.server_ports[model]}"
 
 
+def proxied_models(scenario: Scenario) -> set[str]:
+    """The models a `net` fault targets: the supervisor reaches them through the harness's fault proxy."""
+    return {s.target.model for s in scenario.faults if isinstance(s, NetStep)}
+
+
 def plan_local(scenario: Scenario, workdir: Path, *, docker_image: str = FAKE_VLLM_IMAGE) -> LocalPlan:
     if scenario.target is None:
         raise ValueError(f"{scenario.name}: no target to start; run it with --supervisor URL")
     models = list(scenario.target.models)
-    proxied = {s.target.model for s in scenario.faults if isinstance(s, NetStep)}
     return LocalPlan(workdir=workdir, api_port=free_port(), server_ports={m: free_port() for m in models},
-                     proxied=proxied, gpu_dir=workdir / "fake-gpu", containers=set(scenario.container_models()),
-                     docker_image=docker_image)
+                     proxied=proxied_models(scenario), gpu_dir=workdir / "fake-gpu",
+                     containers=set(scenario.container_models()), docker_image=docker_image)
 
 
 def build_config(scenario: Scenario, plan: LocalPlan, seed: int) -> dict[str, Any]:

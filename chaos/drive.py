@@ -1,0 +1,142 @@
+"""The phases of one scenario against a target that is already up, local or remote alike: wait for the steady
+state, carry out the faults on schedule (reverting those with a `for`), watch until the expectations are
+settled, and put things back with the cleanup steps.
+
+The runner owns what differs between targets (starting, stopping, killing leftovers); everything here only
+acts through a `Context` and watches through its `Observer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import httpx
+
+from chaos import checks, procs
+from chaos.actions import ActionError, Context, Revert, perform
+from chaos.checks import Verdict
+from chaos.observer import Observer
+from chaos.scenario import Scenario
+from chaos.steps import step_end, step_model
+from chaos.timeline import FaultRecord, Observation
+
+Progress = Callable[[str], None]
+
+
+async def drive(scenario: Scenario, ctx: Context, launched_at: float, interval: float,
+                progress: Progress) -> tuple[Observation, list[Verdict]]:
+    """Steady state, then the faults on schedule, then the observation window."""
+    observer = ctx.observer
+    observer.start(interval)
+    steady_at = await _await_steady(scenario, observer, launched_at, interval)
+    records: list[FaultRecord] = []
+    verdicts: list[Verdict] = []
+    faults_end = None
+    if steady_at is None:
+        progress("steady state did not hold; no fault injected")
+    else:
+        progress(f"steady state held at +{steady_at - launched_at:.2f}s")
+        records, verdicts = await _inject(scenario, ctx, steady_at, progress)
+        faults_end = max([steady_at] + [r.ended or r.started for r in records])
+        await _watch(scenario, observer, launched_at=launched_at, steady_at=steady_at, faults_end=faults_end,
+                     interval=interval, progress=progress)
+    ended_at = time.time()
+    await observer.stop()
+    await observer.poll()  # one last look at the end state
+    alive = procs.alive(set(observer.sightings)) if observer.processes_visible else frozenset()
+    obs = observer.observation(launched_at, steady_at=steady_at, faults_end=faults_end, ended_at=ended_at,
+                               faults=tuple(records), alive_at_end=alive)
+    return obs, verdicts
+
+
+async def _watch(scenario: Scenario, observer: Observer, *, launched_at: float, steady_at: float,
+                 faults_end: float, interval: float, progress: Progress) -> None:
+    """Observe until every expectation holds (then `duration` more), or until the last `within` runs out.
+
+    Without timed expectations the watch is `duration` after the faults. Stopping early keeps the
+    catalogue quick; the `duration` that follows is what catches a restart that comes too late.
+    """
+    settle = scenario.settle_for()
+    obs = observer.observation(launched_at, steady_at=steady_at, faults_end=faults_end)
+    hard = max([faults_end + settle] + [checks.deadline(item, obs) for item in scenario.timed()])
+    if scenario.observe_at_most is not None:
+        hard = faults_end + scenario.observe_at_most
+    progress(f"observing until the expectations hold (at most {hard - time.time():.1f}s), then {settle:g}s")
+    while time.time() < hard:
+        obs = observer.observation(launched_at, steady_at=steady_at, faults_end=faults_end)
+        if all(checks.judge_expectation(item, obs).passed for item in scenario.expect):
+            await _sleep_until(min(hard, time.time() + settle))
+            return
+        await asyncio.sleep(interval)
+
+
+async def _await_steady(scenario: Scenario, observer: Observer, launched_at: float,
+                        interval: float) -> float | None:
+    deadline = launched_at + max((s.healthy.within for s in scenario.steady_state), default=0.0)
+    while True:
+        obs = observer.observation(launched_at)
+        if all(checks.judge_steady(item, obs).passed for item in scenario.steady_state):
+            return time.time()
+        if time.time() > deadline:
+            return None
+        await asyncio.sleep(interval)
+
+
+async def _inject(scenario: Scenario, ctx: Context, steady_at: float,
+                  progress: Progress) -> tuple[list[FaultRecord], list[Verdict]]:
+    records: list[FaultRecord] = []
+    verdicts: list[Verdict] = []
+    reverts: list[asyncio.Task[None]] = []
+    order = sorted(range(len(scenario.faults)), key=lambda i: scenario.faults[i].at)
+    for index in order:
+        step = scenario.faults[index]
+        await _sleep_until(steady_at + step.at)
+        began = time.time()
+        try:
+            message, revert = await perform(step, ctx)
+        except (ActionError, httpx.HTTPError, OSError) as exc:
+            progress(f"fault {index} ({step.action}) could not be carried out: {exc}")
+            records.append(FaultRecord(index, step.action, step_model(step), step.note or step.action, began,
+                                       None, "error", str(exc)))
+            verdicts.append(Verdict(f"fault {index} ({step.action})", False, f"not carried out: {exc}"))
+            continue
+        progress(f"+{began - steady_at:.2f}s fault {index}: {message}")
+        records.append(FaultRecord(index, step.action, step_model(step), step.note or step.action, began,
+                                   None, "done", message))
+        if revert is not None:
+            until = steady_at + step_end(step)
+            reverts.append(asyncio.create_task(_revert_at(until, revert, records, len(records) - 1, progress)))
+    await asyncio.gather(*reverts)
+    return records, verdicts
+
+
+async def _revert_at(when: float, revert: Revert, records: list[FaultRecord], position: int,
+                     progress: Progress) -> None:
+    await _sleep_until(when)
+    try:
+        message = await revert()
+    except (OSError, httpx.HTTPError) as exc:
+        message = f"revert failed: {exc}"
+    progress(f"reverted: {message}")
+    record = records[position]
+    records[position] = replace(record, ended=time.time(), message=f"{record.message}; {message}")
+
+
+async def cleanup_steps(scenario: Scenario, ctx: Context, progress: Progress) -> None:
+    for step in scenario.cleanup:
+        try:
+            message, revert = await perform(step, ctx)
+            if revert is not None:
+                message += "; " + await revert()
+            progress(f"cleanup: {message}")
+        except (ActionError, httpx.HTTPError, OSError) as exc:
+            progress(f"cleanup step {step.action} failed: {exc}")
+
+
+async def _sleep_until(when: float) -> None:
+    delay = when - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
