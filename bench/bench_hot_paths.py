@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from supervisor.diagnosis import RunDiagnosis, classify_line
-from supervisor.journal import Journal, PersistedModel
-from supervisor.logs import LogWriter
-from supervisor.redact import Redactor
+from supervisor.core.diagnosis import RunDiagnosis, classify_line
+from supervisor.store.journal import Journal, PersistedModel
+from supervisor.store.logs import LogWriter
+from supervisor.store.redact import Redactor
 from supervisor.runtime.base import Stream
-from supervisor.status import EventKind, State, TimelineEvent
+from supervisor.core.views import EventKind, State, TimelineEvent
 
 ORDINARY = [
     "(APIServer pid=1) INFO 09-24 20:54:38 [loggers.py:123] Engine 000: Avg prompt throughput: 120.3 tokens/s",

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import psutil
 
-from supervisor.config import parse_config
-from supervisor.status import State
-from supervisor.supervisor import Supervisor
+from supervisor.config.schema import parse_config
+from supervisor.core.views import State
+from supervisor.loop.fleet import Supervisor
 
 FAKE_VLLM = str(Path(sys.executable).with_name("fake-vllm"))
 

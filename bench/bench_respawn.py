@@ -16,9 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from supervisor.config import parse_config
-from supervisor.status import EventKind
-from supervisor.supervisor import Supervisor
+from supervisor.config.schema import parse_config
+from supervisor.core.views import EventKind
+from supervisor.loop.fleet import Supervisor
 
 CRASHER = "import os, sys, time; open(sys.argv[1], 'a').write(f'{time.time()}\\n'); os._exit(1)"
 

@@ -47,7 +47,7 @@ from supervisor.runtime.docker_spec import (
 from supervisor.runtime.docker_streams import AttachedOutput, close_quietly
 
 if TYPE_CHECKING:
-    from supervisor.config import ModelConfig
+    from supervisor.config.schema import ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from supervisor.config import ModelConfig
-from supervisor.journal import RunRecord
+from supervisor.config.schema import ModelConfig
+from supervisor.store.journal import RunRecord
 from supervisor.runtime.base import Runtime
 from supervisor.runtime.process import ProcessRuntime, run_marker, stop_leftover
 

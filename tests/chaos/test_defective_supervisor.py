@@ -35,7 +35,7 @@ DEFECTS = {
 
 def defective(tmp_path: Path, defect: str) -> str:
     script = tmp_path / f"{defect}.py"
-    script.write_text(DEFECTS[defect] + "import sys\nfrom supervisor.cli import main\nsys.exit(main())\n")
+    script.write_text(DEFECTS[defect] + "import sys\nfrom supervisor.cli.main import main\nsys.exit(main())\n")
     return f"{sys.executable} {script}"
 
 

@@ -16,7 +16,7 @@ from chaos.docker_image import build_fake_vllm_image, prepare
 from chaos.scenario import ScenarioError, load_scenario, parse_scenario, scenario_files
 from chaos.target import CONTAINER_PORT, build_config, plan_local
 from chaos.timeline import Container, Observation
-from supervisor.config import parse_config
+from supervisor.config.schema import parse_config
 from tests.chaos.timelines import ev, expect, observation, sighting, snap
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "scenarios" / "docker"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from chaos.scenario import ScenarioError, load_scenario, parse_scenario, scenario_files
-from supervisor.config import ConfigError, parse_config
+from supervisor.config.schema import ConfigError, parse_config
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "scenarios"
 

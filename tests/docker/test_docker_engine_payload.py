@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import docker
 import pytest
 
-from supervisor.config import load_config, parse_config
+from supervisor.config.schema import load_config, parse_config
 from supervisor.runtime.docker import (
     DockerRuntime,
     DockerUnavailable,

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from docker_helpers import wait_until
 
-from supervisor.config import parse_config
+from supervisor.config.schema import parse_config
 from supervisor.runtime.docker_spec import MODEL_LABEL
-from supervisor.status import EventKind, State
-from supervisor.supervisor import Supervisor
+from supervisor.core.views import EventKind, State
+from supervisor.loop.fleet import Supervisor
 
 pytestmark = pytest.mark.docker
 
@@ -115,7 +115,7 @@ async def test_restarted_supervisor_removes_the_container_its_killed_predecessor
 
 def start_supervisor(config_file: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "supervisor.cli", "run", "-c", str(config_file)],
+        [sys.executable, "-m", "supervisor.cli.main", "run", "-c", str(config_file)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
 

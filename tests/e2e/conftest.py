@@ -15,9 +15,9 @@ from typing import Any
 import psutil
 import pytest
 
-from supervisor.config import parse_config
-from supervisor.status import EventKind, TimelineEvent
-from supervisor.supervisor import Supervisor
+from supervisor.config.schema import parse_config
+from supervisor.core.views import EventKind, TimelineEvent
+from supervisor.loop.fleet import Supervisor
 
 FAKE_VLLM = str(Path(sys.executable).with_name("fake-vllm"))
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psutil
 
-from supervisor.logs import tail
-from supervisor.status import Cause, EventKind, State
+from supervisor.store.logs import tail
+from supervisor.core.views import Cause, EventKind, State
 from tests.e2e.conftest import Supervised, fake_model, kinds, script_model, wait_until
 
 # Scheduling slack on a loaded 2-core CI machine, on top of the delay being checked.
@@ -164,7 +164,7 @@ async def test_prior_art_8_one_models_backoff_never_stalls_another(supervised: S
 
 async def test_prior_art_10_a_model_added_later_is_watched(supervised: Supervised) -> None:
     """A model added after start-up is restarted when it crashes, like the first ones (PRIOR_ART 10)."""
-    from supervisor.config import parse_config
+    from supervisor.config.schema import parse_config
 
     late = parse_config({"llmModels": {"late": script_model("raise SystemExit(1)", max_restarts=1)}}, "t")
     async with supervised({"first": script_model("import time; time.sleep(600)")}) as sup:

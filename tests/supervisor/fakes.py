@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from supervisor.facade import Observer
-from supervisor.status import ActionResult, Cause, EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
+from supervisor.api.facade import Observer
+from supervisor.core.views import ActionResult, Cause, EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
 
 
 class FakeUnknownModel(KeyError):

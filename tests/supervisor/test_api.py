@@ -9,10 +9,10 @@ import pytest
 from api_helpers import ManualClock, asgi_client
 from fakes import FakeSupervisor
 
-from supervisor.api import create_app
-from supervisor.api_models import EventOut, HealthCheckResponse, ModelStatusOut
-from supervisor.ratelimit import ActionRateLimiter
-from supervisor.status import EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
+from supervisor.api.app import create_app
+from supervisor.api.schemas import EventOut, HealthCheckResponse, ModelStatusOut
+from supervisor.api.ratelimit import ActionRateLimiter
+from supervisor.core.views import EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
 
 TOKEN = "s3cret-token-value"
 

@@ -10,9 +10,9 @@ import pytest
 from api_helpers import asgi_client, serve_in_thread
 from fakes import FakeSupervisor
 
-from supervisor.api import create_app
-from supervisor.logs import LogWriter
-from supervisor.redact import Redactor
+from supervisor.api.app import create_app
+from supervisor.store.logs import LogWriter
+from supervisor.store.redact import Redactor
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from supervisor.api import create_app
+from supervisor.api.app import create_app
 
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
 # The stream never ends by design (it follows the log), so a generated request would wait forever.

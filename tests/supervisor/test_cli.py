@@ -11,10 +11,10 @@ import pytest
 from api_helpers import serve_in_thread
 from fakes import FakeSupervisor
 
-from supervisor import cli
-from supervisor.api import create_app
-from supervisor.ratelimit import ActionRateLimiter
-from supervisor.status import Cause, EventKind, State
+from supervisor.cli import main as cli
+from supervisor.api.app import create_app
+from supervisor.api.ratelimit import ActionRateLimiter
+from supervisor.core.views import Cause, EventKind, State
 
 TOKEN = "cli-token"
 

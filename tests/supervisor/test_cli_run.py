@@ -21,11 +21,11 @@ import psutil
 import pytest
 from real_fleet import config_data, fake_model, model_processes
 
-from supervisor.daemon import StartupError, lock_state_dir
+from supervisor.cli.daemon import StartupError, lock_state_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_process_left")]
 WAIT = 40.0  # generous: several real processes on a loaded two-core machine
-CLI = [sys.executable, "-m", "supervisor.cli"]
+CLI = [sys.executable, "-m", "supervisor.cli.main"]
 
 
 @dataclass

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from supervisor.clock import Clock, RealClock, VirtualClock, settle
+from supervisor.core.clock import Clock, RealClock, VirtualClock, settle
 
 # Generous for a loaded 2-core machine: a sleep may end late, never early.
 LATE_TOLERANCE = 1.0

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from supervisor.config import (
+from supervisor.config.schema import (
     FLUIDMCP_SECTIONS,
     Config,
     ConfigError,

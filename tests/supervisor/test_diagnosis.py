@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.diagnosis import EXCERPT_MAX, Finding, RunDiagnosis, classify_line
-from supervisor.status import Cause
+from supervisor.core.diagnosis import EXCERPT_MAX, Finding, RunDiagnosis, classify_line
+from supervisor.core.views import Cause
 
 ENGINE = "(EngineCore_DP0 pid=212) "
 

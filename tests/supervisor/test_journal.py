@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.journal import Journal, JournalError, PersistedModel, RunRecord
-from supervisor.status import EventKind, State, TimelineEvent
+from supervisor.store.journal import Journal, JournalError, PersistedModel, RunRecord
+from supervisor.core.views import EventKind, State, TimelineEvent
 
 
 def _event(seq: int, model_id: str = "m1", kind: EventKind = EventKind.SPAWNED, **kw: object) -> TimelineEvent:
@@ -157,8 +157,8 @@ def test_writes_are_fast_enough_for_the_event_loop(journal: Journal) -> None:
 _WRITER = textwrap.dedent(
     """
     import sys
-    from supervisor.journal import Journal, PersistedModel
-    from supervisor.status import EventKind, State, TimelineEvent
+    from supervisor.store.journal import Journal, PersistedModel
+    from supervisor.core.views import EventKind, State, TimelineEvent
     j = Journal.open(sys.argv[1])
     seq = 0
     while True:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.logs import LogTail, LogWriter, follow, read_tail, tail
-from supervisor.redact import REDACTED, Redactor, secrets_from_argv
+from supervisor.store.logs import LogTail, LogWriter, follow, read_tail, tail
+from supervisor.store.redact import REDACTED, Redactor, secrets_from_argv
 
 FIXED_TIME = 1795332443.123  # 2026-11-22T07:27:23.123Z
 

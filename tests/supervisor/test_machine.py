@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from supervisor.machine import Machine
-from supervisor.machine_types import (
+from supervisor.core.machine import Machine
+from supervisor.core.machine_types import (
     Action,
     Boot,
     Desired,
@@ -40,9 +40,9 @@ from supervisor.machine_types import (
     Tick,
     next_deadline,
 )
-from supervisor.policy import Backoff, Budget, RestartPolicy
+from supervisor.core.policy import Backoff, Budget, RestartPolicy
 from supervisor.runtime.base import ExitStatus
-from supervisor.status import Cause, EventKind, State
+from supervisor.core.views import Cause, EventKind, State
 
 CRASH = ExitStatus(1)
 

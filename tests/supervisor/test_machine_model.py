@@ -20,8 +20,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from supervisor.machine import Machine
-from supervisor.machine_types import (
+from supervisor.core.machine import Machine
+from supervisor.core.machine_types import (
     LIVE,
     Action,
     Boot,
@@ -47,9 +47,9 @@ from supervisor.machine_types import (
     Tick,
     next_deadline,
 )
-from supervisor.policy import Backoff, Budget, RestartPolicy
+from supervisor.core.policy import Backoff, Budget, RestartPolicy
 from supervisor.runtime.base import ExitStatus
-from supervisor.status import Cause, EventKind, State
+from supervisor.core.views import Cause, EventKind, State
 
 # Small, varied values so that budgets run out, windows expire and deadlines pass within a few dozen steps.
 SETTINGS = st.builds(

@@ -8,9 +8,9 @@ import pytest
 from api_helpers import asgi_client, samples, value
 from fakes import FakeSupervisor, crash_script
 
-from supervisor.api import create_app
-from supervisor.metrics import EXIT_CAUSES, RESTART_REASONS, Metrics
-from supervisor.status import EventKind, State
+from supervisor.api.app import create_app
+from supervisor.api.metrics import EXIT_CAUSES, RESTART_REASONS, Metrics
+from supervisor.core.views import EventKind, State
 
 CONTRACT_NAMES = {
     "llm_supervisor_model_state", "llm_supervisor_model_up", "llm_supervisor_model_healthy",

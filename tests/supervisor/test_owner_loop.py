@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from supervisor.clock import VirtualClock, settle
-from supervisor.config import parse_config
-from supervisor.machine import Machine
-from supervisor.machine_types import (
+from supervisor.core.clock import VirtualClock, settle
+from supervisor.config.schema import parse_config
+from supervisor.core.machine import Machine
+from supervisor.core.machine_types import (
     Boot,
     Record,
     RestartRequested,
@@ -23,12 +23,12 @@ from supervisor.machine_types import (
     StartRequested,
     StopRequested,
 )
-from supervisor.owner import ModelOwner
-from supervisor.policy import Backoff, Budget, RestartPolicy
-from supervisor.probe import ProbeResult
+from supervisor.loop.owner import ModelOwner
+from supervisor.core.policy import Backoff, Budget, RestartPolicy
+from supervisor.probe.http import ProbeResult
 from supervisor.runtime.base import ExitStatus, LineSink, SpawnError, Stream
-from supervisor.status import EventKind, State
-from supervisor.status_view import CONTAINER_OOM_ADVICE, build_status
+from supervisor.core.views import EventKind, State
+from supervisor.loop.status_view import CONTAINER_OOM_ADVICE, build_status
 from tests.supervisor.test_machine import make_settings
 
 

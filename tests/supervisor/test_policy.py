@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor.policy import Backoff, Budget, RestartPolicy, wants_restart
+from supervisor.core.policy import Backoff, Budget, RestartPolicy, wants_restart
 
 DEFAULT = Backoff(initial=5, multiplier=2, cap=300, jitter=0.0, reset_after=600)
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import respx
 
-from supervisor.probe import ProbeResult, probe, server_root
+from supervisor.probe.http import ProbeResult, probe, server_root
 
 ROOT = "http://127.0.0.1:8001"
 # Extra time a probe may take beyond its own timeout on a loaded machine.

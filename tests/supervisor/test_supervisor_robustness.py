@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-import supervisor.supervisor as supervisor_module
-from supervisor.clock import settle
-from supervisor.config import parse_config
-from supervisor.journal import PersistedModel
+import supervisor.loop.fleet as supervisor_module
+from supervisor.core.clock import settle
+from supervisor.config.schema import parse_config
+from supervisor.store.journal import PersistedModel
 from supervisor.runtime.base import ExitStatus, LineSink
-from supervisor.status import EventKind, State, TimelineEvent
-from supervisor.supervisor import Supervisor
+from supervisor.core.views import EventKind, State, TimelineEvent
+from supervisor.loop.fleet import Supervisor
 from tests.supervisor.test_owner_loop import FakeRun
 
 

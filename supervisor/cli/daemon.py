@@ -22,12 +22,12 @@ from typing import TextIO
 
 import uvicorn
 
-from supervisor.api import create_app
-from supervisor.auth import token_from_env
-from supervisor.config import Config
-from supervisor.journal import JOURNAL_FILENAME, Journal, JournalError
-from supervisor.status import EventKind, TimelineEvent
-from supervisor.supervisor import Supervisor
+from supervisor.api.app import create_app
+from supervisor.api.auth import token_from_env
+from supervisor.config.schema import Config
+from supervisor.store.journal import JOURNAL_FILENAME, Journal, JournalError
+from supervisor.core.views import EventKind, TimelineEvent
+from supervisor.loop.fleet import Supervisor
 
 LOCK_FILENAME = "supervisor.lock"
 # Streaming log followers must not hold the exit hostage.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from supervisor.status import EventKind, State, TimelineEvent
+from supervisor.core.views import EventKind, State, TimelineEvent
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
 SCHEMA_VERSION: Final = 1

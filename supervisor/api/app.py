@@ -17,8 +17,8 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from supervisor import logs
-from supervisor.api_models import (
+from supervisor.store import logs
+from supervisor.api.schemas import (
     ActionResponse,
     ErrorDetail,
     EventOut,
@@ -28,11 +28,11 @@ from supervisor.api_models import (
     ModelList,
     ModelStatusOut,
 )
-from supervisor.auth import BearerAuth, token_from_env
-from supervisor.facade import SupervisorFacade
-from supervisor.metrics import CONTENT_TYPE_LATEST, Metrics
-from supervisor.ratelimit import ActionRateLimiter
-from supervisor.status import ActionResult, ModelStatus
+from supervisor.api.auth import BearerAuth, token_from_env
+from supervisor.api.facade import SupervisorFacade
+from supervisor.api.metrics import CONTENT_TYPE_LATEST, Metrics
+from supervisor.api.ratelimit import ActionRateLimiter
+from supervisor.core.views import ActionResult, ModelStatus
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_LOG_LINES = 10_000

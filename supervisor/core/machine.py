@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from supervisor.machine_types import (
+from supervisor.core.machine_types import (
     LIVE,
     Action,
     Boot,
@@ -51,8 +51,8 @@ from supervisor.machine_types import (
     Terminate,
     Tick,
 )
-from supervisor.policy import wants_restart
-from supervisor.status import Cause, EventKind, State
+from supervisor.core.policy import wants_restart
+from supervisor.core.views import Cause, EventKind, State
 
 
 class Machine:

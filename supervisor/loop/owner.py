@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.clock import Clock
-from supervisor.diagnosis import Finding, RunDiagnosis, classify_line
-from supervisor.machine import Machine
-from supervisor.machine_types import (
+from supervisor.core.clock import Clock
+from supervisor.core.diagnosis import Finding, RunDiagnosis, classify_line
+from supervisor.core.machine import Machine
+from supervisor.core.machine_types import (
     Action,
     Diagnosed,
     Event,
@@ -39,9 +39,9 @@ from supervisor.machine_types import (
     Tick,
     next_deadline,
 )
-from supervisor.probe import ProbeResult
+from supervisor.probe.http import ProbeResult
 from supervisor.runtime.base import Run, Runtime, SpawnError, Stream
-from supervisor.status import Cause, State
+from supervisor.core.views import Cause, State
 
 log = logging.getLogger(__name__)
 

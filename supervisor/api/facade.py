@@ -1,6 +1,6 @@
 """What the management plane (API, metrics) needs from the supervisor, written down as Protocols.
 
-`supervisor.supervisor.Supervisor` satisfies `SupervisorFacade`; tests hand the API a small fake through
+`supervisor.loop.fleet.Supervisor` satisfies `SupervisorFacade`; tests hand the API a small fake through
 the same seam. Reads (`status`, `statuses`, `events`, `model_ids`, `log_dir`) are pure: they never probe
 and never move a counter (PRIOR_ART 6). Actions go to the model's owner task, which serializes them.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from supervisor.status import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
+from supervisor.core.views import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
 
 
 class Observer(Protocol):

@@ -17,8 +17,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from supervisor.facade import SupervisorFacade
-from supervisor.status import Cause, EventKind, State, TimelineEvent
+from supervisor.api.facade import SupervisorFacade
+from supervisor.core.views import Cause, EventKind, State, TimelineEvent
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 

@@ -27,8 +27,8 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from supervisor.config_files import DocumentError, load_json, load_yaml
-from supervisor.config_messages import describe, show, step, suggest
+from supervisor.config.files import DocumentError, load_json, load_yaml
+from supervisor.config.messages import describe, show, step, suggest
 
 MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # FluidMCP's own sections (MCP servers, its cloud models, its GitHub token): a FluidMCP file carries them next

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from supervisor.config import ModelConfig
-from supervisor.machine_types import Settings
-from supervisor.policy import Backoff, Budget, RestartPolicy
+from supervisor.config.schema import ModelConfig
+from supervisor.core.machine_types import Settings
+from supervisor.core.policy import Backoff, Budget, RestartPolicy
 
 
 def machine_settings(cfg: ModelConfig) -> Settings:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from supervisor.policy import Backoff, Budget, RestartPolicy
+from supervisor.core.policy import Backoff, Budget, RestartPolicy
 from supervisor.runtime.base import ExitStatus
-from supervisor.status import Cause, EventKind, State
+from supervisor.core.views import Cause, EventKind, State
 
 
 class IllegalEvent(Exception):

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from supervisor import cli_format
-from supervisor.auth import token_from_env
-from supervisor.client import DEFAULT_URL, ClientError, SupervisorClient, Unreachable, UsageError
-from supervisor.config import Config, ConfigError, load_config
+from supervisor.cli import format as cli_format
+from supervisor.api.auth import token_from_env
+from supervisor.cli.client import DEFAULT_URL, ClientError, SupervisorClient, Unreachable, UsageError
+from supervisor.config.schema import Config, ConfigError, load_config
 
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 DEFAULT_TOKEN_ENV = "LLM_SUPERVISOR_TOKEN"  # noqa: S105 (the variable's name, not a secret)
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     # The whole supervisor and uvicorn: imported only here so client subcommands start fast.
-    from supervisor import daemon
+    from supervisor.cli import daemon
 
     host = args.host or config.supervisor.api.host
     port = config.supervisor.api.port if args.port is None else args.port

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from supervisor.status import Cause
+from supervisor.core.views import Cause
 
 EXCERPT_MAX = 500
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from supervisor.redact import Redactor
+from supervisor.store.redact import Redactor
 
 log = logging.getLogger(__name__)
 

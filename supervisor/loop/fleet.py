@@ -19,13 +19,13 @@ from pathlib import Path
 
 import httpx
 
-from supervisor.clock import Clock, RealClock
-from supervisor.config import Config, ModelConfig
-from supervisor.facade import Observer
-from supervisor.journal import Journal, PersistedModel, RunRecord
-from supervisor.logs import LogWriter
-from supervisor.machine import Machine
-from supervisor.machine_types import (
+from supervisor.core.clock import Clock, RealClock
+from supervisor.config.schema import Config, ModelConfig
+from supervisor.api.facade import Observer
+from supervisor.store.journal import Journal, PersistedModel, RunRecord
+from supervisor.store.logs import LogWriter
+from supervisor.core.machine import Machine
+from supervisor.core.machine_types import (
     Boot,
     Desired,
     Event,
@@ -37,14 +37,14 @@ from supervisor.machine_types import (
     StartRequested,
     StopRequested,
 )
-from supervisor.owner import ModelOwner
-from supervisor.probe import ProbeResult, probe
-from supervisor.redact import Redactor, secrets_from_argv
+from supervisor.loop.owner import ModelOwner
+from supervisor.probe.http import ProbeResult, probe
+from supervisor.store.redact import Redactor, secrets_from_argv
 from supervisor.runtime.base import Runtime, Stream
 from supervisor.runtime.factory import build_runtime, instance_id, stop_leftover_run
-from supervisor.settings import machine_settings
-from supervisor.status import ActionResult, EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
-from supervisor.status_view import build_status
+from supervisor.config.settings import machine_settings
+from supervisor.core.views import ActionResult, EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
+from supervisor.loop.status_view import build_status
 
 log = logging.getLogger(__name__)
 
