@@ -26,8 +26,21 @@ from fake_vllm.testing import free_port
 
 
 def start_server(port: int, core: int, access_log: bool) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "fake_vllm", "serve", "bench/model", "--port", str(port),
-               "--ttft", "0", "--itl", "0", "--max-num-seqs", "1024"]
+    command = [
+        sys.executable,
+        "-m",
+        "fake_vllm",
+        "serve",
+        "bench/model",
+        "--port",
+        str(port),
+        "--ttft",
+        "0",
+        "--itl",
+        "0",
+        "--max-num-seqs",
+        "1024",
+    ]
     if not access_log:
         command.append("--disable-uvicorn-access-log")
     if shutil.which("taskset"):
@@ -76,10 +89,19 @@ async def client(port: int, request: bytes, stop_at: float, latencies: list[floa
 
 
 def build_request(stream: bool, max_tokens: int) -> bytes:
-    body = json.dumps({"model": "bench/model", "prompt": "benchmark the fake server", "max_tokens": max_tokens,
-                       "ignore_eos": True, "stream": stream}).encode()
-    return (b"POST /v1/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    body = json.dumps(
+        {
+            "model": "bench/model",
+            "prompt": "benchmark the fake server",
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+            "stream": stream,
+        }
+    ).encode()
+    return (
+        b"POST /v1/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
 
 
 async def measure(port: int, clients: int, seconds: float, stream: bool, max_tokens: int) -> dict[str, float]:
@@ -91,8 +113,12 @@ async def measure(port: int, clients: int, seconds: float, stream: bool, max_tok
     await asyncio.gather(*(client(port, request, started + seconds, latencies) for _ in range(clients)))
     elapsed = time.monotonic() - started
     ordered = sorted(latencies)
-    return {"requests_per_s": len(latencies) / elapsed, "p50_ms": statistics.median(ordered) * 1000,
-            "p99_ms": ordered[int(len(ordered) * 0.99) - 1] * 1000, "requests": len(latencies)}
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": statistics.median(ordered) * 1000,
+        "p99_ms": ordered[int(len(ordered) * 0.99) - 1] * 1000,
+        "requests": len(latencies),
+    }
 
 
 def main() -> int:
@@ -105,8 +131,10 @@ def main() -> int:
     others = sorted(os.sched_getaffinity(0) - {args.core})
     if others:  # keep the load generator off the server's core
         os.sched_setaffinity(0, set(others))
-    print(f"fake-vllm on core {args.core}, {args.clients} clients, {args.seconds:.0f} s per run, "
-          f"max_tokens={args.max_tokens}, --ttft 0 --itl 0, client on cores {others or 'shared'}")
+    print(
+        f"fake-vllm on core {args.core}, {args.clients} clients, {args.seconds:.0f} s per run, "
+        f"max_tokens={args.max_tokens}, --ttft 0 --itl 0, client on cores {others or 'shared'}"
+    )
     for access_log in (True, False):
         for stream in (False, True):
             port = free_port()
@@ -118,9 +146,11 @@ def main() -> int:
                 server.wait()
             mode = "streaming    " if stream else "non-streaming"
             log = "access log on " if access_log else "access log off"
-            print(f"{mode} {log}: {result['requests_per_s']:8.0f} req/s  "
-                  f"({result['requests_per_s'] * args.max_tokens:8.0f} tokens/s)  "
-                  f"p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms")
+            print(
+                f"{mode} {log}: {result['requests_per_s']:8.0f} req/s  "
+                f"({result['requests_per_s'] * args.max_tokens:8.0f} tokens/s)  "
+                f"p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms"
+            )
     return 0
 
 

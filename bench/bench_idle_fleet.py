@@ -61,8 +61,10 @@ async def measure(models: int, seconds: float) -> None:
             cpu_after, wall = me.cpu_times(), time.monotonic() - wall_before
             used = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
             rss = me.memory_info().rss / 2**20
-            print(f"over {wall:.0f} s: supervisor CPU {100 * used / wall:.1f} % of one core "
-                  f"({used / wall / models * 1000:.2f} ms per model-second), RSS {rss:.0f} MiB")
+            print(
+                f"over {wall:.0f} s: supervisor CPU {100 * used / wall:.1f} % of one core "
+                f"({used / wall / models * 1000:.2f} ms per model-second), RSS {rss:.0f} MiB"
+            )
         finally:
             await supervisor.shutdown()
 

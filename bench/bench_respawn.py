@@ -59,8 +59,10 @@ def main() -> None:
     args = parser.parse_args()
     latencies = sorted(asyncio.run(measure(args.restarts)))
     p90 = latencies[int(0.9 * (len(latencies) - 1))]
-    print(f"restarts: {len(latencies)}  median: {statistics.median(latencies):.2f} ms  p90: {p90:.2f} ms  "
-          f"max: {latencies[-1]:.2f} ms")
+    print(
+        f"restarts: {len(latencies)}  median: {statistics.median(latencies):.2f} ms  p90: {p90:.2f} ms  "
+        f"max: {latencies[-1]:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -165,8 +165,11 @@ async def _api(step: ApiStep, ctx: Context) -> str:
 
     answers = await asyncio.gather(*(call() for _ in range(step.concurrent)))
     times = f" x{step.concurrent}" if step.concurrent > 1 else ""
-    return f"POST .../{step.target.model}/{step.operation}{times}" + (" force" if step.force else "") \
+    return (
+        f"POST .../{step.target.model}/{step.operation}{times}"
+        + (" force" if step.force else "")
         + f": {', '.join(answers)}"
+    )
 
 
 async def _supervisor(step: SupervisorStep, ctx: Context) -> str:

@@ -59,8 +59,11 @@ def judge_steady(item: SteadyItem, obs: Observation) -> Verdict:
     reached = first_in_state(obs, spec.model, "healthy", obs.launched_at, obs.launched_at + spec.within)
     if reached is not None:
         return Verdict(label, True, f"{spec.model} healthy at {_rel(obs, reached)}")
-    return Verdict(label, False, f"{spec.model} was not healthy within {spec.within:g}s of start; "
-                   + describe_model(obs, spec.model))
+    return Verdict(
+        label,
+        False,
+        f"{spec.model} was not healthy within {spec.within:g}s of start; " + describe_model(obs, spec.model),
+    )
 
 
 def judge_expectation(item: ExpectItem, obs: Observation) -> Verdict:
@@ -88,6 +91,7 @@ def judge_expectation(item: ExpectItem, obs: Observation) -> Verdict:
 
 
 # --- reading the timeline -----------------------------------------------------------------------------
+
 
 def state_points(obs: Observation, model: str) -> list[tuple[float, str]]:
     """(time, state) changes: the supervisor's own event times when it serves events, else the polls."""
@@ -155,6 +159,7 @@ def _restart_spawns(obs: Observation, model: str) -> list[Event]:
 
 # --- the expectations ---------------------------------------------------------------------------------
 
+
 def _healthy_within(spec: Healthy, obs: Observation) -> tuple[bool, str]:
     """Healthy at the end, and the last time it became healthy was within `within` of the reference.
 
@@ -165,16 +170,20 @@ def _healthy_within(spec: Healthy, obs: Observation) -> tuple[bool, str]:
     points = state_points(obs, spec.model)
     if not points or points[-1][1] != "healthy":
         final = points[-1][1] if points else None
-        return False, (f"{spec.model} was not healthy at the end ({_rel(obs, obs.ended_at)}, state {final!r}), "
-                       f"{spec.within:g}s allowed after {_since(obs, ref)}; " + describe_model(obs, spec.model))
+        return False, (
+            f"{spec.model} was not healthy at the end ({_rel(obs, obs.ended_at)}, state {final!r}), "
+            f"{spec.within:g}s allowed after {_since(obs, ref)}; " + describe_model(obs, spec.model)
+        )
     became = points[-1][0]
     for t, state in reversed(points):  # the start of the trailing healthy stretch
         if state != "healthy":
             break
         became = t
     if became > ref + spec.within:
-        return False, (f"{spec.model} became healthy only at {_rel(obs, became)}, {became - ref:.2f}s after "
-                       f"{_since(obs, ref)} ({spec.within:g}s allowed); " + describe_model(obs, spec.model))
+        return False, (
+            f"{spec.model} became healthy only at {_rel(obs, became)}, {became - ref:.2f}s after "
+            f"{_since(obs, ref)} ({spec.within:g}s allowed); " + describe_model(obs, spec.model)
+        )
     if became <= ref:
         return True, f"{spec.model} healthy throughout (since {_rel(obs, became)})"
     return True, f"healthy again at {_rel(obs, became)} ({became - ref:.2f}s after {_since(obs, ref)})"
@@ -202,15 +211,18 @@ def _state(spec: StateIs, obs: Observation) -> tuple[bool, str]:
     ref = _reference(obs)
     reached = first_in_state(obs, spec.model, spec.is_, ref, ref + spec.within)
     if reached is None:
-        return False, (f"{spec.model} did not reach {spec.is_!r} within {spec.within:g}s after "
-                       f"{_since(obs, ref)}; " + describe_model(obs, spec.model))
+        return False, (
+            f"{spec.model} did not reach {spec.is_!r} within {spec.within:g}s after "
+            f"{_since(obs, ref)}; " + describe_model(obs, spec.model)
+        )
     if spec.stays:
         left = [e for e in obs.model_events(spec.model) if e.time > reached and e.state != spec.is_]
         if left:
             e = left[0]
-            return False, (f"{spec.model} reached {spec.is_!r} at {_rel(obs, reached)} but left it: "
-                           f"{e.kind} at {_rel(obs, e.time)} -> {e.state!r}"
-                           + (f" (reason {e.reason})" if e.reason else ""))
+            return False, (
+                f"{spec.model} reached {spec.is_!r} at {_rel(obs, reached)} but left it: "
+                f"{e.kind} at {_rel(obs, e.time)} -> {e.state!r}" + (f" (reason {e.reason})" if e.reason else "")
+            )
         snaps = obs.model_snapshots(spec.model)
         if snaps and snaps[-1].state != spec.is_:
             return False, f"{spec.model} reached {spec.is_!r} but ended {snaps[-1].state!r}"
@@ -234,11 +246,15 @@ def _backoff(spec: BackoffDelays, obs: Observation) -> tuple[bool, str]:
         healthy = [e for e in events if e.kind == "healthy" and e.time < event.time]
         context = f" (last healthy at {_rel(obs, healthy[-1].time)})" if healthy else ""
         if got is None or abs(got - want) > spec.tolerance:
-            problems.append(f"backoff #{i} at {_rel(obs, event.time)} declared {event.detail!r}, "
-                            f"expected {want:g} ± {spec.tolerance:g}s{context}")
+            problems.append(
+                f"backoff #{i} at {_rel(obs, event.time)} declared {event.detail!r}, "
+                f"expected {want:g} ± {spec.tolerance:g}s{context}"
+            )
         if spawn is not None and abs((spawn.time - event.time) - want) > spec.tolerance:
-            problems.append(f"backoff #{i}: the next spawn came {spawn.time - event.time:.2f}s later, "
-                            f"expected {want:g} ± {spec.tolerance:g}s")
+            problems.append(
+                f"backoff #{i}: the next spawn came {spawn.time - event.time:.2f}s later, "
+                f"expected {want:g} ± {spec.tolerance:g}s"
+            )
     numbers = [d for d in declared if d is not None]
     grows = any(b > a for a, b in zip(spec.delays, spec.delays[1:], strict=False))
     if grows and len(numbers) > 1 and len(set(numbers)) == 1:
@@ -253,13 +269,17 @@ def _failure_cause(spec: FailureCause, obs: Observation) -> tuple[bool, str]:
     exits = [e for e in obs.model_events(spec.model) if e.kind == "exited" and e.reason == spec.is_]
     if not snaps and not exits:
         seen = sorted({str(s.fields.get("failure_cause")) for s in obs.model_snapshots(spec.model)})
-        return False, (f"{spec.model}'s failure_cause was never {spec.is_!r} (seen: {', '.join(seen)}); "
-                       + describe_model(obs, spec.model))
+        return False, (
+            f"{spec.model}'s failure_cause was never {spec.is_!r} (seen: {', '.join(seen)}); "
+            + describe_model(obs, spec.model)
+        )
     if spec.advice_contains is not None:
         advice = [str(s.fields.get("failure_advice") or "") for s in snaps]
         if not any(spec.advice_contains.lower() in a.lower() for a in advice):
-            return False, (f"{spec.model}'s failure_cause was {spec.is_!r} but its failure_advice never "
-                           f"mentioned {spec.advice_contains!r} (seen: {sorted(set(advice))})")
+            return False, (
+                f"{spec.model}'s failure_cause was {spec.is_!r} but its failure_advice never "
+                f"mentioned {spec.advice_contains!r} (seen: {sorted(set(advice))})"
+            )
     when = snaps[0].time if snaps else exits[0].time
     return True, f"{spec.model} failure_cause {spec.is_!r} at {_rel(obs, when)}"
 
@@ -269,8 +289,9 @@ def _api(spec: ApiFields, obs: Observation) -> tuple[bool, str]:
     if not snaps:
         return False, f"the API never served a status for {spec.model}"
     final = snaps[-1].fields
-    wrong = [f"{k} is {final.get(k)!r}, expected {v!r}" for k, v in spec.fields.items()
-             if k not in final or final[k] != v]
+    wrong = [
+        f"{k} is {final.get(k)!r}, expected {v!r}" for k, v in spec.fields.items() if k not in final or final[k] != v
+    ]
     if wrong:
         return False, f"{spec.model} at the end: " + "; ".join(wrong)
     return True, f"{spec.model} at the end: " + ", ".join(f"{k}={v!r}" for k, v in spec.fields.items())
@@ -291,9 +312,12 @@ def _events(spec: EventsSeen, obs: Observation) -> tuple[bool, str]:
     if missing:
         problems.append(f"missing (in order {spec.include}): {missing}")
     if unwanted:
-        problems.append("unexpected: " + ", ".join(f"{e.kind} at {_rel(obs, e.time)}"
-                                                   + (f" ({e.detail})" if e.detail else "")
-                                                   for e in unwanted[:8]))
+        problems.append(
+            "unexpected: "
+            + ", ".join(
+                f"{e.kind} at {_rel(obs, e.time)}" + (f" ({e.detail})" if e.detail else "") for e in unwanted[:8]
+            )
+        )
     if problems:
         return False, f"{spec.model} events after the steady state {kinds[:30]}: " + "; ".join(problems)
     return True, f"{spec.model} events as expected ({len(after)} after the steady state)"
@@ -308,8 +332,9 @@ def _gap(spec: Gap, obs: Observation) -> tuple[bool, str]:
         return False, f"{spec.model}: no {missing!r} event to measure from {spec.from_} to {spec.to}"
     gap = end.time - start.time
     if abs(gap - spec.seconds) > spec.tolerance:
-        return False, (f"{spec.model}: {spec.from_} -> {spec.to} took {gap:.2f}s, "
-                       f"expected {spec.seconds:g} ± {spec.tolerance:g}s")
+        return False, (
+            f"{spec.model}: {spec.from_} -> {spec.to} took {gap:.2f}s, expected {spec.seconds:g} ± {spec.tolerance:g}s"
+        )
     return True, f"{spec.model}: {spec.from_} -> {spec.to} took {gap:.2f}s"
 
 
@@ -319,15 +344,23 @@ def _no_orphans(obs: Observation) -> Verdict:
         return Verdict(label, None, "not judged: the model processes are not visible from this host")
     ordered = sorted(obs.snapshots, key=lambda s: s.time)
     current = {s.model: s.fields.get("pid") for s in ordered}  # the last poll wins
-    problems = [f"orphan pid {s.pid} ({s.name}) of {s.model}'s run {s.run_pid} was still alive at the end, "
-                f"while the current run is {current.get(s.model)}"
-                for s in obs.sightings if s.key in obs.alive_at_end and s.run_pid != current.get(s.model)]
-    problems += [f"at {_rel(obs, o.time)} processes of {len(o.run_pids)} runs of {o.model} were alive at once "
-                 f"(runs {', '.join(map(str, o.run_pids))}): the old group was not gone before the new start"
-                 for o in obs.overlaps[:5]]
+    problems = [
+        f"orphan pid {s.pid} ({s.name}) of {s.model}'s run {s.run_pid} was still alive at the end, "
+        f"while the current run is {current.get(s.model)}"
+        for s in obs.sightings
+        if s.key in obs.alive_at_end and s.run_pid != current.get(s.model)
+    ]
+    problems += [
+        f"at {_rel(obs, o.time)} processes of {len(o.run_pids)} runs of {o.model} were alive at once "
+        f"(runs {', '.join(map(str, o.run_pids))}): the old group was not gone before the new start"
+        for o in obs.overlaps[:5]
+    ]
     if obs.alive_after_shutdown:
-        problems += [f"pid {s.pid} ({s.name}) of {s.model}'s run {s.run_pid} survived the supervisor's shutdown"
-                     for s in obs.sightings if s.key in obs.alive_after_shutdown]
+        problems += [
+            f"pid {s.pid} ({s.name}) of {s.model}'s run {s.run_pid} survived the supervisor's shutdown"
+            for s in obs.sightings
+            if s.key in obs.alive_after_shutdown
+        ]
     problems += _stray_containers(obs, current)
     if problems:
         return Verdict(label, False, "; ".join(problems[:12]))
@@ -339,9 +372,14 @@ def _stray_containers(obs: Observation, current: Mapping[str, object]) -> list[s
     """Containers of the scenario that outlived their run: only the current run's may exist at the end
     (an exited one the supervisor did not remove counts, it still holds its name and volumes), none after
     the supervisor's shutdown."""
-    problems = [f"container {c.name} of {c.model} ({c.status}, pid {c.pid}) was still there at the end, "
-                f"while the current run is {current.get(c.model)}"
-                for c in obs.containers_at_end if c.status != "running" or c.pid != current.get(c.model)]
-    problems += [f"container {c.name} of {c.model} ({c.status}) survived the supervisor's shutdown"
-                 for c in obs.containers_after_shutdown or ()]
+    problems = [
+        f"container {c.name} of {c.model} ({c.status}, pid {c.pid}) was still there at the end, "
+        f"while the current run is {current.get(c.model)}"
+        for c in obs.containers_at_end
+        if c.status != "running" or c.pid != current.get(c.model)
+    ]
+    problems += [
+        f"container {c.name} of {c.model} ({c.status}) survived the supervisor's shutdown"
+        for c in obs.containers_after_shutdown or ()
+    ]
     return problems

@@ -37,10 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run scenarios and write the journal, JUnit XML and HTML report")
     run.add_argument("files", nargs="+", type=Path)
     run.add_argument("--supervisor", metavar="URL", help="attach to a running supervisor instead of a local target")
-    run.add_argument("--token-env", metavar="NAME", default="LLM_SUPERVISOR_TOKEN",
-                     help="env var holding the bearer token for --supervisor (default: %(default)s)")
-    run.add_argument("--supervisor-cmd", metavar="CMD",
-                     help="the program started as `CMD run -c CONFIG` for local targets (default: llm-supervisor)")
+    run.add_argument(
+        "--token-env",
+        metavar="NAME",
+        default="LLM_SUPERVISOR_TOKEN",
+        help="env var holding the bearer token for --supervisor (default: %(default)s)",
+    )
+    run.add_argument(
+        "--supervisor-cmd",
+        metavar="CMD",
+        help="the program started as `CMD run -c CONFIG` for local targets (default: llm-supervisor)",
+    )
     run.add_argument("--seed", type=int, help="replay a run: the seed printed by an earlier one")
     run.add_argument("--dry-run", action="store_true", help="print the plan; start, signal and call nothing")
     run.add_argument("--report-dir", type=Path, default=Path("chaos-report"), help="default: %(default)s")
@@ -107,8 +114,9 @@ def _main(argv: Sequence[str] | None) -> int:
 def _run(args: argparse.Namespace, loaded: list[tuple[Path, Scenario]]) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     token = os.environ.get(args.token_env) if args.supervisor else None
-    options = RunOptions(supervisor_url=args.supervisor, token=token, seed=seed,
-                         workdir=args.report_dir.resolve() / "work")
+    options = RunOptions(
+        supervisor_url=args.supervisor, token=token, seed=seed, workdir=args.report_dir.resolve() / "work"
+    )
     if args.supervisor_cmd:
         options = replace(options, supervisor_cmd=tuple(shlex.split(args.supervisor_cmd)))
     if args.dry_run:
@@ -133,10 +141,12 @@ def _run(args: argparse.Namespace, loaded: list[tuple[Path, Scenario]]) -> int:
                 _say(f"    ✘ {verdict.check}: {verdict.message}")
     paths = write_reports(results, args.report_dir, seed=seed, command=["llm-chaos", *sys.argv[1:]])
     counts = summary(results)
-    print(", ".join(f"{n} {k}" for k, n in counts.items() if n) + f" · seed {seed} · reports: "
-          + ", ".join(str(p) for p in paths))
+    print(
+        ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        + f" · seed {seed} · reports: "
+        + ", ".join(str(p) for p in paths)
+    )
     return 1 if counts["failed"] or counts["error"] else 0
-
 
 
 def _say(text: str) -> None:

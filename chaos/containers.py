@@ -83,6 +83,10 @@ class ScenarioContainers:
 def _describe(container: Any) -> Container:
     state = container.attrs.get("State", {})
     pid = state.get("Pid")
-    return Container(model=str(container.labels.get(MODEL_LABEL, "")), id=str(container.id)[:12],
-                     name=str(container.name), status=str(container.status),
-                     pid=pid if isinstance(pid, int) and pid > 0 else None)
+    return Container(
+        model=str(container.labels.get(MODEL_LABEL, "")),
+        id=str(container.id)[:12],
+        name=str(container.name),
+        status=str(container.status),
+        pid=pid if isinstance(pid, int) and pid > 0 else None,
+    )

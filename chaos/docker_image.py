@@ -94,20 +94,34 @@ def build_fake_vllm_image(script: Path = BUILD_SCRIPT, timeout: float = BUILD_TI
         missing = missing_images([FAKE_VLLM_IMAGE])
         if missing is None:
             return ImageBuild(FAKE_VLLM_IMAGE)
-        return ImageBuild(None, f"{missing}, and {script} is not here to build it (run `make docker-image` "
-                                "in a checkout of llm-supervisor)", cannot_build_here=True)
+        return ImageBuild(
+            None,
+            f"{missing}, and {script} is not here to build it (run `make docker-image` "
+            "in a checkout of llm-supervisor)",
+            cannot_build_here=True,
+        )
     started = time.monotonic()
     try:
-        done = subprocess.run([str(script)], capture_output=True, text=True, timeout=timeout, check=False,  # noqa: S603 (our own script, no shell)
-                              cwd=script.parents[1])
+        done = subprocess.run(
+            [str(script)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,  # noqa: S603 (our own script, no shell)
+            cwd=script.parents[1],
+        )
     except subprocess.TimeoutExpired:
         return ImageBuild(None, f"{script.name} took more than {timeout:g} s", seconds=time.monotonic() - started)
     seconds = time.monotonic() - started
     lines = done.stdout.strip().splitlines()
     if done.returncode == 0 and lines:
         return ImageBuild(lines[-1].strip(), seconds=seconds)
-    return ImageBuild(None, f"{script.name} exited {done.returncode}:\n{done.stderr[-3000:]}",
-                      cannot_build_here=done.returncode == CANNOT_BUILD_HERE, seconds=seconds)
+    return ImageBuild(
+        None,
+        f"{script.name} exited {done.returncode}:\n{done.stderr[-3000:]}",
+        cannot_build_here=done.returncode == CANNOT_BUILD_HERE,
+        seconds=seconds,
+    )
 
 
 def missing_images(images: Iterable[str]) -> str | None:

@@ -26,8 +26,9 @@ from chaos.timeline import FaultRecord, Observation
 Progress = Callable[[str], None]
 
 
-async def drive(scenario: Scenario, ctx: Context, launched_at: float, interval: float,
-                progress: Progress) -> tuple[Observation, list[Verdict]]:
+async def drive(
+    scenario: Scenario, ctx: Context, launched_at: float, interval: float, progress: Progress
+) -> tuple[Observation, list[Verdict]]:
     """Steady state, then the faults on schedule, then the observation window."""
     observer = ctx.observer
     observer.start(interval)
@@ -41,19 +42,40 @@ async def drive(scenario: Scenario, ctx: Context, launched_at: float, interval: 
         progress(f"steady state held at +{steady_at - launched_at:.2f}s")
         records, verdicts = await _inject(scenario, ctx, steady_at, progress)
         faults_end = max([steady_at] + [r.ended or r.started for r in records])
-        await _watch(scenario, observer, launched_at=launched_at, steady_at=steady_at, faults_end=faults_end,
-                     interval=interval, progress=progress)
+        await _watch(
+            scenario,
+            observer,
+            launched_at=launched_at,
+            steady_at=steady_at,
+            faults_end=faults_end,
+            interval=interval,
+            progress=progress,
+        )
     ended_at = time.time()
     await observer.stop()
     await observer.poll()  # one last look at the end state
     alive = procs.alive(set(observer.sightings)) if observer.processes_visible else frozenset()
-    obs = observer.observation(launched_at, steady_at=steady_at, faults_end=faults_end, ended_at=ended_at,
-                               faults=tuple(records), alive_at_end=alive)
+    obs = observer.observation(
+        launched_at,
+        steady_at=steady_at,
+        faults_end=faults_end,
+        ended_at=ended_at,
+        faults=tuple(records),
+        alive_at_end=alive,
+    )
     return obs, verdicts
 
 
-async def _watch(scenario: Scenario, observer: Observer, *, launched_at: float, steady_at: float,
-                 faults_end: float, interval: float, progress: Progress) -> None:
+async def _watch(
+    scenario: Scenario,
+    observer: Observer,
+    *,
+    launched_at: float,
+    steady_at: float,
+    faults_end: float,
+    interval: float,
+    progress: Progress,
+) -> None:
     """Observe until every expectation holds (then `duration` more), or until the last `within` runs out.
 
     Without timed expectations the watch is `duration` after the faults. Stopping early keeps the
@@ -73,8 +95,7 @@ async def _watch(scenario: Scenario, observer: Observer, *, launched_at: float, 
         await asyncio.sleep(interval)
 
 
-async def _await_steady(scenario: Scenario, observer: Observer, launched_at: float,
-                        interval: float) -> float | None:
+async def _await_steady(scenario: Scenario, observer: Observer, launched_at: float, interval: float) -> float | None:
     deadline = launched_at + max((s.healthy.within for s in scenario.steady_state), default=0.0)
     while True:
         obs = observer.observation(launched_at)
@@ -85,8 +106,9 @@ async def _await_steady(scenario: Scenario, observer: Observer, launched_at: flo
         await asyncio.sleep(interval)
 
 
-async def _inject(scenario: Scenario, ctx: Context, steady_at: float,
-                  progress: Progress) -> tuple[list[FaultRecord], list[Verdict]]:
+async def _inject(
+    scenario: Scenario, ctx: Context, steady_at: float, progress: Progress
+) -> tuple[list[FaultRecord], list[Verdict]]:
     records: list[FaultRecord] = []
     verdicts: list[Verdict] = []
     reverts: list[asyncio.Task[None]] = []
@@ -99,13 +121,17 @@ async def _inject(scenario: Scenario, ctx: Context, steady_at: float,
             message, revert = await perform(step, ctx)
         except (ActionError, httpx.HTTPError, OSError) as exc:
             progress(f"fault {index} ({step.action}) could not be carried out: {exc}")
-            records.append(FaultRecord(index, step.action, step_model(step), step.note or step.action, began,
-                                       None, "error", str(exc)))
+            records.append(
+                FaultRecord(
+                    index, step.action, step_model(step), step.note or step.action, began, None, "error", str(exc)
+                )
+            )
             verdicts.append(Verdict(f"fault {index} ({step.action})", False, f"not carried out: {exc}"))
             continue
         progress(f"+{began - steady_at:.2f}s fault {index}: {message}")
-        records.append(FaultRecord(index, step.action, step_model(step), step.note or step.action, began,
-                                   None, "done", message))
+        records.append(
+            FaultRecord(index, step.action, step_model(step), step.note or step.action, began, None, "done", message)
+        )
         if revert is not None:
             until = steady_at + step_end(step)
             reverts.append(asyncio.create_task(_revert_at(until, revert, records, len(records) - 1, progress)))
@@ -113,8 +139,9 @@ async def _inject(scenario: Scenario, ctx: Context, steady_at: float,
     return records, verdicts
 
 
-async def _revert_at(when: float, revert: Revert, records: list[FaultRecord], position: int,
-                     progress: Progress) -> None:
+async def _revert_at(
+    when: float, revert: Revert, records: list[FaultRecord], position: int, progress: Progress
+) -> None:
     await _sleep_until(when)
     try:
         message = await revert()

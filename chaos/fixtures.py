@@ -54,7 +54,8 @@ class FakeServer:
     def start(self, *, wait_healthy: bool = True, within: float = 30.0) -> FakeServer:
         with (self.workdir / "fake-vllm.log").open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 (our own console script, no shell)
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
         if wait_healthy:
             self.wait_healthy(within)
         return self
@@ -106,16 +107,27 @@ class FakeServer:
 class Supervised:
     """A supervisor (default: this project's) over fake servers, described like a scenario's target."""
 
-    def __init__(self, models: dict[str, dict[str, Any]], *, supervisor_cmd: list[str] | None = None,
-                 workdir: Path | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        models: dict[str, dict[str, Any]],
+        *,
+        supervisor_cmd: list[str] | None = None,
+        workdir: Path | None = None,
+        seed: int = 0,
+    ) -> None:
         target = Target(models={m: ModelSpec.model_validate(spec) for m, spec in models.items()})
-        scenario = Scenario.model_validate({"name": "supervised", "story": "fixture", "target": target,
-                                            "expect": [{"no_orphans": True}]})
+        scenario = Scenario.model_validate(
+            {"name": "supervised", "story": "fixture", "target": target, "expect": [{"no_orphans": True}]}
+        )
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="supervised-"))
         self.plan = plan_local(scenario, self.workdir)
         write_config(self.plan, build_config(scenario, self.plan, seed))
-        self.supervisor = SupervisorProcess(supervisor_cmd or default_supervisor_cmd(), self.plan.config_path,
-                                            self.plan.api_url, self.workdir / "supervisor.log")
+        self.supervisor = SupervisorProcess(
+            supervisor_cmd or default_supervisor_cmd(),
+            self.plan.config_path,
+            self.plan.api_url,
+            self.workdir / "supervisor.log",
+        )
 
     @property
     def url(self) -> str:
@@ -169,6 +181,7 @@ class Supervised:
     def __enter__(self) -> Supervised:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

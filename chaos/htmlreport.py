@@ -19,8 +19,13 @@ if TYPE_CHECKING:
     from chaos.runner import ScenarioResult
 
 STATE_COLOURS = {
-    "stopped": "#9e9e9e", "starting": "#64b5f6", "healthy": "#66bb6a", "unhealthy": "#ffa726",
-    "backoff": "#fdd835", "stopping": "#ab47bc", "failed": "#e53935",
+    "stopped": "#9e9e9e",
+    "starting": "#64b5f6",
+    "healthy": "#66bb6a",
+    "unhealthy": "#ffa726",
+    "backoff": "#fdd835",
+    "stopping": "#ab47bc",
+    "failed": "#e53935",
 }
 OUTCOME_COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "skipped": "#757575", "error": "#6a1b9a"}
 _LEFT, _WIDTH, _ROW, _TOP = 90, 880, 34, 30
@@ -38,26 +43,32 @@ table{border-collapse:collapse;width:100%} td{border-top:1px solid #eee;padding:
 def html_report(results: list[ScenarioResult], *, seed: int) -> str:
     rows = "".join(
         f'<tr><td><a href="#{_e(r.name)}">{_e(r.name)}</a></td><td>{_badge(r.outcome)}</td>'
-        f"<td>{r.duration:.1f}s</td></tr>" for r in results)
-    legend = "".join(f'<span><i class="sw" style="background:{c}"></i>{s}</span>'
-                     for s, c in STATE_COLOURS.items())
+        f"<td>{r.duration:.1f}s</td></tr>"
+        for r in results
+    )
+    legend = "".join(f'<span><i class="sw" style="background:{c}"></i>{s}</span>' for s, c in STATE_COLOURS.items())
     body = "".join(_scenario(r) for r in results)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>llm-chaos report</title>"
-            f"<style>{_CSS}</style></head><body><h1>llm-chaos report</h1>"
-            f"<p>Seed <b>{seed}</b> (replay with <code>--seed {seed}</code>). "
-            f"{len(results)} scenarios.</p><table>{rows}</table>"
-            f"<p class='legend'>{legend}<span>▼ start</span><span>✕ exit</span><span>| failed probe</span>"
-            f"<span>shaded: fault</span></p>{body}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>llm-chaos report</title>"
+        f"<style>{_CSS}</style></head><body><h1>llm-chaos report</h1>"
+        f"<p>Seed <b>{seed}</b> (replay with <code>--seed {seed}</code>). "
+        f"{len(results)} scenarios.</p><table>{rows}</table>"
+        f"<p class='legend'>{legend}<span>▼ start</span><span>✕ exit</span><span>| failed probe</span>"
+        f"<span>shaded: fault</span></p>{body}</body></html>\n"
+    )
 
 
 def _scenario(r: ScenarioResult) -> str:
     verdicts = "".join(
-        f"<tr><td>{_mark(v.passed)}</td><td>{_e(v.check)}</td><td>{_e(v.message)}</td></tr>" for v in r.verdicts)
+        f"<tr><td>{_mark(v.passed)}</td><td>{_e(v.check)}</td><td>{_e(v.message)}</td></tr>" for v in r.verdicts
+    )
     picture = timeline_svg(r.observation) if r.observation else ""
     message = f"<p><b>{_e(r.message)}</b></p>" if r.message else ""
-    return (f'<h2 id="{_e(r.name)}">{_e(r.name)} {_badge(r.outcome)}</h2>'
-            f"<p class='story'>{_e(r.story)}</p><p>seed {r.seed} · {_e(r.source)} · {r.duration:.1f}s</p>"
-            f"{message}{picture}<table>{verdicts}</table>")
+    return (
+        f'<h2 id="{_e(r.name)}">{_e(r.name)} {_badge(r.outcome)}</h2>'
+        f"<p class='story'>{_e(r.story)}</p><p>seed {r.seed} · {_e(r.source)} · {r.duration:.1f}s</p>"
+        f"{message}{picture}<table>{verdicts}</table>"
+    )
 
 
 def timeline_svg(obs: Observation) -> str:
@@ -71,18 +82,24 @@ def timeline_svg(obs: Observation) -> str:
         return _LEFT + (t - start) / span * _WIDTH
 
     height = _TOP + _ROW * max(len(models), 1) + 30
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_LEFT + _WIDTH + 20}" height="{height}" '
-             f'font-size="11" role="img">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_LEFT + _WIDTH + 20}" height="{height}" '
+        f'font-size="11" role="img">'
+    ]
     for fault in obs.faults:
         x0 = x(fault.started)
         x1 = x(fault.ended) if fault.ended else x0 + 2
-        parts.append(f'<rect x="{x0:.1f}" y="{_TOP - 18}" width="{max(x1 - x0, 2):.1f}" height="{height - _TOP}" '
-                     f'fill="#e53935" opacity="0.15"><title>{_e(fault.message or fault.description)}</title></rect>'
-                     f'<text x="{x0 + 2:.1f}" y="{_TOP - 8}" fill="#b71c1c">{_e(fault.action)}</text>')
+        parts.append(
+            f'<rect x="{x0:.1f}" y="{_TOP - 18}" width="{max(x1 - x0, 2):.1f}" height="{height - _TOP}" '
+            f'fill="#e53935" opacity="0.15"><title>{_e(fault.message or fault.description)}</title></rect>'
+            f'<text x="{x0 + 2:.1f}" y="{_TOP - 8}" fill="#b71c1c">{_e(fault.action)}</text>'
+        )
     for marker, t in (("steady", obs.steady_at), ("faults over", obs.faults_end)):
         if t is not None:
-            parts.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{_TOP - 4}" y2="{height - 24}" '
-                         f'stroke="#555" stroke-dasharray="3,3"><title>{marker}</title></line>')
+            parts.append(
+                f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{_TOP - 4}" y2="{height - 24}" '
+                f'stroke="#555" stroke-dasharray="3,3"><title>{marker}</title></line>'
+            )
     for row, model in enumerate(models):
         parts.append(_model_row(obs, model, _TOP + row * _ROW, x, end))
     axis_y = height - 22
@@ -91,8 +108,10 @@ def timeline_svg(obs: Observation) -> str:
     tick = 0.0
     while tick <= span + 1e-9:
         tx = x(start + tick)
-        parts.append(f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{axis_y}" y2="{axis_y + 4}" stroke="#333"/>'
-                     f'<text x="{tx:.1f}" y="{axis_y + 15}" text-anchor="middle">{tick:g}s</text>')
+        parts.append(
+            f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{axis_y}" y2="{axis_y + 4}" stroke="#333"/>'
+            f'<text x="{tx:.1f}" y="{axis_y + 15}" text-anchor="middle">{tick:g}s</text>'
+        )
         tick += step
     parts.append("</svg>")
     return "".join(parts)
@@ -104,19 +123,24 @@ def _model_row(obs: Observation, model: str, y: float, x: Callable[[float], floa
     points = [p for i, p in enumerate(changes) if i == 0 or p[1] != changes[i - 1][1]]  # one band per stretch
     for (t0, state), (t1, _) in zip(points, [*points[1:], (end, "")], strict=True):
         colour = STATE_COLOURS.get(state, "#bdbdbd")
-        parts.append(f'<rect x="{x(t0):.1f}" y="{y + 4}" width="{max(x(t1) - x(t0), 0.5):.1f}" height="16" '
-                     f'fill="{colour}"><title>{_e(state)} from +{t0 - obs.launched_at:.2f}s</title></rect>')
+        parts.append(
+            f'<rect x="{x(t0):.1f}" y="{y + 4}" width="{max(x(t1) - x(t0), 0.5):.1f}" height="16" '
+            f'fill="{colour}"><title>{_e(state)} from +{t0 - obs.launched_at:.2f}s</title></rect>'
+        )
     for event in obs.model_events(model):
         ex, when = x(event.time), f"+{event.time - obs.launched_at:.2f}s"
         text = _e(f"{event.kind} {when} {event.detail or ''} {event.reason or ''}".strip())
         if event.kind == "spawned":
             parts.append(f'<path d="M{ex:.1f},{y + 2} l-5,-8 h10 z" fill="#1565c0"><title>{text}</title></path>')
         elif event.kind == "exited":
-            parts.append(f'<text x="{ex:.1f}" y="{y + 31}" text-anchor="middle" fill="#b71c1c">✕'
-                         f"<title>{text}</title></text>")
+            parts.append(
+                f'<text x="{ex:.1f}" y="{y + 31}" text-anchor="middle" fill="#b71c1c">✕<title>{text}</title></text>'
+            )
         elif event.kind == "probe_failed":
-            parts.append(f'<line x1="{ex:.1f}" x2="{ex:.1f}" y1="{y + 20}" y2="{y + 26}" stroke="#e65100">'
-                         f"<title>{text}</title></line>")
+            parts.append(
+                f'<line x1="{ex:.1f}" x2="{ex:.1f}" y1="{y + 20}" y2="{y + 26}" stroke="#e65100">'
+                f"<title>{text}</title></line>"
+            )
     return "".join(parts)
 
 

@@ -55,8 +55,9 @@ class _Connection:
 class FaultProxy:
     """Listens on 127.0.0.1 (port 0 = any free port) and forwards to upstream_host:upstream_port."""
 
-    def __init__(self, upstream_host: str, upstream_port: int, *, listen_port: int = 0,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, *, listen_port: int = 0, rng: random.Random | None = None
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self._listen_port = listen_port
         self._rng = rng or random.Random(0)

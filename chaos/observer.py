@@ -58,17 +58,22 @@ class Observer:
     async def _poll_events(self, model: str) -> None:
         since = self._since.get(model, 0)
         try:
-            response = await self.client.get(f"{self.base_url}/api/llm/models/{model}/events",
-                                             params={"since": since})
+            response = await self.client.get(f"{self.base_url}/api/llm/models/{model}/events", params={"since": since})
             response.raise_for_status()
             items: list[dict[str, Any]] = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             self._error(f"events poll for {model} failed: {exc!r}")
             return
         for item in items:
-            event = Event(model=model, seq=int(item["seq"]), time=float(item["time"]), kind=str(item["kind"]),
-                          state=str(item["state"]), detail=_text(item.get("detail")),
-                          reason=_text(item.get("reason")))
+            event = Event(
+                model=model,
+                seq=int(item["seq"]),
+                time=float(item["time"]),
+                kind=str(item["kind"]),
+                state=str(item["state"]),
+                detail=_text(item.get("detail")),
+                reason=_text(item.get("reason")),
+            )
             self.events.setdefault((model, event.seq, event.time, event.kind), event)
             self._since[model] = max(self._since.get(model, 0), event.seq)
 
@@ -117,15 +122,24 @@ class Observer:
                 await self._task
             self._task = None
 
-    def observation(self, launched_at: float, *, steady_at: float | None = None,
-                    faults_end: float | None = None, ended_at: float | None = None,
-                    faults: tuple[FaultRecord, ...] = (),
-                    alive_at_end: frozenset[procs.Key] = frozenset()) -> Observation:
+    def observation(
+        self,
+        launched_at: float,
+        *,
+        steady_at: float | None = None,
+        faults_end: float | None = None,
+        ended_at: float | None = None,
+        faults: tuple[FaultRecord, ...] = (),
+        alive_at_end: frozenset[procs.Key] = frozenset(),
+    ) -> Observation:
         """Everything seen so far, with the runner's marks (the times are Unix times)."""
         return Observation(
-            launched_at=launched_at, steady_at=steady_at, faults_end=faults_end,
+            launched_at=launched_at,
+            steady_at=steady_at,
+            faults_end=faults_end,
             ended_at=time.time() if ended_at is None else ended_at,
-            faults=faults, alive_at_end=alive_at_end,
+            faults=faults,
+            alive_at_end=alive_at_end,
             events=tuple(sorted(self.events.values(), key=lambda e: (e.time, e.seq))),
             snapshots=tuple(self.snapshots),
             sightings=tuple(self.sightings.values()),
@@ -141,4 +155,3 @@ def _is_scalar(value: object) -> bool:
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
-

@@ -119,8 +119,7 @@ class ScenarioItem(pytest.Item):
         if result.outcome != "passed":
             raise ScenarioFailedError(result)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
-                     style: Any = None) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         error = excinfo.value
         if isinstance(error, ScenarioError):
             return "invalid scenario:\n" + "\n".join(f"  {p}" for p in error.problems)
@@ -161,8 +160,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     report_dir = session.config.getoption("--chaos-report-dir", None)
     results = session.config.stash.get(_RESULTS, [])
     if report_dir and results:
-        write_reports(results, Path(report_dir), seed=session.config.stash.get(_SEED, 0),
-                      command=["pytest", *session.config.invocation_params.args])
+        write_reports(
+            results,
+            Path(report_dir),
+            seed=session.config.stash.get(_SEED, 0),
+            command=["pytest", *session.config.invocation_params.args],
+        )
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -28,8 +28,15 @@ def journal(results: list[ScenarioResult], *, seed: int, command: list[str]) -> 
         "summary": summary(results),
         "scenarios": [
             {
-                "name": r.name, "story": r.story, "source": r.source, "seed": r.seed, "outcome": r.outcome,
-                "message": r.message, "started": r.started, "duration": r.duration, "workdir": r.workdir,
+                "name": r.name,
+                "story": r.story,
+                "source": r.source,
+                "seed": r.seed,
+                "outcome": r.outcome,
+                "message": r.message,
+                "started": r.started,
+                "duration": r.duration,
+                "workdir": r.workdir,
                 "verdicts": [asdict(v) for v in r.verdicts],
                 "observation": r.observation.to_json() if r.observation else None,
             }
@@ -47,12 +54,19 @@ def summary(results: list[ScenarioResult]) -> dict[str, int]:
 
 def junit_xml(results: list[ScenarioResult]) -> str:
     counts = summary(results)
-    suite = ET.Element("testsuite", name="llm-chaos", tests=str(len(results)), failures=str(counts["failed"]),
-                       errors=str(counts["error"]), skipped=str(counts["skipped"]),
-                       time=f"{sum(r.duration for r in results):.3f}")
+    suite = ET.Element(
+        "testsuite",
+        name="llm-chaos",
+        tests=str(len(results)),
+        failures=str(counts["failed"]),
+        errors=str(counts["error"]),
+        skipped=str(counts["skipped"]),
+        time=f"{sum(r.duration for r in results):.3f}",
+    )
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname="llm-chaos", name=r.name, time=f"{r.duration:.3f}",
-                             file=r.source)
+        case = ET.SubElement(
+            suite, "testcase", classname="llm-chaos", name=r.name, time=f"{r.duration:.3f}", file=r.source
+        )
         failed = [v for v in r.verdicts if v.passed is False]
         if r.outcome == "failed":
             node = ET.SubElement(case, "failure", message="; ".join(v.check for v in failed)[:500])
@@ -71,8 +85,7 @@ def _mark(passed: bool | None) -> str:
     return {True: "pass", False: "FAIL", None: "skip"}[passed]
 
 
-def write_reports(results: list[ScenarioResult], report_dir: Path, *, seed: int,
-                  command: list[str]) -> list[Path]:
+def write_reports(results: list[ScenarioResult], report_dir: Path, *, seed: int, command: list[str]) -> list[Path]:
     """Write chaos-journal.json, chaos-junit.xml and chaos-report.html; returns their paths."""
     report_dir.mkdir(parents=True, exist_ok=True)
     paths = [report_dir / "chaos-journal.json", report_dir / "chaos-junit.xml", report_dir / "chaos-report.html"]

@@ -71,8 +71,9 @@ def scenario_seed(run_seed: int, name: str) -> int:
     return zlib.crc32(f"{run_seed}:{name}".encode())
 
 
-async def run_scenario(scenario: Scenario, options: RunOptions, *, source: str = "",
-                       progress: Progress = _quiet) -> ScenarioResult:
+async def run_scenario(
+    scenario: Scenario, options: RunOptions, *, source: str = "", progress: Progress = _quiet
+) -> ScenarioResult:
     seed = scenario_seed(options.seed, scenario.name)
     started = time.time()
     result = ScenarioResult(scenario.name, scenario.story, source, seed, "error", [], started, 0.0)
@@ -87,8 +88,7 @@ async def run_scenario(scenario: Scenario, options: RunOptions, *, source: str =
     return result
 
 
-def _record_judgement(result: ScenarioResult, scenario: Scenario, obs: Observation,
-                      verdicts: list[Verdict]) -> None:
+def _record_judgement(result: ScenarioResult, scenario: Scenario, obs: Observation, verdicts: list[Verdict]) -> None:
     """The run's own verdicts (faults not carried out, a bad shutdown) and the scenario's; they decide the
     outcome. Until this is called the outcome stays "error": the run ended without being judged."""
     result.observation = obs
@@ -96,8 +96,7 @@ def _record_judgement(result: ScenarioResult, scenario: Scenario, obs: Observati
     result.outcome = "failed" if any(v.passed is False for v in result.verdicts) else "passed"
 
 
-async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioResult,
-                     progress: Progress) -> None:
+async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioResult, progress: Progress) -> None:
     image = await _docker_ready(scenario, options, result, progress)
     if image is None:
         return
@@ -108,8 +107,9 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
     plan = plan_local(scenario, workdir, docker_image=image)
     containers = ScenarioContainers(plan.run_id, plan.containers) if plan.containers else None
     proxies: dict[str, FaultProxy] = {}
-    supervisor = SupervisorProcess(list(options.supervisor_cmd), plan.config_path, plan.api_url,
-                                   workdir / "supervisor.log")
+    supervisor = SupervisorProcess(
+        list(options.supervisor_cmd), plan.config_path, plan.api_url, workdir / "supervisor.log"
+    )
     observer: Observer | None = None
     try:
         for model in sorted(plan.proxied):
@@ -122,9 +122,16 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
         await supervisor.start()
         async with httpx.AsyncClient(headers=supervisor.headers, timeout=5.0) as client:
             observer = Observer(client, plan.api_url, processes_visible=True)
-            ctx = Context(client, plan.api_url, observer, local=True, allow_process_actions=True,
-                          supervisor=supervisor, proxies=proxies,
-                          server_urls={m: plan.server_url(m) for m in plan.server_ports})
+            ctx = Context(
+                client,
+                plan.api_url,
+                observer,
+                local=True,
+                allow_process_actions=True,
+                supervisor=supervisor,
+                proxies=proxies,
+                server_urls={m: plan.server_url(m) for m in plan.server_ports},
+            )
             obs, verdicts = await drive(scenario, ctx, launched_at, options.poll_interval, progress)
             obs = replace(obs, containers_at_end=await _list_containers(containers) or ())
             await cleanup_steps(scenario, ctx, progress)
@@ -132,12 +139,20 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
         progress("stopping the supervisor (SIGTERM)")
         await supervisor.stop(grace)
         if supervisor.returncode not in (0, None):
-            verdicts.append(Verdict("supervisor shutdown", False, f"the supervisor exited with "
-                                    f"{supervisor.returncode} on SIGTERM: {supervisor.log_tail(5)}"))
+            verdicts.append(
+                Verdict(
+                    "supervisor shutdown",
+                    False,
+                    f"the supervisor exited with {supervisor.returncode} on SIGTERM: {supervisor.log_tail(5)}",
+                )
+            )
         _sight_unseen_servers(observer, plan.process_ports)
-        obs = replace(obs, sightings=tuple(observer.sightings.values()),
-                      alive_after_shutdown=procs.alive(set(observer.sightings)),
-                      containers_after_shutdown=await _list_containers(containers))
+        obs = replace(
+            obs,
+            sightings=tuple(observer.sightings.values()),
+            alive_after_shutdown=procs.alive(set(observer.sightings)),
+            containers_after_shutdown=await _list_containers(containers),
+        )
         _record_judgement(result, scenario, obs, verdicts)
     finally:
         with contextlib.suppress(Exception):
@@ -155,16 +170,18 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
                 result.message += f" processes that would not die: {stuck}"
 
 
-async def _docker_ready(scenario: Scenario, options: RunOptions, result: ScenarioResult,
-                        progress: Progress) -> str | None:
+async def _docker_ready(
+    scenario: Scenario, options: RunOptions, result: ScenarioResult, progress: Progress
+) -> str | None:
     """The default image for the scenario's container models; None when it cannot run (result says why).
 
     Checked before anything starts, so a container scenario on a host without Docker touches nothing.
     """
     if not scenario.container_models():
         return options.docker_image or docker_image.FAKE_VLLM_IMAGE  # unused: no container model
-    ready = await asyncio.to_thread(docker_image.prepare, scenario.container_images(),
-                                    default_image=options.docker_image)
+    ready = await asyncio.to_thread(
+        docker_image.prepare, scenario.container_images(), default_image=options.docker_image
+    )
     if ready.problem is None and ready.image is not None:
         return ready.image
     result.outcome = "skipped" if ready.skip else "error"
@@ -178,8 +195,7 @@ async def _list_containers(containers: ScenarioContainers | None) -> tuple[Conta
     return None if containers is None else await asyncio.to_thread(containers.find)
 
 
-async def _remove_containers(containers: ScenarioContainers | None, result: ScenarioResult,
-                             progress: Progress) -> None:
+async def _remove_containers(containers: ScenarioContainers | None, result: ScenarioResult, progress: Progress) -> None:
     """Always the last word on a container scenario: whatever container of the run is left goes."""
     if containers is None:
         return
@@ -192,8 +208,7 @@ async def _remove_containers(containers: ScenarioContainers | None, result: Scen
         progress(f"removed containers left behind: {', '.join(removed)}")
 
 
-async def _run_remote(scenario: Scenario, options: RunOptions, result: ScenarioResult,
-                      progress: Progress) -> None:
+async def _run_remote(scenario: Scenario, options: RunOptions, result: ScenarioResult, progress: Progress) -> None:
     url = (options.supervisor_url or "").rstrip("/")
     headers = {"Authorization": f"Bearer {options.token}"} if options.token else {}
     allow = remote_allows_process_actions(scenario, url)

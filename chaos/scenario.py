@@ -31,6 +31,7 @@ class ScenarioError(Exception):
 
 # --- target -------------------------------------------------------------------------------------------
 
+
 def _byte_size(value: object) -> object:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
@@ -113,6 +114,7 @@ class Remote(Strict):
 
 # --- steady state and expectations --------------------------------------------------------------------
 
+
 class Healthy(Strict):
     model: ModelId
     within: Annotated[float, Field(gt=0)]
@@ -140,8 +142,7 @@ class Restarts(Strict):
 
 class StateIs(Strict):
     model: ModelId
-    is_: Literal["stopped", "starting", "healthy", "unhealthy", "backoff", "stopping", "failed"] = Field(
-        alias="is")
+    is_: Literal["stopped", "starting", "healthy", "unhealthy", "backoff", "stopping", "failed"] = Field(alias="is")
     within: Annotated[float, Field(gt=0)]
     stays: bool = False  # once reached, never left until the end of the observation
 
@@ -154,8 +155,7 @@ class BackoffDelays(Strict):
 
 class FailureCause(Strict):
     model: ModelId
-    is_: Literal["crash", "unhealthy", "oom", "port_in_use", "engine_dead", "startup_timeout"] = Field(
-        alias="is")
+    is_: Literal["crash", "unhealthy", "oom", "port_in_use", "engine_dead", "startup_timeout"] = Field(alias="is")
     advice_contains: str | None = None
 
 
@@ -225,8 +225,9 @@ class Scenario(Strict):
         if self.target is None:
             return self
         known = set(self.target.models)
-        refs: list[tuple[str, str | None]] = [(f"steady_state.{i}", s.healthy.model)
-                                              for i, s in enumerate(self.steady_state)]
+        refs: list[tuple[str, str | None]] = [
+            (f"steady_state.{i}", s.healthy.model) for i, s in enumerate(self.steady_state)
+        ]
         refs += [(f"faults.{i}", step_model(s)) for i, s in enumerate(self.faults)]
         refs += [(f"cleanup.{i}", step_model(s)) for i, s in enumerate(self.cleanup)]
         refs += [(f"expect.{i}", m) for i, e in enumerate(self.expect) for m in e.models()]
@@ -257,6 +258,7 @@ class Scenario(Strict):
 
 
 # --- loading ------------------------------------------------------------------------------------------
+
 
 def _format(error: ValidationError) -> list[str]:
     lines = []

@@ -32,6 +32,7 @@ def signal_name(value: str) -> str:
 
 # --- the steps --------------------------------------------------------------------------------------
 
+
 class ModelRef(Strict):
     model: ModelId
 
@@ -136,7 +137,15 @@ class SupervisorStep(_Step):
 
 
 Step = Annotated[
-    NoneStep | SignalStep | KillStep | HangStep | OomStep | EngineDeadStep | FaultStep | NetStep | ApiStep
+    NoneStep
+    | SignalStep
+    | KillStep
+    | HangStep
+    | OomStep
+    | EngineDeadStep
+    | FaultStep
+    | NetStep
+    | ApiStep
     | SupervisorStep,
     Field(discriminator="action"),
 ]

@@ -102,9 +102,15 @@ def plan_local(scenario: Scenario, workdir: Path, *, docker_image: str = FAKE_VL
     if scenario.target is None:
         raise ValueError(f"{scenario.name}: no target to start; run it with --supervisor URL")
     models = list(scenario.target.models)
-    return LocalPlan(workdir=workdir, api_port=free_port(), server_ports={m: free_port() for m in models},
-                     proxied=proxied_models(scenario), gpu_dir=workdir / "fake-gpu",
-                     containers=set(scenario.container_models()), docker_image=docker_image)
+    return LocalPlan(
+        workdir=workdir,
+        api_port=free_port(),
+        server_ports={m: free_port() for m in models},
+        proxied=proxied_models(scenario),
+        gpu_dir=workdir / "fake-gpu",
+        containers=set(scenario.container_models()),
+        docker_image=docker_image,
+    )
 
 
 def build_config(scenario: Scenario, plan: LocalPlan, seed: int) -> dict[str, Any]:
@@ -128,8 +134,11 @@ def build_config(scenario: Scenario, plan: LocalPlan, seed: int) -> dict[str, An
         entry.update(spec.supervisor_keys())
         models[model] = entry
     return {
-        "supervisor": {"api": {"host": "127.0.0.1", "port": plan.api_port},
-                       "state_dir": str(plan.workdir / "state"), "token_env": TOKEN_ENV},
+        "supervisor": {
+            "api": {"host": "127.0.0.1", "port": plan.api_port},
+            "state_dir": str(plan.workdir / "state"),
+            "token_env": TOKEN_ENV,
+        },
         "llmModels": models,
     }
 
@@ -180,8 +189,14 @@ class SupervisorProcess:
         env = {**os.environ, TOKEN_ENV: self.token}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 (argv from the operator's --supervisor-cmd, no shell)
-                self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                cwd=self.log_path.parent, start_new_session=True)
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                cwd=self.log_path.parent,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + within
         with httpx.Client(timeout=1.0) as client:
             while time.monotonic() < deadline:

@@ -143,8 +143,7 @@ class Observation:
             events=tuple(Event(**e) for e in data.get("events", [])),
             snapshots=tuple(Snapshot(**s) for s in data.get("snapshots", [])),
             sightings=tuple(Sighting(**s) for s in data.get("sightings", [])),
-            overlaps=tuple(Overlap(o["time"], o["model"], tuple(o["run_pids"]))
-                           for o in data.get("overlaps", [])),
+            overlaps=tuple(Overlap(o["time"], o["model"], tuple(o["run_pids"])) for o in data.get("overlaps", [])),
             alive_at_end=frozenset((int(p), float(t)) for p, t in data.get("alive_at_end", [])),
             alive_after_shutdown=None if after is None else frozenset((int(p), float(t)) for p, t in after),
             processes_visible=data.get("processes_visible", True),

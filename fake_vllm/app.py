@@ -35,12 +35,31 @@ async def models(rt: Runtime, _request: Request) -> Response:
     """vLLM's model list, one entry per served name."""
     created = int(rt.started_at)
     data = [
-        {"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": rt.settings.model,
-         "parent": None, "max_model_len": rt.settings.max_model_len,
-         "permission": [{"id": f"modelperm-{os.urandom(16).hex()}", "object": "model_permission",
-                         "created": created, "allow_create_engine": False, "allow_sampling": True,
-                         "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
-                         "allow_fine_tuning": False, "organization": "*", "group": None, "is_blocking": False}]}
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "vllm",
+            "root": rt.settings.model,
+            "parent": None,
+            "max_model_len": rt.settings.max_model_len,
+            "permission": [
+                {
+                    "id": f"modelperm-{os.urandom(16).hex()}",
+                    "object": "model_permission",
+                    "created": created,
+                    "allow_create_engine": False,
+                    "allow_sampling": True,
+                    "allow_logprobs": True,
+                    "allow_search_indices": False,
+                    "allow_view": True,
+                    "allow_fine_tuning": False,
+                    "organization": "*",
+                    "group": None,
+                    "is_blocking": False,
+                }
+            ],
+        }
         for name in rt.settings.served_model_names
     ]
     return Response(200, dumps({"object": "list", "data": data}))

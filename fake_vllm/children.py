@@ -43,8 +43,15 @@ class EngineChildren:
         pipes = []
         for index in range(count):
             read_end, write_end = os.pipe()
-            command = [sys.executable, "-m", "fake_vllm.engine_child", "--name", child_name(index),
-                       "--ready-fd", str(write_end)]
+            command = [
+                sys.executable,
+                "-m",
+                "fake_vllm.engine_child",
+                "--name",
+                child_name(index),
+                "--ready-fd",
+                str(write_end),
+            ]
             if gpu_dir is not None:
                 command += ["--gpu-dir", str(gpu_dir), "--bytes", str(bytes_each)]
             # Same session and group as the server on purpose; close_fds keeps the listening socket out.

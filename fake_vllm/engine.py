@@ -21,11 +21,66 @@ from fake_vllm.metrics import Metrics
 KV_CACHE_TOKENS = 49152
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _WORDS = (
-    "the", "model", "answers", "every", "request", "with", "words", "chosen", "from", "a", "small", "vocabulary",
-    "so", "that", "tests", "can", "read", "them", "supervisor", "keeps", "servers", "alive", "and", "restarts",
-    "when", "they", "crash", "hang", "or", "run", "out", "of", "memory", "while", "clients", "wait", "for",
-    "tokens", "to", "stream", "back", "one", "by", "over", "server", "sent", "events", "until", "final", "done",
-    "marker", "arrives", "usage", "block", "counts", "prompt", "completion", "billing", "dashboards", "alerts",
+    "the",
+    "model",
+    "answers",
+    "every",
+    "request",
+    "with",
+    "words",
+    "chosen",
+    "from",
+    "a",
+    "small",
+    "vocabulary",
+    "so",
+    "that",
+    "tests",
+    "can",
+    "read",
+    "them",
+    "supervisor",
+    "keeps",
+    "servers",
+    "alive",
+    "and",
+    "restarts",
+    "when",
+    "they",
+    "crash",
+    "hang",
+    "or",
+    "run",
+    "out",
+    "of",
+    "memory",
+    "while",
+    "clients",
+    "wait",
+    "for",
+    "tokens",
+    "to",
+    "stream",
+    "back",
+    "one",
+    "by",
+    "over",
+    "server",
+    "sent",
+    "events",
+    "until",
+    "final",
+    "done",
+    "marker",
+    "arrives",
+    "usage",
+    "block",
+    "counts",
+    "prompt",
+    "completion",
+    "billing",
+    "dashboards",
+    "alerts",
 )
 
 
@@ -47,8 +102,15 @@ class Sequence:
     finish_reason: str
 
 
-def plan(seed: int, request_seed: int | None, prompt_key: str, index: int, max_tokens: int | None,
-         *, ignore_eos: bool = False) -> Sequence:
+def plan(
+    seed: int,
+    request_seed: int | None,
+    prompt_key: str,
+    index: int,
+    max_tokens: int | None,
+    *,
+    ignore_eos: bool = False,
+) -> Sequence:
     """The output for one choice: a natural length of 8..64 words, cut at ``max_tokens`` ("length")."""
     rng = random.Random(f"{seed}|{request_seed}|{index}|{prompt_key}")
     natural = rng.randint(8, 64)
@@ -80,8 +142,9 @@ class Engine:
         self._kv_tokens += delta
         self.metrics.kv_cache_usage = min(1.0, self._kv_tokens / KV_CACHE_TOKENS)
 
-    async def generate(self, prompt_tokens: int, sequences: list[Sequence], ttft: float, itl: float
-                       ) -> AsyncGenerator[Step, None]:
+    async def generate(
+        self, prompt_tokens: int, sequences: list[Sequence], ttft: float, itl: float
+    ) -> AsyncGenerator[Step, None]:
         """Yield the steps of one request; metrics count it as running, then as a success or an abort."""
         metrics = self.metrics
         metrics.waiting += 1

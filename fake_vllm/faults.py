@@ -31,9 +31,26 @@ FATAL_SIGNALS = frozenset(
     for s in signal.Signals
     if s.name
     in {
-        "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL",
-        "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGXCPU", "SIGXFSZ",
-        "SIGVTALRM", "SIGPROF", "SIGSYS",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGSYS",
     }
 )
 
@@ -163,8 +180,15 @@ PARSERS: dict[str, Callable[[str, object], object]] = {
     "seed": seed,
 }
 NULLABLE = frozenset(
-    {"crash_after", "crash_after_requests", "exit_signal", "oom", "hang_after", "engine_dead_after",
-     "engine_dead_exit_after"}
+    {
+        "crash_after",
+        "crash_after_requests",
+        "exit_signal",
+        "oom",
+        "hang_after",
+        "engine_dead_after",
+        "engine_dead_exit_after",
+    }
 )
 # Shown by GET /admin/faults but fixed once the process has started.
 STARTUP_ONLY = frozenset({"startup_delay", "engine_children"})

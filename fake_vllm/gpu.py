@@ -74,8 +74,9 @@ class FakeGpu:
         for path in sorted(self.directory.glob("*.json")):
             try:
                 data = json.loads(path.read_text())
-                found.append(Holder(int(data["pid"]), float(data["create_time"]), int(data["bytes"]),
-                                    str(data.get("name", ""))))
+                found.append(
+                    Holder(int(data["pid"]), float(data["create_time"]), int(data["bytes"]), str(data.get("name", "")))
+                )
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # half-written or foreign file: it holds nothing
         return found

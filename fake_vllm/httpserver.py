@@ -149,8 +149,13 @@ class HttpServer:
             line = f'"{request.method} {request.target} {request.version}" {status} {HTTPStatus(status).phrase}'
             vllm_log.uvicorn(f"{request.client} - {line}")
 
-    async def _send(self, writer: asyncio.StreamWriter, request: Request | None, response: Response | StreamResponse,
-                    keep_alive: bool) -> None:
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        request: Request | None,
+        response: Response | StreamResponse,
+        keep_alive: bool,
+    ) -> None:
         self._log(request, response.status)
         if isinstance(response, Response):
             extra = [*response.headers, ("content-length", str(len(response.body)))]

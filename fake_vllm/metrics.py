@@ -11,12 +11,74 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-               40.0, 80.0)
-E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-               480.0, 960.0, 1920.0, 7680.0)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+ITL_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+E2E_BUCKETS = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
 FINISHED_REASONS = ("stop", "length", "abort")
 
 
@@ -71,11 +133,19 @@ class Metrics:
             ("vllm:num_requests_running", "gauge", self.running, "Number of requests in model execution batches."),
             ("vllm:num_requests_waiting", "gauge", self.waiting, "Number of requests waiting to be processed."),
             ("vllm:kv_cache_usage_perc", "gauge", self.kv_cache_usage, "KV-cache usage. 1 means 100 percent usage."),
-            ("vllm:num_preemptions_total", "counter", self.preemptions,
-             "Cumulative number of preemption from the engine."),
+            (
+                "vllm:num_preemptions_total",
+                "counter",
+                self.preemptions,
+                "Cumulative number of preemption from the engine.",
+            ),
             ("vllm:prompt_tokens_total", "counter", self.prompt_tokens, "Number of prefill tokens processed."),
-            ("vllm:generation_tokens_total", "counter", self.generation_tokens,
-             "Number of generation tokens processed."),
+            (
+                "vllm:generation_tokens_total",
+                "counter",
+                self.generation_tokens,
+                "Number of generation tokens processed.",
+            ),
         ):
             header(name, kind, text)
             out.append(f"{name}{{{labels}}} {_number(value)}\n")

@@ -122,19 +122,32 @@ def parse(rt: Runtime, body: dict[str, Any], *, chat: bool) -> Parsed:
 
 
 def _usage(parsed: Parsed, completion_tokens: int) -> dict[str, Any]:
-    return {"prompt_tokens": parsed.prompt_tokens, "total_tokens": parsed.prompt_tokens + completion_tokens,
-            "completion_tokens": completion_tokens, "prompt_tokens_details": None}
+    return {
+        "prompt_tokens": parsed.prompt_tokens,
+        "total_tokens": parsed.prompt_tokens + completion_tokens,
+        "completion_tokens": completion_tokens,
+        "prompt_tokens_details": None,
+    }
 
 
-def _choice(parsed: Parsed, index: int, text: str, finish: str | None, *, first: bool = False,
-            delta: bool = False) -> dict[str, Any]:
+def _choice(
+    parsed: Parsed, index: int, text: str, finish: str | None, *, first: bool = False, delta: bool = False
+) -> dict[str, Any]:
     if not parsed.chat:
         return {"index": index, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}
     if delta:
         content = {"role": "assistant", "content": text} if first else {"content": text}
         return {"index": index, "delta": content, "logprobs": None, "finish_reason": finish}
-    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": None,
-                               "audio": None, "function_call": None, "tool_calls": [], "reasoning_content": None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": text,
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
+        "tool_calls": [],
+        "reasoning_content": None,
+    }
     return {"index": index, "message": message, "logprobs": None, "finish_reason": finish, "stop_reason": None}
 
 
@@ -154,8 +167,12 @@ async def respond(rt: Runtime, request: Request, *, chat: bool, done: Callable[[
         rt.stats.injected_request_errors += 1
         return _finish(error(500, f"fake-vllm: injected request failure (error_rate={rt.faults.error_rate})"), done)
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{os.urandom(16).hex()}"
-    head = {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": body.get("model") or rt.settings.model_name}
+    head = {
+        "id": ident,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": body.get("model") or rt.settings.model_name,
+    }
     steps = rt.engine.generate(parsed.prompt_tokens, parsed.sequences, rt.faults.ttft, rt.faults.itl)
     if parsed.stream:
         rt.stats.streams += 1
@@ -172,8 +189,13 @@ async def respond(rt: Runtime, request: Request, *, chat: bool, done: Callable[[
     except EngineDead:
         return _finish(error(500, tracebacks.ENGINE_DEAD_MESSAGE), done)
     tokens = sum(len(s.tokens) for s in parsed.sequences)
-    result = {**head, "choices": [_choice(parsed, i, texts[i], finish.get(i)) for i in sorted(texts)],
-              "usage": _usage(parsed, tokens), "system_fingerprint": None, "kv_transfer_params": None}
+    result = {
+        **head,
+        "choices": [_choice(parsed, i, texts[i], finish.get(i)) for i in sorted(texts)],
+        "usage": _usage(parsed, tokens),
+        "system_fingerprint": None,
+        "kv_transfer_params": None,
+    }
     if chat:
         result |= {"service_tier": None, "prompt_logprobs": None}
     return Response(200, dumps(result), after_sent=done)
@@ -184,8 +206,9 @@ def _finish(response: Response, done: Callable[[], None]) -> Response:
     return response
 
 
-async def _stream(parsed: Parsed, head: dict[str, Any], steps: AsyncGenerator[engine.Step, None], *,
-                  coalesce: bool) -> AsyncIterator[bytes]:
+async def _stream(
+    parsed: Parsed, head: dict[str, Any], steps: AsyncGenerator[engine.Step, None], *, coalesce: bool
+) -> AsyncIterator[bytes]:
     chunk_head = {**head, "object": "chat.completion.chunk" if parsed.chat else "text_completion"}
     produced = 0
     pending: list[bytes] = []

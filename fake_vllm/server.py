@@ -112,23 +112,30 @@ class Lifecycle:
         self._claim = asyncio.ensure_future(asyncio.to_thread(self._claim_gpu))
         await asyncio.shield(self._claim)
         self.rt.engine_children = self.children.pids
-        self._engine_log("core.py:77", f"Initializing a V1 LLM engine (v{VLLM_VERSION}) with config: "
-                         f"model={s.model!r}, served_model_name={s.model_name}, max_seq_len={s.max_model_len}, "
-                         f"seed={self.rt.faults.seed}")
+        self._engine_log(
+            "core.py:77",
+            f"Initializing a V1 LLM engine (v{VLLM_VERSION}) with config: "
+            f"model={s.model!r}, served_model_name={s.model_name}, max_seq_len={s.max_model_len}, "
+            f"seed={self.rt.faults.seed}",
+        )
         self._engine_log("gpu_model_runner.py:2602", f"Starting to load model {s.model}...")
         await asyncio.sleep(s.startup_delay * 0.6)
         weights = s.claim_bytes / GIB * 0.25
         self._engine_log("default_loader.py:267", f"Loading weights took {time.monotonic() - started:.2f} seconds")
-        self._engine_log("gpu_model_runner.py:2653",
-                         f"Model loading took {weights:.4f} GiB and {time.monotonic() - started:.2f} seconds")
+        self._engine_log(
+            "gpu_model_runner.py:2653",
+            f"Model loading took {weights:.4f} GiB and {time.monotonic() - started:.2f} seconds",
+        )
         if s.oom_at_startup:
             used = s.fake_gpu_total_gib - (self.gpu.free_bytes() / GIB if self.gpu else 0.0)
             self._engine_start_failed(tracebacks.cuda_oom_message(s.fake_gpu_total_gib, used), during_profile=True)
         await asyncio.sleep(s.startup_delay * 0.4)
         self._engine_log("gpu_worker.py:298", f"Available KV cache memory: {s.claim_bytes / GIB * 0.7:.2f} GiB")
         self._engine_log("kv_cache_utils.py:1087", "GPU KV cache size: 49,152 tokens")
-        self._engine_log("core.py:210", "init engine (profile, create kv cache, warmup model) took "
-                         f"{time.monotonic() - started:.2f} seconds")
+        self._engine_log(
+            "core.py:210",
+            f"init engine (profile, create kv cache, warmup model) took {time.monotonic() - started:.2f} seconds",
+        )
 
     def _claim_gpu(self) -> None:
         """Check free fake-GPU memory and take ours, under the device lock (runs in a thread)."""
@@ -151,8 +158,9 @@ class Lifecycle:
     def _engine_start_failed(self, final_line: str, *, during_profile: bool) -> NoReturn:
         """Write EngineCore's start-up failure as vLLM does, ending with ``final_line``; raises StartupFailed."""
         vllm_log.error("core.py:708", "EngineCore failed to start.", process=vllm_log.ENGINE_CORE, pid=self.engine_pid)
-        failure = tracebacks.engine_start_failure(self.engine_pid, os.getpid(), final_line,
-                                                  during_profile=during_profile)
+        failure = tracebacks.engine_start_failure(
+            self.engine_pid, os.getpid(), final_line, during_profile=during_profile
+        )
         vllm_log.stderr_text(failure)
         raise StartupFailed
 
@@ -237,8 +245,9 @@ class Lifecycle:
     def _oom(self) -> None:
         s = self.settings
         self.rt.record("oom")
-        vllm_log.error("core.py:710", "EngineCore encountered a fatal error.", process=vllm_log.ENGINE_CORE,
-                       pid=self.engine_pid)
+        vllm_log.error(
+            "core.py:710", "EngineCore encountered a fatal error.", process=vllm_log.ENGINE_CORE, pid=self.engine_pid
+        )
         vllm_log.stderr_text(tracebacks.runtime_oom(self.engine_pid, s.fake_gpu_total_gib, s.claim_bytes / GIB))
         self._stop_engine()
         die(1, None)

@@ -138,9 +138,16 @@ Spawn = Callable[..., FakeVllm]
 """The type of a fixture that starts fake-vllm processes (``start``'s signature)."""
 
 
-def start(*args: str, model: str = "fake/model", host: str = "127.0.0.1", port: int | None = None,
-          ready: bool = True, timeout: float = 30.0, log_dir: Path | None = None,
-          env: dict[str, str] | None = None) -> FakeVllm:
+def start(
+    *args: str,
+    model: str = "fake/model",
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    ready: bool = True,
+    timeout: float = 30.0,
+    log_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> FakeVllm:
     """Start ``fake-vllm serve MODEL --host H --port P ARGS...``; with ``ready`` wait until /health is 200."""
     directory = log_dir or Path(tempfile.mkdtemp(prefix="fake-vllm-"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -149,7 +156,11 @@ def start(*args: str, model: str = "fake/model", host: str = "127.0.0.1", port: 
         argv = [sys.executable, "-m", "fake_vllm", "serve", model, "--host", host, "--port", str(chosen), *args]
         with (directory / "stdout.log").open("wb") as out, (directory / "stderr.log").open("wb") as err:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
                 env={**os.environ, **(env or {})},
             )
         server = FakeVllm(process, host, chosen, directory, argv)

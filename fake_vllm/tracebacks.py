@@ -22,8 +22,12 @@ _ENGINE_START_FRAMES = [
 _PROFILE_FRAMES = [
     (f"{_SITE}/vllm/v1/engine/core.py", 699, "run_engine_core", "engine_core = EngineCoreProc(*args, **kwargs)"),
     (f"{_SITE}/vllm/v1/engine/core.py", 92, "__init__", "self._initialize_kv_caches(vllm_config)"),
-    (f"{_SITE}/vllm/v1/engine/core.py", 190, "_initialize_kv_caches",
-     "self.model_executor.determine_available_memory()"),
+    (
+        f"{_SITE}/vllm/v1/engine/core.py",
+        190,
+        "_initialize_kv_caches",
+        "self.model_executor.determine_available_memory()",
+    ),
     (f"{_SITE}/vllm/v1/worker/gpu_worker.py", 263, "determine_available_memory", "self.model_runner.profile_run()"),
     (f"{_SITE}/vllm/v1/worker/gpu_model_runner.py", 3281, "profile_run", "hidden_states = self._dummy_run("),
     (f"{_SITE}/torch/nn/modules/linear.py", 125, "forward", "return F.linear(input, self.weight, self.bias)"),
@@ -41,16 +45,28 @@ _API_SERVER_FRAMES = [
     ("/usr/local/bin/vllm", 10, "<module>", "sys.exit(main())"),
     (f"{_SITE}/vllm/entrypoints/cli/main.py", 54, "main", "args.dispatch_function(args)"),
     (f"{_SITE}/vllm/entrypoints/cli/serve.py", 57, "cmd", "uvloop.run(run_server(args))"),
-    (f"{_SITE}/vllm/entrypoints/openai/api_server.py", 1941, "run_server",
-     "await run_server_worker(listen_address, sock, args, **uvicorn_kwargs)"),
-    (f"{_SITE}/vllm/v1/engine/utils.py", 781, "wait_for_engine_startup",
-     'raise RuntimeError("Engine core initialization failed. "'),
+    (
+        f"{_SITE}/vllm/entrypoints/openai/api_server.py",
+        1941,
+        "run_server",
+        "await run_server_worker(listen_address, sock, args, **uvicorn_kwargs)",
+    ),
+    (
+        f"{_SITE}/vllm/v1/engine/utils.py",
+        781,
+        "wait_for_engine_startup",
+        'raise RuntimeError("Engine core initialization failed. "',
+    ),
 ]
 
 _OUTPUT_HANDLER_FRAMES = [
     (f"{_SITE}/vllm/v1/engine/async_llm.py", 439, "output_handler", "outputs = await engine_core.get_output_async()"),
-    (f"{_SITE}/vllm/v1/engine/core_client.py", 846, "get_output_async",
-     "raise self._format_exception(outputs) from None"),
+    (
+        f"{_SITE}/vllm/v1/engine/core_client.py",
+        846,
+        "get_output_async",
+        "raise self._format_exception(outputs) from None",
+    ),
 ]
 
 

@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PURE_CORE = {"policy", "machine", "machine_types", "diagnosis", "status", "clock", "config", "config_files",
-             "config_messages"}
+PURE_CORE = {
+    "policy",
+    "machine",
+    "machine_types",
+    "diagnosis",
+    "status",
+    "clock",
+    "config",
+    "config_files",
+    "config_messages",
+}
 PARSING = {"config", "config_files", "config_messages"}  # may use pydantic and yaml to read the config
 ADAPTERS = {"runtime.process", "probe", "journal", "logs", "redact"}
 
@@ -65,8 +74,9 @@ def test_the_docker_sdk_stays_inside_the_docker_runtime() -> None:
     assert users <= {"runtime.docker", "runtime.docker_run", "runtime.docker_spec", "runtime.docker_streams"}
 
 
-@pytest.mark.parametrize(("package", "forbidden"), [("supervisor", {"chaos", "fake_vllm"}),
-                                                    ("fake_vllm", {"supervisor", "chaos"})])
+@pytest.mark.parametrize(
+    ("package", "forbidden"), [("supervisor", {"chaos", "fake_vllm"}), ("fake_vllm", {"supervisor", "chaos"})]
+)
 def test_packages_stay_apart(package: str, forbidden: set[str]) -> None:
     """The supervisor knows nothing of the harness or the fake; the fake imitates vLLM and nothing else."""
     offenders = {(m, i) for m, imported in modules(package).items() for i in imported if i.split(".")[0] in forbidden}

@@ -126,9 +126,7 @@ def _read_routes(api: APIRouter, supervisor: SupervisorFacade) -> None:
     async def get_events(
         model_id: ModelId,
         since: Annotated[int, Query(ge=0, description="Only events with a larger seq")] = 0,
-        limit: Annotated[
-            int | None, Query(ge=1, le=MAX_LOG_LINES, description="At most this many, the newest")
-        ] = None,
+        limit: Annotated[int | None, Query(ge=1, le=MAX_LOG_LINES, description="At most this many, the newest")] = None,
     ) -> list[EventOut]:
         """The model's timeline, oldest first."""
         _status_of(supervisor, model_id)

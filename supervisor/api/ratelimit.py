@@ -15,9 +15,7 @@ from collections.abc import Callable
 class ActionRateLimiter:
     """`check(key)` records an action and returns None, or returns the seconds to wait when over the limit."""
 
-    def __init__(
-        self, limit: int = 10, window: float = 60.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, limit: int = 10, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.window = window
         self._clock = clock

@@ -29,8 +29,10 @@ class _Loader(yaml.SafeLoader):
             # Merge keys (<<) override by design; only keys written twice by hand are mistakes.
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 if key_node.value in seen:
-                    self.duplicates.append(f"line {key_node.start_mark.line + 1}: duplicate key "
-                                           f"{key_node.value!r}: the later value would silently win")
+                    self.duplicates.append(
+                        f"line {key_node.start_mark.line + 1}: duplicate key "
+                        f"{key_node.value!r}: the later value would silently win"
+                    )
                 seen.add(key_node.value)
         return super().construct_mapping(node, deep)
 

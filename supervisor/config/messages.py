@@ -14,9 +14,16 @@ from typing import Any, get_args
 from pydantic import BaseModel
 
 _KINDS = {
-    "float_type": "a number", "int_type": "a whole number", "bool_type": "true or false",
-    "string_type": "a string", "tuple_type": "a list", "list_type": "a list", "dict_type": "a mapping",
-    "model_type": "a mapping", "model_attributes_type": "a mapping", "path_type": "a path (a string)",
+    "float_type": "a number",
+    "int_type": "a whole number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "tuple_type": "a list",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "path_type": "a path (a string)",
     "finite_number": "a finite number",
 }
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}

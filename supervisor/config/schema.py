@@ -113,8 +113,9 @@ def _byte_size(value: object) -> object:
 def _gpus(value: object) -> object:
     if value is None or value == "all":
         return value
-    if isinstance(value, list | tuple) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                                               for i in value):
+    if isinstance(value, list | tuple) and all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
+    ):
         return tuple(value)
     raise ValueError(f'must be "all", a list of GPU indices like [0, 1], or null (got {show(value)})')
 
@@ -194,8 +195,9 @@ class DockerSettings(_Section):
     gpus: Annotated[Literal["all"] | tuple[int, ...] | None, BeforeValidator(_gpus)] = None
     ipc_mode: NonEmpty | None = None
     shm_size: ByteSize | None = None
-    volumes: FrozenMap[Annotated[str, BeforeValidator(_host_volume)],
-                       Annotated[str, BeforeValidator(_container_path)]] = FrozenMap()
+    volumes: FrozenMap[
+        Annotated[str, BeforeValidator(_host_volume)], Annotated[str, BeforeValidator(_container_path)]
+    ] = FrozenMap()
     env: FrozenMap[EnvName, Text] = FrozenMap()
     pull: Annotated[bool, Field(strict=True)] = False
     mem_limit: ByteSize | None = None
@@ -303,17 +305,23 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: str | Path
     """Check loaded data; relative paths resolve against base_dir (default: the current directory)."""
     if not isinstance(data, Mapping):
         raise ConfigError([f"(top level): must be a mapping with an llmModels section (got {show(data)})"], source)
-    problems = [f"{key}: unknown key{suggest(key, TOP_LEVEL_KEYS)}"
-                for key in data if key not in TOP_LEVEL_KEYS and key not in FLUIDMCP_SECTIONS]
+    problems = [
+        f"{key}: unknown key{suggest(key, TOP_LEVEL_KEYS)}"
+        for key in data
+        if key not in TOP_LEVEL_KEYS and key not in FLUIDMCP_SECTIONS
+    ]
     context = {"base_dir": Path(base_dir) if base_dir is not None else Path.cwd()}
     raw_settings = data.get("supervisor")  # an empty `supervisor:` section reads as null
-    settings = _validate(SupervisorSettings, {} if raw_settings is None else raw_settings, "supervisor",
-                         context, problems)
+    settings = _validate(
+        SupervisorSettings, {} if raw_settings is None else raw_settings, "supervisor", context, problems
+    )
     raw_models = data.get("llmModels")
     models: dict[str, ModelConfig] = {}
     if not isinstance(raw_models, Mapping):
-        problems.append("llmModels: required: a mapping of model id -> model settings"
-                        + ("" if raw_models is None else f" (got {show(raw_models)})"))
+        problems.append(
+            "llmModels: required: a mapping of model id -> model settings"
+            + ("" if raw_models is None else f" (got {show(raw_models)})")
+        )
         raw_models = {}
     for model_id, raw in raw_models.items():
         path = "llmModels" + step(model_id)
@@ -348,8 +356,10 @@ def _shared_servers(models: Mapping[str, ModelConfig]) -> list[str]:
     for model_id, model in models.items():
         root = model.probe_root_url
         if root is not None and root in owners:
-            problems.append(f"llmModels.{model_id}.endpoints.base_url: the same server as llmModels."
-                            f"{owners[root]} ({root}); each model needs its own port")
+            problems.append(
+                f"llmModels.{model_id}.endpoints.base_url: the same server as llmModels."
+                f"{owners[root]} ({root}); each model needs its own port"
+            )
         elif root is not None:
             owners[root] = model_id
     return problems

@@ -43,33 +43,59 @@ _OOM_ADVICE = (
     "quantized model (or spread it over more GPUs with --tensor-parallel-size)."
 )
 _RULES = (
-    _Rule("cuda_oom", Cause.OOM, re.compile(
-        r"OutOfMemoryError|CUDA out of memory|CUDA error: out of memory|cudaMalloc failed"
-        r"|CUBLAS_STATUS_ALLOC_FAILED"), _OOM_ADVICE),
-    _Rule("kv_cache_too_small", Cause.OOM, re.compile(
-        r"No available memory for the cache blocks"
-        r"|KV cache is needed, which is larger than the available KV cache memory"
-        r"|larger than the maximum number of tokens that can be stored in KV cache"),
+    _Rule(
+        "cuda_oom",
+        Cause.OOM,
+        re.compile(
+            r"OutOfMemoryError|CUDA out of memory|CUDA error: out of memory|cudaMalloc failed"
+            r"|CUBLAS_STATUS_ALLOC_FAILED"
+        ),
+        _OOM_ADVICE,
+    ),
+    _Rule(
+        "kv_cache_too_small",
+        Cause.OOM,
+        re.compile(
+            r"No available memory for the cache blocks"
+            r"|KV cache is needed, which is larger than the available KV cache memory"
+            r"|larger than the maximum number of tokens that can be stored in KV cache"
+        ),
         "The KV cache does not fit in the GPU memory vLLM may use. Lower --max-model-len{estimate}, or raise "
-        "--gpu-memory-utilization if the GPU is not shared, or add GPUs with --tensor-parallel-size."),
-    _Rule("gpu_memory_held", Cause.OOM, re.compile(
-        r"Free memory on device .* is less than desired GPU memory utilization"),
+        "--gpu-memory-utilization if the GPU is not shared, or add GPUs with --tensor-parallel-size.",
+    ),
+    _Rule(
+        "gpu_memory_held",
+        Cause.OOM,
+        re.compile(r"Free memory on device .* is less than desired GPU memory utilization"),
         "Another process holds GPU memory, often an orphaned EngineCore or worker of an earlier run. Find it "
         "with `nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv` and stop it, or "
-        "lower --gpu-memory-utilization to what is free."),
-    _Rule("port_in_use", Cause.PORT_IN_USE, re.compile(r"\[Errno (98|48)\]|[Aa]ddress already in use"),
+        "lower --gpu-memory-utilization to what is free.",
+    ),
+    _Rule(
+        "port_in_use",
+        Cause.PORT_IN_USE,
+        re.compile(r"\[Errno (98|48)\]|[Aa]ddress already in use"),
         "Another process already listens on this server's port. Find it with `ss -ltnp` (or `lsof -i :PORT`) "
-        "and stop it, or give the model another --port and endpoints.base_url."),
-    _Rule("engine_dead", Cause.ENGINE_DEAD, re.compile(
-        r"EngineCore failed to start|Engine core initialization failed|EngineDeadError"
-        r"|Worker proc \S+ died unexpectedly"),
+        "and stop it, or give the model another --port and endpoints.base_url.",
+    ),
+    _Rule(
+        "engine_dead",
+        Cause.ENGINE_DEAD,
+        re.compile(
+            r"EngineCore failed to start|Engine core initialization failed|EngineDeadError"
+            r"|Worker proc \S+ died unexpectedly"
+        ),
         "vLLM's engine died; the server cannot recover without a restart. The first error above this line "
-        "(often an out-of-memory or NCCL error) is the root cause."),
-    _Rule("nccl_failure", Cause.CRASH, re.compile(
-        r"Watchdog caught collective operation timeout|DistBackendError|NCCL error"),
+        "(often an out-of-memory or NCCL error) is the root cause.",
+    ),
+    _Rule(
+        "nccl_failure",
+        Cause.CRASH,
+        re.compile(r"Watchdog caught collective operation timeout|DistBackendError|NCCL error"),
         "A collective operation between GPU workers failed or timed out. Check that every GPU is healthy "
         "(`nvidia-smi`, Xid errors in `dmesg`); run with NCCL_DEBUG=INFO for details; on GPUs without "
-        "peer-to-peer links try NCCL_P2P_DISABLE=1."),
+        "peer-to-peer links try NCCL_P2P_DISABLE=1.",
+    ),
 )
 # Literal words at least one of which every rule's match contains; most lines contain none and cost one scan.
 _PREFILTER = re.compile(

@@ -122,8 +122,10 @@ class Machine:
     def _restart_requested(self, snap: Snapshot, event: RestartRequested, now: float) -> Step:
         asked = now if event.requested_at is None else event.requested_at
         if (
-            snap.state in LIVE and snap.restart_reason == "manual"
-            and snap.spawned_at is not None and asked <= snap.spawned_at
+            snap.state in LIVE
+            and snap.restart_reason == "manual"
+            and snap.spawned_at is not None
+            and asked <= snap.spawned_at
         ):
             # Concurrent restarts coalesce: the current run began after this request (PRIOR_ART 7).
             return Step(snap, reply=Reply(True, f"run {snap.run} began after this restart was asked for"))
@@ -240,8 +242,15 @@ class Machine:
         health_ended = now if snap.unhealthy_since is None else snap.unhealthy_since
         healthy_for = None if snap.healthy_since is None else health_ended - snap.healthy_since
         snap = replace(
-            snap, failure_cause=None if clean else cause, healthy_since=None, unhealthy_since=None,
-            startup_deadline=None, next_probe_at=None, probe_in_flight=False, consecutive_failures=0, teardown=None,
+            snap,
+            failure_cause=None if clean else cause,
+            healthy_since=None,
+            unhealthy_since=None,
+            startup_deadline=None,
+            next_probe_at=None,
+            probe_in_flight=False,
+            consecutive_failures=0,
+            teardown=None,
         )
         if snap.desired is Desired.STOPPED or not wants_restart(self.settings.restart_policy, clean=clean):
             # edge: -> stopped; policy `no`, or a clean exit under on-failure
@@ -260,10 +269,13 @@ class Machine:
         delay = self.settings.backoff.delay(attempt, self._rng)
         # edge: -> backoff; the restart is counted now, when it is decided (PRIOR_ART 3)
         snap = replace(
-            snap, state=State.BACKOFF, attempt=attempt + 1,
+            snap,
+            state=State.BACKOFF,
+            attempt=attempt + 1,
             # An unlimited budget needs no history (and a long-lived model would grow it for ever).
             restart_times=(*recent, now) if budget.max_restarts is not None else (),
-            restart_count=snap.restart_count + 1, restart_at=now + delay,
+            restart_count=snap.restart_count + 1,
+            restart_at=now + delay,
             restart_reason="exit" if clean else cause.value,
         )
         backoff = Record(EventKind.BACKOFF, State.BACKOFF, format(round(delay, 3), "g"), snap.restart_reason)
@@ -287,8 +299,11 @@ class Machine:
         if snap.state is State.BACKOFF and restart_due and not snap.group_alive:
             return self._spawn(snap, now, reason=snap.restart_reason, first=tuple(actions))
         if (
-            snap.state in LIVE and snap.live and not snap.probe_in_flight
-            and snap.next_probe_at is not None and snap.next_probe_at <= now
+            snap.state in LIVE
+            and snap.live
+            and not snap.probe_in_flight
+            and snap.next_probe_at is not None
+            and snap.next_probe_at <= now
         ):
             snap = replace(snap, probe_in_flight=True, probe_started_at=now, next_probe_at=None)
             actions.append(Probe(snap.run, self.settings.health_check_timeout))
@@ -304,16 +319,25 @@ class Machine:
         interval = s.startup_probe_interval if snap.state is State.STARTING else s.health_check_interval
         started = snap.probe_started_at if snap.probe_started_at is not None else now
         snap = replace(
-            snap, probe_in_flight=False, next_probe_at=max(now, started + interval),
-            last_probe_at=now, health_message=message,
+            snap,
+            probe_in_flight=False,
+            next_probe_at=max(now, started + interval),
+            last_probe_at=now,
+            health_message=message,
         )
         if event.ok:
             if snap.state is State.HEALTHY:
                 return Step(replace(snap, consecutive_failures=0))
             # edge: starting/unhealthy -> healthy
             snap = replace(
-                snap, state=State.HEALTHY, healthy_since=now, unhealthy_since=None, startup_deadline=None,
-                consecutive_failures=0, failure_cause=None, next_probe_at=now + s.health_check_interval,
+                snap,
+                state=State.HEALTHY,
+                healthy_since=now,
+                unhealthy_since=None,
+                startup_deadline=None,
+                consecutive_failures=0,
+                failure_cause=None,
+                next_probe_at=now + s.health_check_interval,
             )
             return Step(snap, (Record(EventKind.HEALTHY, State.HEALTHY),))
         if snap.state is State.STARTING:
@@ -349,13 +373,26 @@ class Machine:
         s = self.settings
         run = snap.run + 1
         snap = replace(
-            snap, state=State.STARTING, run=run, live=False, spawned_at=now, healthy_since=None, unhealthy_since=None,
+            snap,
+            state=State.STARTING,
+            run=run,
+            live=False,
+            spawned_at=now,
+            healthy_since=None,
+            unhealthy_since=None,
             last_restart_at=now if reason is not None else snap.last_restart_at,
-            consecutive_failures=0, probe_in_flight=False,
+            consecutive_failures=0,
+            probe_in_flight=False,
             next_probe_at=now + s.startup_probe_interval if s.has_probe else None,
             startup_deadline=now + s.startup_timeout if s.has_probe else None,
-            kill_at=None, restart_at=None, restart_reason=reason, teardown=None, health_message=None,
-            run_cause=None, has_cuda_oom=False, last_exit=None,
+            kill_at=None,
+            restart_at=None,
+            restart_reason=reason,
+            teardown=None,
+            health_message=None,
+            run_cause=None,
+            has_cuda_oom=False,
+            last_exit=None,
         )
         return Step(snap, (*first, Spawn(run, reason)))
 
@@ -363,8 +400,13 @@ class Machine:
         self, snap: Snapshot, now: float, why: Teardown, *, force: bool = False, first: tuple[Action, ...] = ()
     ) -> Step:
         snap = replace(
-            snap, state=State.STOPPING, teardown=why, next_probe_at=None, startup_deadline=None,
-            probe_in_flight=False, kill_at=None if force else now + self.settings.stop_timeout,
+            snap,
+            state=State.STOPPING,
+            teardown=why,
+            next_probe_at=None,
+            startup_deadline=None,
+            probe_in_flight=False,
+            kill_at=None if force else now + self.settings.stop_timeout,
         )
         stopping = Record(EventKind.STOPPING, State.STOPPING, why.value)
         return Step(snap, (*first, stopping, *(_kill(snap.run, "forced") if force else (Terminate(snap.run),))))

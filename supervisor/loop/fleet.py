@@ -114,7 +114,9 @@ class Supervisor:
         self._configs[model_id] = cfg
         self._events[model_id] = deque(maxlen=MEMORY_EVENTS_PER_MODEL)
         self._writers[model_id] = LogWriter(
-            self.log_dir(), model_id, max_bytes=self.config.supervisor.log_max_bytes,
+            self.log_dir(),
+            model_id,
+            max_bytes=self.config.supervisor.log_max_bytes,
             backups=self.config.supervisor.log_backups,
             # The child inherits our environment too, so its secrets are masked as well as the model's own.
             redactor=Redactor({**os.environ, **cfg.env}, secrets_from_argv(cfg.args)),
@@ -218,7 +220,11 @@ class Supervisor:
         await owner.request(ProbeDone(owner.snapshot.run, ok, message, manual=True))
         status = self.status(model_id)
         return HealthCheckReport(
-            model_id, ok, message, status.consecutive_health_failures, status.last_health_check_time,
+            model_id,
+            ok,
+            message,
+            status.consecutive_health_failures,
+            status.last_health_check_time,
             status.has_cuda_oom,
         )
 
@@ -314,11 +320,19 @@ class Supervisor:
         offset = self._offset
         run = None
         if owner.run is not None and (snap.live or snap.group_alive):
-            run = RunRecord(owner.run.handle.ident, owner.run.number, _wall(snap.spawned_at, offset),
-                            self._configs[model_id].runtime)
+            run = RunRecord(
+                owner.run.handle.ident,
+                owner.run.number,
+                _wall(snap.spawned_at, offset),
+                self._configs[model_id].runtime,
+            )
         return PersistedModel(
-            desired=snap.desired.value, restart_times=tuple(t + offset for t in snap.restart_times),
-            restart_count=snap.restart_count, attempt=snap.attempt, failed=snap.state is State.FAILED, run=run,
+            desired=snap.desired.value,
+            restart_times=tuple(t + offset for t in snap.restart_times),
+            restart_count=snap.restart_count,
+            attempt=snap.attempt,
+            failed=snap.state is State.FAILED,
+            run=run,
         )
 
     def _restore(self, persisted: PersistedModel | None) -> Snapshot:

@@ -113,8 +113,9 @@ class DockerRuntime:
         except BaseException:
             client.close()
             raise
-        run = DockerRun(client, container_id, pid=pid, events=events, output=output, sink=sink,
-                        stop_timeout=self.spec.stop_timeout)
+        run = DockerRun(
+            client, container_id, pid=pid, events=events, output=output, sink=sink, stop_timeout=self.spec.stop_timeout
+        )
         run.begin()
         return run
 
@@ -134,8 +135,13 @@ class DockerRuntime:
             _undo_start(client, container_id, events, output)
             raise _spawn_error(exc, self.spec) from exc
         pid = int(attrs["State"].get("Pid") or 0) or None
-        log.info("model %s run %d: container %s (%s) started", model_id, run_number, attrs["Name"].lstrip("/"),
-                 container_id[:12])
+        log.info(
+            "model %s run %d: container %s (%s) started",
+            model_id,
+            run_number,
+            attrs["Name"].lstrip("/"),
+            container_id[:12],
+        )
         return container_id, pid, events, output
 
     def _create(self, client: Any, model_id: str, run_number: int) -> str:
@@ -215,8 +221,9 @@ class LabelledContainer:
     status: str  # the engine's: created | running | exited | dead | ...
 
 
-def find_labelled(model_id: str, client_factory: ClientFactory = default_client_factory, *,
-                  instance: str | None = None) -> list[LabelledContainer]:
+def find_labelled(
+    model_id: str, client_factory: ClientFactory = default_client_factory, *, instance: str | None = None
+) -> list[LabelledContainer]:
     """Every container (running or not) labelled with `model_id` (and made by supervisor `instance`, when
     given). Blocking: call it in a thread."""
     labels = [f"{MODEL_LABEL}={model_id}"] + ([f"{INSTANCE_LABEL}={instance}"] if instance else [])
@@ -231,12 +238,14 @@ def find_labelled(model_id: str, client_factory: ClientFactory = default_client_
 def _labelled(container: Any) -> LabelledContainer:
     labels = container.labels
     run = labels.get(RUN_LABEL, "")
-    return LabelledContainer(container.id, container.name, labels.get(MODEL_LABEL, ""),
-                             int(run) if run.isdigit() else None, container.status)
+    return LabelledContainer(
+        container.id, container.name, labels.get(MODEL_LABEL, ""), int(run) if run.isdigit() else None, container.status
+    )
 
 
-def stop_and_remove(container_ids: Iterable[str], stop_timeout: float,
-                    client_factory: ClientFactory = default_client_factory) -> list[str]:
+def stop_and_remove(
+    container_ids: Iterable[str], stop_timeout: float, client_factory: ClientFactory = default_client_factory
+) -> list[str]:
     """`docker stop` (then kill after stop_timeout) and remove each container; the ids that were still running."""
     client = connect(client_factory)
     was_running: list[str] = []
@@ -254,9 +263,14 @@ def stop_and_remove(container_ids: Iterable[str], stop_timeout: float,
         client.close()
 
 
-async def remove_leftovers(model_id: str, stop_timeout: float, also: Iterable[str] = (),
-                           client_factory: ClientFactory = default_client_factory, *,
-                           instance: str | None = None) -> list[str]:
+async def remove_leftovers(
+    model_id: str,
+    stop_timeout: float,
+    also: Iterable[str] = (),
+    client_factory: ClientFactory = default_client_factory,
+    *,
+    instance: str | None = None,
+) -> list[str]:
     """Stop and remove every container labelled with `model_id` (and the ids in `also`); the ids that were
     still running. Call it before the model's first spawn only: it would remove a live run of this supervisor.
     """
@@ -266,14 +280,23 @@ async def remove_leftovers(model_id: str, stop_timeout: float, also: Iterable[st
     ids += [extra for extra in also if not any(cid.startswith(extra) for cid in ids)]
     if not ids:
         return []
-    log.warning("model %s: removing %d container(s) left by an earlier supervisor: %s", model_id, len(ids),
-                ", ".join(cid[:12] for cid in ids))
+    log.warning(
+        "model %s: removing %d container(s) left by an earlier supervisor: %s",
+        model_id,
+        len(ids),
+        ", ".join(cid[:12] for cid in ids),
+    )
     return await asyncio.to_thread(stop_and_remove, ids, stop_timeout, client_factory)
 
 
-async def remove_leftover_container(model_id: str, ident: str | None, stop_timeout: float,
-                                    client_factory: ClientFactory = default_client_factory, *,
-                                    instance: str | None = None) -> bool:
+async def remove_leftover_container(
+    model_id: str,
+    ident: str | None,
+    stop_timeout: float,
+    client_factory: ClientFactory = default_client_factory,
+    *,
+    instance: str | None = None,
+) -> bool:
     """The journal's recorded run `ident` (a container id), if any, and every other container of this
     supervisor labelled with the model: stop and remove them. True if one of them was still running."""
     also = [ident] if ident else []
@@ -307,9 +330,13 @@ def spec_from_model_config(cfg: ModelConfig, instance: str | None = None) -> Con
     )
 
 
-def docker_runtime_for(model_id: str, cfg: ModelConfig,
-                       client_factory: ClientFactory = default_client_factory, *,
-                       instance: str | None = None) -> DockerRuntime:
+def docker_runtime_for(
+    model_id: str,
+    cfg: ModelConfig,
+    client_factory: ClientFactory = default_client_factory,
+    *,
+    instance: str | None = None,
+) -> DockerRuntime:
     """The runtime for one model of the config (`runtime: docker`)."""
     del model_id  # the model id reaches the container as a label at spawn time
     return DockerRuntime(spec_from_model_config(cfg, instance), client_factory)

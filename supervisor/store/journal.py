@@ -130,8 +130,7 @@ class Journal:
         """Record one timeline event (its seq is the caller's, global across models)."""
         with self._lock:
             self._conn.execute(
-                "INSERT INTO events (seq, time, model_id, kind, state, detail, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (seq, time, model_id, kind, state, detail, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.seq,
                     event.time,

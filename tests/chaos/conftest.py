@@ -40,8 +40,11 @@ def no_leftovers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     left = []
     for proc in psutil.process_iter(["status"]):
         with contextlib.suppress(psutil.Error):
-            if proc.info.get("status") != psutil.STATUS_ZOMBIE and proc.environ().get("LLM_CHAOS_TEST_MARK") == mark \
-                    and proc.pid != os.getpid():
+            if (
+                proc.info.get("status") != psutil.STATUS_ZOMBIE
+                and proc.environ().get("LLM_CHAOS_TEST_MARK") == mark
+                and proc.pid != os.getpid()
+            ):
                 left.append((proc.pid, " ".join(proc.cmdline())))
     for pid, _ in left:
         with contextlib.suppress(psutil.Error):

@@ -24,9 +24,12 @@ def verdict_of(item: dict[str, Any], obs: Observation) -> tuple[bool | None, str
 
 def test_1_probing_v1_health_never_becomes_healthy() -> None:
     """PRIOR_ART 1: a supervisor probing /v1/health (404) never sees the model healthy; the steady state fails."""
-    bad = observation([ev(0.5, "spawned", "starting", "run 1")]
-                      + [ev(0.5 + i, "probe_failed", "starting", "HTTP 404 from /v1/health") for i in range(9)],
-                      [snap(10, state="starting", health_message="HTTP 404 from /v1/health")], steady=None)
+    bad = observation(
+        [ev(0.5, "spawned", "starting", "run 1")]
+        + [ev(0.5 + i, "probe_failed", "starting", "HTTP 404 from /v1/health") for i in range(9)],
+        [snap(10, state="starting", health_message="HTTP 404 from /v1/health")],
+        steady=None,
+    )
     good = observation([ev(0.5, "spawned", "starting", "run 1"), ev(1.0, "healthy", "healthy")])
     assert judge_steady(steady(), good).passed is True
     verdict = judge_steady(steady(), bad)
@@ -38,15 +41,28 @@ def test_1_probing_v1_health_never_becomes_healthy() -> None:
 
 def test_2_no_startup_grace_kills_a_loading_model() -> None:
     """PRIOR_ART 2: a loading model declared unhealthy and restarted fails `restarts 0` and `exclude unhealthy`."""
-    bad = observation([
-        ev(0.5, "spawned", "starting", "run 1"), ev(1.0, "probe_failed", "starting", "connection refused"),
-        ev(1.5, "probe_failed", "starting", "connection refused"), ev(1.5, "unhealthy", "unhealthy"),
-        ev(1.5, "stopping", "stopping"), ev(1.6, "exited", "stopping", "signal 15"),
-        ev(1.6, "backoff", "backoff", "1"), ev(2.6, "spawned", "starting", "run 2", "unhealthy"),
-        ev(5.0, "healthy", "healthy")], steady=5.1)
-    good = observation([ev(0.5, "spawned", "starting", "run 1"),
-                        ev(1.0, "probe_failed", "starting", "connection refused"), ev(3.5, "healthy", "healthy")],
-                       steady=3.6)
+    bad = observation(
+        [
+            ev(0.5, "spawned", "starting", "run 1"),
+            ev(1.0, "probe_failed", "starting", "connection refused"),
+            ev(1.5, "probe_failed", "starting", "connection refused"),
+            ev(1.5, "unhealthy", "unhealthy"),
+            ev(1.5, "stopping", "stopping"),
+            ev(1.6, "exited", "stopping", "signal 15"),
+            ev(1.6, "backoff", "backoff", "1"),
+            ev(2.6, "spawned", "starting", "run 2", "unhealthy"),
+            ev(5.0, "healthy", "healthy"),
+        ],
+        steady=5.1,
+    )
+    good = observation(
+        [
+            ev(0.5, "spawned", "starting", "run 1"),
+            ev(1.0, "probe_failed", "starting", "connection refused"),
+            ev(3.5, "healthy", "healthy"),
+        ],
+        steady=3.6,
+    )
     restarts = {"restarts": {"model": "m1", "count": 0}}
     assert verdict_of(restarts, good)[0] is True
     passed, message = verdict_of(restarts, bad)
@@ -65,25 +81,33 @@ def test_3_instant_crashes_never_counted_restart_forever() -> None:
     loop = []
     for i in range(10):
         t = 0.5 + i * 0.4
-        loop += [ev(t, "spawned", "starting", f"run {i + 1}", "crash" if i else None),
-                 ev(t + 0.05, "exited", "starting", "exit code 1", "crash"), ev(t + 0.05, "backoff", "backoff", "0.3")]
+        loop += [
+            ev(t, "spawned", "starting", f"run {i + 1}", "crash" if i else None),
+            ev(t + 0.05, "exited", "starting", "exit code 1", "crash"),
+            ev(t + 0.05, "backoff", "backoff", "0.3"),
+        ]
     bad = observation(loop, [snap(5, state="backoff", restart_count=0)], steady=0.0)
     good = observation(crash_loop([0.3, 0.6, 1.0, 1.0]), [snap(9, state="failed", restart_count=4)], steady=0.0)
-    for item in ({"state": {"model": "m1", "is": "failed", "within": 15, "stays": True}},
-                 {"restarts": {"model": "m1", "count": 4}},
-                 {"api": {"model": "m1", "fields": {"restart_count": 4}}}):
+    for item in (
+        {"state": {"model": "m1", "is": "failed", "within": 15, "stays": True}},
+        {"restarts": {"model": "m1", "count": 4}},
+        {"api": {"model": "m1", "fields": {"restart_count": 4}}},
+    ):
         assert verdict_of(item, good)[0] is True
         assert verdict_of(item, bad)[0] is False
     assert "did not reach 'failed'" in verdict_of({"state": {"model": "m1", "is": "failed", "within": 15}}, bad)[1]
     assert "restarted 9 times, expected exactly 4" in verdict_of({"restarts": {"model": "m1", "count": 4}}, bad)[1]
-    assert "restart_count is 0, expected 4" in verdict_of({"api": {"model": "m1", "fields": {"restart_count": 4}}},
-                                                          bad)[1]
+    assert (
+        "restart_count is 0, expected 4" in verdict_of({"api": {"model": "m1", "fields": {"restart_count": 4}}}, bad)[1]
+    )
 
 
 def test_4_exit_code_zero_not_restarted() -> None:
     """PRIOR_ART 4: an engine death ending in exit 0 left stopped fails `restarts 1`, naming the exit 0."""
-    bad = observation([ev(0.5, "spawned", "starting"), ev(1, "healthy", "healthy"),
-                       ev(3, "exited", "stopped", "exit code 0")], [snap(6, state="stopped", restart_count=0)])
+    bad = observation(
+        [ev(0.5, "spawned", "starting"), ev(1, "healthy", "healthy"), ev(3, "exited", "stopped", "exit code 0")],
+        [snap(6, state="stopped", restart_count=0)],
+    )
     passed, message = verdict_of({"restarts": {"model": "m1", "count": 1}}, bad)
     assert passed is False
     assert "exit code 0" in message
@@ -119,10 +143,16 @@ def test_5_processes_surviving_shutdown_are_orphans() -> None:
 
 def test_7_double_restart_starts_two_runs() -> None:
     """PRIOR_ART 7: a manual restart during an automatic one spawning twice fails `restarts 1`."""
-    bad = observation([ev(0.5, "spawned", "starting"), ev(1, "healthy", "healthy"),
-                       ev(2, "spawned", "starting", "run 2", "manual"),
-                       ev(2.01, "spawned", "starting", "run 3", "manual"),
-                       ev(3, "healthy", "healthy")], steady=1.5)
+    bad = observation(
+        [
+            ev(0.5, "spawned", "starting"),
+            ev(1, "healthy", "healthy"),
+            ev(2, "spawned", "starting", "run 2", "manual"),
+            ev(2.01, "spawned", "starting", "run 3", "manual"),
+            ev(3, "healthy", "healthy"),
+        ],
+        steady=1.5,
+    )
     passed, message = verdict_of({"restarts": {"model": "m1", "count": 1}}, bad)
     assert passed is False
     assert "restarted 2 times, expected exactly 1" in message
@@ -131,14 +161,26 @@ def test_7_double_restart_starts_two_runs() -> None:
 
 def test_8_blocked_event_loop_delays_another_models_recovery() -> None:
     """PRIOR_ART 8: a model restarted only after another's long backoff fails its `healthy_within`."""
-    bad = observation([ev(0.5, "spawned", "starting", model="fast"), ev(1, "healthy", "healthy", model="fast"),
-                       ev(2, "exited", "backoff", "signal 9", model="fast"),
-                       ev(12, "spawned", "starting", model="fast"), ev(12.5, "healthy", "healthy", model="fast")],
-                      faults_end=2.0)
-    good = observation([ev(0.5, "spawned", "starting", model="fast"), ev(1, "healthy", "healthy", model="fast"),
-                        ev(2, "exited", "backoff", "signal 9", model="fast"),
-                        ev(2.3, "spawned", "starting", model="fast"), ev(2.8, "healthy", "healthy", model="fast")],
-                       faults_end=2.0)
+    bad = observation(
+        [
+            ev(0.5, "spawned", "starting", model="fast"),
+            ev(1, "healthy", "healthy", model="fast"),
+            ev(2, "exited", "backoff", "signal 9", model="fast"),
+            ev(12, "spawned", "starting", model="fast"),
+            ev(12.5, "healthy", "healthy", model="fast"),
+        ],
+        faults_end=2.0,
+    )
+    good = observation(
+        [
+            ev(0.5, "spawned", "starting", model="fast"),
+            ev(1, "healthy", "healthy", model="fast"),
+            ev(2, "exited", "backoff", "signal 9", model="fast"),
+            ev(2.3, "spawned", "starting", model="fast"),
+            ev(2.8, "healthy", "healthy", model="fast"),
+        ],
+        faults_end=2.0,
+    )
     item = {"healthy_within": {"model": "fast", "within": 6}}
     assert verdict_of(item, good)[0] is True
     passed, message = verdict_of(item, bad)
@@ -148,9 +190,18 @@ def test_8_blocked_event_loop_delays_another_models_recovery() -> None:
 
 def test_9_stop_did_not_stick() -> None:
     """PRIOR_ART 9: an `always` model started again after a manual stop fails `state stopped stays`."""
-    bad = observation([ev(0.5, "spawned", "starting"), ev(1, "healthy", "healthy"), ev(2, "stopping", "stopping"),
-                       ev(2.2, "stopped", "stopped"), ev(2.5, "spawned", "starting", "run 2", "crash"),
-                       ev(3, "healthy", "healthy")], [snap(5, state="healthy")], faults_end=2.0)
+    bad = observation(
+        [
+            ev(0.5, "spawned", "starting"),
+            ev(1, "healthy", "healthy"),
+            ev(2, "stopping", "stopping"),
+            ev(2.2, "stopped", "stopped"),
+            ev(2.5, "spawned", "starting", "run 2", "crash"),
+            ev(3, "healthy", "healthy"),
+        ],
+        [snap(5, state="healthy")],
+        faults_end=2.0,
+    )
     passed, message = verdict_of({"state": {"model": "m1", "is": "stopped", "within": 5, "stays": True}}, bad)
     assert passed is False
     assert "reached 'stopped' at +2.20s but left it: spawned at +2.50s -> 'starting' (reason crash)" in message
@@ -158,9 +209,15 @@ def test_9_stop_did_not_stick() -> None:
 
 def test_9_force_stop_counted_as_crash() -> None:
     """PRIOR_ART 9: a force stop recorded as a crash fails `api failure_cause null`."""
-    bad = observation([ev(0.5, "spawned", "starting"), ev(1, "healthy", "healthy"), ev(2, "killed", "stopping"),
-                       ev(2.1, "stopped", "stopped")],
-                      [snap(4, state="stopped", failure_cause="crash", restart_count=1)])
+    bad = observation(
+        [
+            ev(0.5, "spawned", "starting"),
+            ev(1, "healthy", "healthy"),
+            ev(2, "killed", "stopping"),
+            ev(2.1, "stopped", "stopped"),
+        ],
+        [snap(4, state="stopped", failure_cause="crash", restart_count=1)],
+    )
     passed, message = verdict_of({"api": {"model": "m1", "fields": {"failure_cause": None, "restart_count": 0}}}, bad)
     assert passed is False
     assert "failure_cause is 'crash', expected None" in message
@@ -169,8 +226,13 @@ def test_9_force_stop_counted_as_crash() -> None:
 
 def test_11_stale_oom_flag() -> None:
     """PRIOR_ART 11: has_cuda_oom still true after the model recovered fails `api has_cuda_oom false`."""
-    bad = observation([], [snap(2, state="backoff", failure_cause="oom", has_cuda_oom=True),
-                           snap(6, state="healthy", failure_cause=None, has_cuda_oom=True)])
+    bad = observation(
+        [],
+        [
+            snap(2, state="backoff", failure_cause="oom", has_cuda_oom=True),
+            snap(6, state="healthy", failure_cause=None, has_cuda_oom=True),
+        ],
+    )
     passed, message = verdict_of({"api": {"model": "m1", "fields": {"has_cuda_oom": False}}}, bad)
     assert passed is False
     assert "has_cuda_oom is True, expected False" in message
@@ -178,9 +240,16 @@ def test_11_stale_oom_flag() -> None:
 
 def test_13_max_restarts_zero_treated_as_unlimited() -> None:
     """PRIOR_ART 13: `max_restarts: 0` restarting anyway fails `restarts 0` and `state failed`."""
-    bad = observation([ev(0.5, "spawned", "starting"), ev(1, "healthy", "healthy"),
-                       ev(2, "exited", "backoff", "signal 9", "crash"), ev(2, "backoff", "backoff", "5"),
-                       ev(7, "spawned", "starting", "run 2", "crash")], faults_end=2.0)
+    bad = observation(
+        [
+            ev(0.5, "spawned", "starting"),
+            ev(1, "healthy", "healthy"),
+            ev(2, "exited", "backoff", "signal 9", "crash"),
+            ev(2, "backoff", "backoff", "5"),
+            ev(7, "spawned", "starting", "run 2", "crash"),
+        ],
+        faults_end=2.0,
+    )
     assert verdict_of({"restarts": {"model": "m1", "count": 0}}, bad)[0] is False
     passed, message = verdict_of({"state": {"model": "m1", "is": "failed", "within": 5}}, bad)
     assert passed is False
@@ -201,8 +270,7 @@ def test_14_backoff_never_reset() -> None:
 def test_constant_backoff_is_not_exponential() -> None:
     """A constant backoff schedule fails an exponential expectation, and the message says 'constant'."""
     bad = observation(crash_loop([0.5, 0.5, 0.5]))
-    passed, message = verdict_of({"backoff_delays": {"model": "m1", "delays": [0.5, 1.0, 2.0], "tolerance": 0.2}},
-                                 bad)
+    passed, message = verdict_of({"backoff_delays": {"model": "m1", "delays": [0.5, 1.0, 2.0], "tolerance": 0.2}}, bad)
     assert passed is False
     assert "constant, not exponential" in message
 
@@ -210,10 +278,15 @@ def test_constant_backoff_is_not_exponential() -> None:
 def test_slow_reaper_makes_real_waits_longer_than_declared() -> None:
     """A supervisor that declares 0.3 s but respawns 1.3 s later (supervisord's reaper) fails the timing."""
     events = crash_loop([0.3], failed=False)
-    late = [e if e.kind != "spawned" or e.detail == "run 1" else ev(e.time - 1_700_000_000.0 + 1.0, "spawned",
-                                                                    "starting", "run 2") for e in events]
-    passed, message = verdict_of({"backoff_delays": {"model": "m1", "delays": [0.3], "tolerance": 0.2}},
-                                 observation(late))
+    late = [
+        e
+        if e.kind != "spawned" or e.detail == "run 1"
+        else ev(e.time - 1_700_000_000.0 + 1.0, "spawned", "starting", "run 2")
+        for e in events
+    ]
+    passed, message = verdict_of(
+        {"backoff_delays": {"model": "m1", "delays": [0.3], "tolerance": 0.2}}, observation(late)
+    )
     assert passed is False
     assert "the next spawn came 1.30s later, expected 0.3 ± 0.2s" in message
 
@@ -226,11 +299,14 @@ def test_sigterm_never_escalated() -> None:
     assert "no 'killed' event" in message
 
 
-@pytest.mark.parametrize(("cause", "advice", "expected"), [
-    ("oom", "Lower --gpu-memory-utilization or --max-model-len", True),
-    ("oom", None, False),
-    ("crash", "read the log", False),
-])
+@pytest.mark.parametrize(
+    ("cause", "advice", "expected"),
+    [
+        ("oom", "Lower --gpu-memory-utilization or --max-model-len", True),
+        ("oom", None, False),
+        ("crash", "read the log", False),
+    ],
+)
 def test_failure_cause_and_advice(cause: str, advice: str | None, expected: bool) -> None:
     """failure_cause needs the named cause, and the advice text when asked for."""
     obs = observation([], [snap(2, failure_cause=cause, failure_advice=advice)])

@@ -16,12 +16,16 @@ from chaos import cli
 from chaos.cli import main
 
 STOP_STICKS = {
-    "name": "stop-sticks", "story": "An operator stops a model and it stays stopped.",
+    "name": "stop-sticks",
+    "story": "An operator stops a model and it stays stopped.",
     "target": {"models": {"m1": {"restart_policy": "always", "restart_delay": 0.2, "startup_probe_interval": 0.2}}},
     "steady_state": [{"healthy": {"model": "m1", "within": 20}}],
     "faults": [{"at": 0.2, "action": "api", "target": {"model": "m1"}, "operation": "stop"}],
-    "expect": [{"state": {"model": "m1", "is": "stopped", "within": 5, "stays": True}},
-               {"restarts": {"model": "m1", "count": 0}}, {"no_orphans": True}],
+    "expect": [
+        {"state": {"model": "m1", "is": "stopped", "within": 5, "stays": True}},
+        {"restarts": {"model": "m1", "count": 0}},
+        {"no_orphans": True},
+    ],
     "duration": 1,
 }
 
@@ -42,8 +46,14 @@ def test_a_closed_stdout_ends_list_quietly_with_141() -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # no reader at all, before the command writes: its first write (or flush) fails
     try:
-        result = subprocess.run([sys.executable, "-m", "chaos.cli", "list", str(root)], stdout=write_end,
-                                stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "chaos.cli", "list", str(root)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     finally:
         os.close(write_end)
     assert result.returncode == 141
@@ -66,15 +76,27 @@ def test_duplicate_names_are_invalid(write_scenario: Any, tmp_path: Path) -> Non
     assert main(["validate", str(tmp_path / "scenarios")]) == 2
 
 
-def test_dry_run_prints_the_plan_and_starts_nothing(write_scenario: Any, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_prints_the_plan_and_starts_nothing(
+    write_scenario: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--dry-run describes target, faults and expectations, and never runs the supervisor command."""
     marker = tmp_path / "started"
     probe = tmp_path / "probe.py"
     probe.write_text(f"open({str(marker)!r}, 'w').close()\n")
     path = write_scenario(STOP_STICKS)
-    code = main(["run", str(path), "--dry-run", "--seed", "5", "--supervisor-cmd", f"{sys.executable} {probe}",
-                 "--report-dir", str(tmp_path / "rep")])
+    code = main(
+        [
+            "run",
+            str(path),
+            "--dry-run",
+            "--seed",
+            "5",
+            "--supervisor-cmd",
+            f"{sys.executable} {probe}",
+            "--report-dir",
+            str(tmp_path / "rep"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "at +0.2s: api target={'model': 'm1'}, operation=stop" in out
@@ -83,8 +105,9 @@ def test_dry_run_prints_the_plan_and_starts_nothing(write_scenario: Any, tmp_pat
     assert not (tmp_path / "rep").exists()
 
 
-def test_dry_run_against_a_remote_says_what_would_be_skipped(write_scenario: Any,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_against_a_remote_says_what_would_be_skipped(
+    write_scenario: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Process actions on a remote target without allow_process_actions are shown as skipped."""
     data = {**STOP_STICKS, "faults": [{"at": 1, "action": "kill", "target": {"model": "m1"}}]}
     path = write_scenario(data)
@@ -92,12 +115,23 @@ def test_dry_run_against_a_remote_says_what_would_be_skipped(write_scenario: Any
     assert "would be SKIPPED: process actions need remote.allow_process_actions" in capsys.readouterr().out
 
 
-def test_run_with_a_broken_supervisor_exits_1_with_reports(write_scenario: Any, tmp_path: Path,
-                                                           no_leftovers: None) -> None:
+def test_run_with_a_broken_supervisor_exits_1_with_reports(
+    write_scenario: Any, tmp_path: Path, no_leftovers: None
+) -> None:
     """A supervisor command that dies at once is an error: exit 1, and the JUnit file says error."""
     path = write_scenario(STOP_STICKS)
-    code = main(["run", str(path), "--supervisor-cmd", f"{sys.executable} -c 'raise SystemExit(3)'",
-                 "--report-dir", str(tmp_path / "rep"), "--seed", "9"])
+    code = main(
+        [
+            "run",
+            str(path),
+            "--supervisor-cmd",
+            f"{sys.executable} -c 'raise SystemExit(3)'",
+            "--report-dir",
+            str(tmp_path / "rep"),
+            "--seed",
+            "9",
+        ]
+    )
     assert code == 1
     case = ET.parse(tmp_path / "rep" / "chaos-junit.xml").getroot().find("testcase")
     assert case is not None

@@ -42,16 +42,28 @@ def defective(tmp_path: Path, defect: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("scenario", "defect", "failing_check"),
-    [("backoff-timing", "constant-backoff", "backoff_delays"),
-     ("orphan-engine-children", "parent-only-kill", "no_orphans")],
+    [
+        ("backoff-timing", "constant-backoff", "backoff_delays"),
+        ("orphan-engine-children", "parent-only-kill", "no_orphans"),
+    ],
 )
 def test_a_defective_supervisor_fails_the_catalogue_scenario(
     tmp_path: Path, no_leftovers: None, scenario: str, defect: str, failing_check: str
 ) -> None:
     """The scenario that guards against a defect fails, naming it, when the supervisor has that defect."""
     reports = tmp_path / "reports"
-    code = main(["run", str(CATALOGUE / f"{scenario}.yaml"), "--supervisor-cmd", defective(tmp_path, defect),
-                 "--report-dir", str(reports), "--seed", "7"])
+    code = main(
+        [
+            "run",
+            str(CATALOGUE / f"{scenario}.yaml"),
+            "--supervisor-cmd",
+            defective(tmp_path, defect),
+            "--report-dir",
+            str(reports),
+            "--seed",
+            "7",
+        ]
+    )
     assert code == 1
     journal = json.loads((reports / "chaos-journal.json").read_text())
     failed = [v for result in journal["scenarios"] for v in result["verdicts"] if v["passed"] is False]

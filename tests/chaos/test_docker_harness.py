@@ -19,7 +19,8 @@ from tests.chaos.test_cli import STOP_STICKS
 from tests.chaos.test_pytest_plugin import pytest_in
 
 IN_CONTAINER: dict[str, Any] = {
-    "name": "in-container", "story": "a containerised server is stopped and stays stopped",
+    "name": "in-container",
+    "story": "a containerised server is stopped and stays stopped",
     "target": {"models": {"m1": {"runtime": "docker", "startup_probe_interval": 0.2}}},
     "steady_state": [{"healthy": {"model": "m1", "within": 30}}],
     "faults": [{"at": 0.2, "action": "api", "target": {"model": "m1"}, "operation": "stop"}],
@@ -47,7 +48,8 @@ def test_plugin_marks_only_container_scenarios_docker(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_without_a_daemon_container_scenarios_skip_and_plain_ones_still_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_leftovers: None) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_leftovers: None
+) -> None:
     """No daemon: the container scenario skips saying why; the plain one next to it runs and passes."""
     write(tmp_path, "plain", STOP_STICKS)
     write(tmp_path, "boxed", IN_CONTAINER)
@@ -82,8 +84,14 @@ def docker_client() -> Iterator[Any]:
 
 def sleeper(client: Any, image: str, model: str, run_id: str) -> Any:
     """A labelled container that just sleeps, carrying the run marker `run_id`."""
-    return client.containers.run(image, ["-c", "import time; time.sleep(60)"], entrypoint=["python3"], detach=True,
-                                 labels={MODEL_LABEL: model}, environment={RUN_ENV: run_id})
+    return client.containers.run(
+        image,
+        ["-c", "import time; time.sleep(60)"],
+        entrypoint=["python3"],
+        detach=True,
+        labels={MODEL_LABEL: model},
+        environment={RUN_ENV: run_id},
+    )
 
 
 @pytest.mark.docker
@@ -109,14 +117,18 @@ def test_harness_sees_and_removes_only_its_own_run_s_containers(image: str, dock
 
 @pytest.mark.docker
 async def test_container_left_by_a_killed_supervisor_fails_no_orphans_and_is_removed(
-        image: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    image: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """kill -9 of the supervisor leaves its container running: no_orphans names it, and clean-up removes it."""
     monkeypatch.delenv(REQUIRE_ENV, raising=False)
-    scenario = parse_scenario({
-        **IN_CONTAINER, "name": "supervisor-dies",
-        "faults": [{"at": 0.2, "action": "supervisor", "signal": "SIGKILL", "restart_after": None}],
-        "expect": [{"no_orphans": True}],
-    })
+    scenario = parse_scenario(
+        {
+            **IN_CONTAINER,
+            "name": "supervisor-dies",
+            "faults": [{"at": 0.2, "action": "supervisor", "signal": "SIGKILL", "restart_after": None}],
+            "expect": [{"no_orphans": True}],
+        }
+    )
     result = await run_scenario(scenario, RunOptions(seed=1, workdir=tmp_path, docker_image=image))
     assert result.outcome == "failed", result.message
     verdict = next(v for v in result.verdicts if v.check == "no_orphans")

@@ -18,8 +18,12 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_chaos_talks_to_the_supervisor_only_over_processes_and_http() -> None:
     """No module of chaos imports the supervisor or the fake, so it can judge any supervisor."""
-    offenders = {(p.name, m) for p in CHAOS.glob("*.py") for m in imported_modules(p)
-                 if m.split(".")[0] in ("supervisor", "fake_vllm")}
+    offenders = {
+        (p.name, m)
+        for p in CHAOS.glob("*.py")
+        for m in imported_modules(p)
+        if m.split(".")[0] in ("supervisor", "fake_vllm")
+    }
     assert offenders == set()
 
 

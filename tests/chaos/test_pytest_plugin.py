@@ -15,8 +15,14 @@ from tests.chaos.test_cli import STOP_STICKS
 
 def pytest_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run a separate pytest in `folder` (the plugin loads from its entry point there too)."""
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=folder,
-                          capture_output=True, text=True, timeout=110, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
 
 
 def test_collects_scenarios_and_nothing_else(tmp_path: Path) -> None:

@@ -13,23 +13,46 @@ from chaos.timeline import FaultRecord, Observation
 from tests.chaos.timelines import T0, crash_loop, observation
 
 
-def result(name: str, outcome: str, verdicts: list[Verdict], obs: Observation | None = None,
-           story: str = "a story") -> ScenarioResult:
+def result(
+    name: str, outcome: str, verdicts: list[Verdict], obs: Observation | None = None, story: str = "a story"
+) -> ScenarioResult:
     """A finished scenario as the runner returns it."""
-    return ScenarioResult(name, story, f"scenarios/{name}.yaml", 42, outcome, verdicts, T0, 3.5,
-                          message="boom" if outcome in ("error", "skipped") else "", observation=obs)
+    return ScenarioResult(
+        name,
+        story,
+        f"scenarios/{name}.yaml",
+        42,
+        outcome,
+        verdicts,
+        T0,
+        3.5,
+        message="boom" if outcome in ("error", "skipped") else "",
+        observation=obs,
+    )
 
 
 def sample() -> list[ScenarioResult]:
     """One result of each outcome; the passed one with a recorded timeline and a fault."""
     obs = observation(crash_loop([0.5, 1.0]))
-    obs = Observation(**{**{f: getattr(obs, f) for f in obs.__dataclass_fields__},
-                         "faults": (FaultRecord(0, "kill", "m1", "kill", T0 + 1, T0 + 2, "done", "SIGKILL"),)})
+    obs = Observation(
+        **{
+            **{f: getattr(obs, f) for f in obs.__dataclass_fields__},
+            "faults": (FaultRecord(0, "kill", "m1", "kill", T0 + 1, T0 + 2, "done", "SIGKILL"),),
+        }
+    )
     return [
-        result("good-one", "passed", [Verdict("restarts(m1)", True, "m1 restarted 2 times")], obs,
-               story="<script>alert(1)</script> & more"),
-        result("bad-one", "failed", [Verdict("state(m1)", False, "m1 did not reach 'failed'"),
-                                     Verdict("no_orphans", True, "none left")]),
+        result(
+            "good-one",
+            "passed",
+            [Verdict("restarts(m1)", True, "m1 restarted 2 times")],
+            obs,
+            story="<script>alert(1)</script> & more",
+        ),
+        result(
+            "bad-one",
+            "failed",
+            [Verdict("state(m1)", False, "m1 did not reach 'failed'"), Verdict("no_orphans", True, "none left")],
+        ),
         result("skipped-one", "skipped", []),
         result("broken-one", "error", []),
     ]
@@ -63,7 +86,7 @@ def test_reports_are_written_and_self_contained(tmp_path: Path) -> None:
     for external in ("<link", "src=", "@import", "url("):
         assert external not in page
     assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    ET.fromstring(page[page.index("<svg"):page.index("</svg>") + 6])  # the picture is well-formed XML
+    ET.fromstring(page[page.index("<svg") : page.index("</svg>") + 6])  # the picture is well-formed XML
     journal = json.loads(paths[0].read_text())
     assert journal["seed"] == 42
     assert journal["summary"] == {"passed": 1, "failed": 1, "skipped": 1, "error": 1}
@@ -77,7 +100,7 @@ def test_timeline_picture_shows_states_markers_and_faults() -> None:
     obs = sample()[0].observation
     assert obs is not None
     svg = timeline_svg(obs)
-    assert svg.count("fill=\"#66bb6a\"") == 3  # three healthy stretches
+    assert svg.count('fill="#66bb6a"') == 3  # three healthy stretches
     assert svg.count("<path") == 3  # three starts
     assert svg.count("✕") == 3  # three exits
     assert ">kill</text>" in svg

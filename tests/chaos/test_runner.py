@@ -23,9 +23,14 @@ def test_scenario_seeds_are_stable_and_distinct() -> None:
 
 async def test_remote_scenario_with_process_actions_is_skipped_untouched() -> None:
     """Against a remote target, a kill without allow_process_actions skips the scenario before any request."""
-    scenario = parse_scenario({
-        "name": "remote-kill", "story": "s", "faults": [{"action": "kill", "target": {"model": "m1"}}],
-        "expect": [{"restarts": {"model": "m1", "count": 1}}]})
+    scenario = parse_scenario(
+        {
+            "name": "remote-kill",
+            "story": "s",
+            "faults": [{"action": "kill", "target": {"model": "m1"}}],
+            "expect": [{"restarts": {"model": "m1", "count": 1}}],
+        }
+    )
     result = await run_scenario(scenario, RunOptions(supervisor_url="http://127.0.0.1:9"))  # nothing listens
     assert result.outcome == "skipped"
     assert "allow_process_actions" in result.message
@@ -33,31 +38,43 @@ async def test_remote_scenario_with_process_actions_is_skipped_untouched() -> No
 
 async def test_steady_state_failure_injects_nothing(no_leftovers: None) -> None:
     """A model that never gets healthy fails the steady state; the expectations are not judged."""
-    scenario = parse_scenario({
-        "name": "never-ready", "story": "s",
-        "target": {"models": {"m1": {"fake_vllm": ["--startup-delay", "600"], "stop_timeout": 1}}},
-        "steady_state": [{"healthy": {"model": "m1", "within": 2}}],
-        "faults": [{"action": "kill", "target": {"model": "m1"}}],
-        "expect": [{"restarts": {"model": "m1", "count": 1}}]})
+    scenario = parse_scenario(
+        {
+            "name": "never-ready",
+            "story": "s",
+            "target": {"models": {"m1": {"fake_vllm": ["--startup-delay", "600"], "stop_timeout": 1}}},
+            "steady_state": [{"healthy": {"model": "m1", "within": 2}}],
+            "faults": [{"action": "kill", "target": {"model": "m1"}}],
+            "expect": [{"restarts": {"model": "m1", "count": 1}}],
+        }
+    )
     result = await run_scenario(scenario, RunOptions())
     assert result.outcome == "failed"
     assert [(v.check, v.passed) for v in result.verdicts] == [
-        ("steady_state healthy(m1)", False), ("restarts(m1)", None)]
+        ("steady_state healthy(m1)", False),
+        ("restarts(m1)", None),
+    ]
     assert result.observation is not None
     assert result.observation.faults == ()
 
 
 @pytest.mark.slow
-async def test_remote_run_against_a_deployed_supervisor(no_leftovers: None, supervised: Callable[..., Supervised],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_remote_run_against_a_deployed_supervisor(
+    no_leftovers: None, supervised: Callable[..., Supervised], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With --supervisor URL the harness judges a supervisor it did not start, using the token from env."""
     target = supervised({"m1": {"restart_policy": "always", "startup_probe_interval": 0.2}})
     monkeypatch.setenv("CHAOS_TEST_TOKEN", target.supervisor.token)
-    scenario = parse_scenario({
-        "name": "remote-stop", "story": "s", "steady_state": [{"healthy": {"model": "m1", "within": 20}}],
-        "faults": [{"at": 0.2, "action": "api", "target": {"model": "m1"}, "operation": "stop"}],
-        "expect": [{"state": {"model": "m1", "is": "stopped", "within": 5, "stays": True}},
-                   {"no_orphans": True}], "duration": 0.5})
+    scenario = parse_scenario(
+        {
+            "name": "remote-stop",
+            "story": "s",
+            "steady_state": [{"healthy": {"model": "m1", "within": 20}}],
+            "faults": [{"at": 0.2, "action": "api", "target": {"model": "m1"}, "operation": "stop"}],
+            "expect": [{"state": {"model": "m1", "is": "stopped", "within": 5, "stays": True}}, {"no_orphans": True}],
+            "duration": 0.5,
+        }
+    )
     options = RunOptions(supervisor_url=target.url, token=os.environ["CHAOS_TEST_TOKEN"])
     result = await run_scenario(scenario, options)
     verdicts: dict[str, Any] = {v.check: v.passed for v in result.verdicts}

@@ -17,7 +17,8 @@ CATALOGUE = Path(__file__).resolve().parents[2] / "scenarios"
 def base(**changes: Any) -> dict[str, Any]:
     """A minimal valid scenario, with top-level keys replaced."""
     data: dict[str, Any] = {
-        "name": "s", "story": "a story",
+        "name": "s",
+        "story": "a story",
         "target": {"models": {"m1": {"fake_vllm": ["--crash-after", "1"], "restart_delay": 0.5}}},
         "faults": [{"at": 1, "action": "kill", "target": {"model": "m1"}}],
         "expect": [{"restarts": {"model": "m1", "count": 1}}],
@@ -32,23 +33,34 @@ def problems(data: dict[str, Any]) -> list[str]:
     return caught.value.problems
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    ({"target": {"models": {"m1": {"restart_polcy": "always"}}}}, "target.models.m1.restart_polcy: unknown key"),
-    ({"faults": [{"action": "signal", "target": {"model": "m1"}, "signal": "SIGNOPE"}]},
-     "faults.0.signal.signal: unknown signal 'SIGNOPE'"),
-    ({"faults": [{"action": "net", "target": {"model": "m1"}, "toxic": "latency"}]},
-     "faults.0.net: toxic latency needs attributes ['latency']"),
-    ({"faults": [{"action": "net", "target": {"model": "m1"}, "toxic": "blackhole", "attributes": {"rate": 1}}]},
-     "faults.0.net: toxic blackhole has no attributes ['rate']"),
-    ({"faults": [{"action": "explode"}]}, "faults.0: Input tag 'explode' found using 'action' does not match"),
-    ({"expect": [{"restarts": {"model": "m1", "count": 1}, "no_orphans": True}]},
-     "expect.0: one expectation per item, got ['no_orphans', 'restarts']"),
-    ({"expect": [{"state": {"model": "m1", "is": "sleeping", "within": 1}}]}, "expect.0.state.is: Input should be"),
-    ({"expect": [{"restarts": {"model": "m2", "count": 1}}]}, "expect.0: unknown model 'm2' (target has ['m1'])"),
-    ({"expect": []}, "expect: List should have at least 1 item"),
-    ({"name": "Has Spaces"}, "name: String should match pattern"),
-    ({"surprise": 1}, "surprise: unknown key"),
-])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"target": {"models": {"m1": {"restart_polcy": "always"}}}}, "target.models.m1.restart_polcy: unknown key"),
+        (
+            {"faults": [{"action": "signal", "target": {"model": "m1"}, "signal": "SIGNOPE"}]},
+            "faults.0.signal.signal: unknown signal 'SIGNOPE'",
+        ),
+        (
+            {"faults": [{"action": "net", "target": {"model": "m1"}, "toxic": "latency"}]},
+            "faults.0.net: toxic latency needs attributes ['latency']",
+        ),
+        (
+            {"faults": [{"action": "net", "target": {"model": "m1"}, "toxic": "blackhole", "attributes": {"rate": 1}}]},
+            "faults.0.net: toxic blackhole has no attributes ['rate']",
+        ),
+        ({"faults": [{"action": "explode"}]}, "faults.0: Input tag 'explode' found using 'action' does not match"),
+        (
+            {"expect": [{"restarts": {"model": "m1", "count": 1}, "no_orphans": True}]},
+            "expect.0: one expectation per item, got ['no_orphans', 'restarts']",
+        ),
+        ({"expect": [{"state": {"model": "m1", "is": "sleeping", "within": 1}}]}, "expect.0.state.is: Input should be"),
+        ({"expect": [{"restarts": {"model": "m2", "count": 1}}]}, "expect.0: unknown model 'm2' (target has ['m1'])"),
+        ({"expect": []}, "expect: List should have at least 1 item"),
+        ({"name": "Has Spaces"}, "name: String should match pattern"),
+        ({"surprise": 1}, "surprise: unknown key"),
+    ],
+)
 def test_bad_scenarios_name_the_key_path(change: dict[str, Any], expected: str) -> None:
     """Each mistake is reported with the path of the key that holds it."""
     assert any(p.startswith(expected) for p in problems(base(**change))), problems(base(**change))
@@ -77,13 +89,26 @@ def _scenario_accepts(key: str, value: object) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("key", "value", "valid"), [
-    ("backoff_jitter", 1, False), ("backoff_jitter", 0.99, True), ("backoff_jitter", 0, True),
-    ("backoff_jitter", -0.1, False), ("restart_window", 0, False), ("restart_window", 0.1, True),
-    ("backoff_reset_after", 0, False), ("backoff_reset_after", 0.1, True), ("backoff_multiplier", 0.5, False),
-    ("success_exit_codes", [256], False), ("success_exit_codes", [0, 3], True), ("max_restarts", None, True),
-    ("restart_window", None, True), ("restart_delay", None, False), ("stop_timeout", None, False),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "valid"),
+    [
+        ("backoff_jitter", 1, False),
+        ("backoff_jitter", 0.99, True),
+        ("backoff_jitter", 0, True),
+        ("backoff_jitter", -0.1, False),
+        ("restart_window", 0, False),
+        ("restart_window", 0.1, True),
+        ("backoff_reset_after", 0, False),
+        ("backoff_reset_after", 0.1, True),
+        ("backoff_multiplier", 0.5, False),
+        ("success_exit_codes", [256], False),
+        ("success_exit_codes", [0, 3], True),
+        ("max_restarts", None, True),
+        ("restart_window", None, True),
+        ("restart_delay", None, False),
+        ("stop_timeout", None, False),
+    ],
+)
 def test_supervisor_key_bounds_match_the_supervisor_config(key: str, value: object, valid: bool) -> None:
     """A value `validate` accepts is one the supervisor accepts too, so no run dies at start-up on it."""
     assert _supervisor_accepts(key, value) is valid
@@ -92,9 +117,14 @@ def test_supervisor_key_bounds_match_the_supervisor_config(key: str, value: obje
 
 def test_for_is_the_duration_of_net_and_hang() -> None:
     """`for` (a Python keyword) is read into the step's duration and extends the faults' end."""
-    scenario = parse_scenario(base(faults=[
-        {"at": 1, "action": "net", "target": {"model": "m1"}, "toxic": "blackhole", "for": 3},
-        {"at": 2, "action": "hang", "target": {"model": "m1"}, "for": 0.5}]))
+    scenario = parse_scenario(
+        base(
+            faults=[
+                {"at": 1, "action": "net", "target": {"model": "m1"}, "toxic": "blackhole", "for": 3},
+                {"at": 2, "action": "hang", "target": {"model": "m1"}, "for": 0.5},
+            ]
+        )
+    )
     assert scenario.faults_end() == 4.0
 
 
@@ -119,12 +149,26 @@ def test_catalogue_is_valid_and_complete() -> None:
     assert all(len(s.story.split()) >= 15 for s in scenarios)
 
 
-@pytest.mark.parametrize("name", [
-    "crash-loop-reaches-failed", "backoff-timing", "backoff-reset-after-stable-health", "slow-start-not-killed",
-    "startup-timeout", "hang-sigstop", "engine-dead-exit-zero", "oom-at-startup", "orphan-engine-children",
-    "sigterm-ignored-escalates", "health-flap-below-threshold", "network-blackhole-restart", "manual-stop-sticks",
-    "concurrent-restarts-one-run", "supervisor-kill9-restart",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "crash-loop-reaches-failed",
+        "backoff-timing",
+        "backoff-reset-after-stable-health",
+        "slow-start-not-killed",
+        "startup-timeout",
+        "hang-sigstop",
+        "engine-dead-exit-zero",
+        "oom-at-startup",
+        "orphan-engine-children",
+        "sigterm-ignored-escalates",
+        "health-flap-below-threshold",
+        "network-blackhole-restart",
+        "manual-stop-sticks",
+        "concurrent-restarts-one-run",
+        "supervisor-kill9-restart",
+    ],
+)
 def test_issue_catalogue_entries_exist(name: str) -> None:
     """Each failure the issue lists has its scenario in the catalogue."""
     data = yaml.safe_load((CATALOGUE / f"{name}.yaml").read_text())

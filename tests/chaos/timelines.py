@@ -10,8 +10,9 @@ from chaos.timeline import Event, Observation, Overlap, Sighting, Snapshot
 T0 = 1_700_000_000.0
 
 
-def ev(t: float, kind: str, state: str, detail: str | None = None, reason: str | None = None,
-       model: str = "m1") -> Event:
+def ev(
+    t: float, kind: str, state: str, detail: str | None = None, reason: str | None = None, model: str = "m1"
+) -> Event:
     """An event `t` seconds after the start (seq is filled in by `observation`)."""
     return Event(model, 0, T0 + t, kind, state, detail, reason)
 
@@ -26,19 +27,30 @@ def sighting(pid: int, run_pid: int, model: str = "m1", name: str = "fake-vllm s
     return Sighting(model, pid, float(pid), run_pid, name, T0)
 
 
-def observation(events: list[Event], snaps: list[Snapshot] | None = None, *, steady: float | None = 1.0,
-                faults_end: float | None = None, end: float = 20.0, sightings: list[Sighting] | None = None,
-                alive: list[int] | None = None, after_shutdown: list[int] | None = None,
-                overlaps: list[tuple[float, tuple[int, ...]]] | None = None) -> Observation:
+def observation(
+    events: list[Event],
+    snaps: list[Snapshot] | None = None,
+    *,
+    steady: float | None = 1.0,
+    faults_end: float | None = None,
+    end: float = 20.0,
+    sightings: list[Sighting] | None = None,
+    alive: list[int] | None = None,
+    after_shutdown: list[int] | None = None,
+    overlaps: list[tuple[float, tuple[int, ...]]] | None = None,
+) -> Observation:
     """An Observation; `alive`/`after_shutdown` list pids of `sightings` still alive then."""
-    numbered = tuple(Event(e.model, i + 1, e.time, e.kind, e.state, e.detail, e.reason)
-                     for i, e in enumerate(events))
+    numbered = tuple(Event(e.model, i + 1, e.time, e.kind, e.state, e.detail, e.reason) for i, e in enumerate(events))
     seen = sightings or []
     keys = {s.pid: s.key for s in seen}
     return Observation(
-        launched_at=T0, steady_at=None if steady is None else T0 + steady,
-        faults_end=T0 + (faults_end if faults_end is not None else (steady or 0.0)), ended_at=T0 + end,
-        events=numbered, snapshots=tuple(snaps or ()), sightings=tuple(seen),
+        launched_at=T0,
+        steady_at=None if steady is None else T0 + steady,
+        faults_end=T0 + (faults_end if faults_end is not None else (steady or 0.0)),
+        ended_at=T0 + end,
+        events=numbered,
+        snapshots=tuple(snaps or ()),
+        sightings=tuple(seen),
         overlaps=tuple(Overlap(T0 + t, "m1", runs) for t, runs in (overlaps or [])),
         alive_at_end=frozenset(keys[p] for p in alive or []),
         alive_after_shutdown=None if after_shutdown is None else frozenset(keys[p] for p in after_shutdown),
@@ -57,8 +69,11 @@ def crash_loop(delays: list[float], *, failed: bool = True, first: float = 0.5) 
     """A server that crashes 1 s after each healthy start, restarted after each of `delays`."""
     events, t, run = [], first, 1
     for delay in [*delays, None]:
-        events += [ev(t, "spawned", "starting", f"run {run}", "crash" if run > 1 else None),
-                   ev(t + 0.3, "healthy", "healthy"), ev(t + 1.3, "exited", "healthy", "exit code 1", "crash")]
+        events += [
+            ev(t, "spawned", "starting", f"run {run}", "crash" if run > 1 else None),
+            ev(t + 0.3, "healthy", "healthy"),
+            ev(t + 1.3, "exited", "healthy", "exit code 1", "crash"),
+        ]
         if delay is None:
             if failed:
                 events.append(ev(t + 1.3, "failed", "failed", "restart limit reached", "crash"))

@@ -36,8 +36,11 @@ def _unavailable(reason: str) -> None:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build the fake-vLLM image before the first docker test, outside any test's timeout."""
-    wanted = [item for item in session.items
-              if item.get_closest_marker("docker") and Path(str(item.path)).is_relative_to(ROOT / "tests" / "docker")]
+    wanted = [
+        item
+        for item in session.items
+        if item.get_closest_marker("docker") and Path(str(item.path)).is_relative_to(ROOT / "tests" / "docker")
+    ]
     if not wanted or session.config.option.collectonly:
         return
     problem = daemon_problem()

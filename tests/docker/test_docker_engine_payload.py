@@ -119,22 +119,44 @@ def test_create_payload_carries_every_setting(engine: tuple[Any, list[Any]]) -> 
 
 def test_model_config_becomes_the_container_spec() -> None:
     """command becomes the entrypoint, args the command; model env and docker env are merged, docker's winning."""
-    config = parse_config({"llmModels": {"qwen": {
-        "command": "vllm",
-        "args": ["serve", "Qwen/Qwen2.5-0.5B-Instruct"],
-        "env": {"HF_HOME": "/data/hf", "A": "model"},
-        "runtime": "docker",
-        "stop_timeout": 7,
-        "docker": {"image": "vllm/vllm-openai:latest", "ports": {"8000/tcp": 8001}, "gpus": [1],
-                   "ipc_mode": "host", "shm_size": "2g", "volumes": {"/srv/hf": "/root/.cache/huggingface"},
-                   "env": {"A": "docker"}, "pull": True, "mem_limit": "8g"},
-    }}})
+    config = parse_config(
+        {
+            "llmModels": {
+                "qwen": {
+                    "command": "vllm",
+                    "args": ["serve", "Qwen/Qwen2.5-0.5B-Instruct"],
+                    "env": {"HF_HOME": "/data/hf", "A": "model"},
+                    "runtime": "docker",
+                    "stop_timeout": 7,
+                    "docker": {
+                        "image": "vllm/vllm-openai:latest",
+                        "ports": {"8000/tcp": 8001},
+                        "gpus": [1],
+                        "ipc_mode": "host",
+                        "shm_size": "2g",
+                        "volumes": {"/srv/hf": "/root/.cache/huggingface"},
+                        "env": {"A": "docker"},
+                        "pull": True,
+                        "mem_limit": "8g",
+                    },
+                }
+            }
+        }
+    )
     spec = spec_from_model_config(config.models["qwen"])
     assert spec == ContainerSpec(
-        image="vllm/vllm-openai:latest", entrypoint=["vllm"], command=["serve", "Qwen/Qwen2.5-0.5B-Instruct"],
-        env={"HF_HOME": "/data/hf", "A": "docker"}, ports={"8000/tcp": 8001}, gpus=(1,), ipc_mode="host",
-        shm_size=2 * 1024**3, volumes={"/srv/hf": "/root/.cache/huggingface"}, mem_limit=8 * 1024**3,
-        stop_timeout=7.0, pull=True,
+        image="vllm/vllm-openai:latest",
+        entrypoint=["vllm"],
+        command=["serve", "Qwen/Qwen2.5-0.5B-Instruct"],
+        env={"HF_HOME": "/data/hf", "A": "docker"},
+        ports={"8000/tcp": 8001},
+        gpus=(1,),
+        ipc_mode="host",
+        shm_size=2 * 1024**3,
+        volumes={"/srv/hf": "/root/.cache/huggingface"},
+        mem_limit=8 * 1024**3,
+        stop_timeout=7.0,
+        pull=True,
     )
 
 

@@ -59,9 +59,7 @@ def vllm_ready(docker_client: Any) -> str:
 
 
 @pytest.mark.timeout(900)
-async def test_vllm_openai_on_all_gpus_becomes_healthy_and_stops(
-    vllm_ready: str, model_id: str, lines: Lines
-) -> None:
+async def test_vllm_openai_on_all_gpus_becomes_healthy_and_stops(vllm_ready: str, model_id: str, lines: Lines) -> None:
     """gpus: all + ipc_mode: host runs the real server: /health 200, /v1/models lists it, stop exits it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -69,8 +67,18 @@ async def test_vllm_openai_on_all_gpus_becomes_healthy_and_stops(
     spec = ContainerSpec(
         image=IMAGE,
         entrypoint=["vllm"],
-        command=["serve", "/model", "--served-model-name", SERVED_NAME, "--port", "8000",
-                 "--gpu-memory-utilization", "0.5", "--max-model-len", "2048"],
+        command=[
+            "serve",
+            "/model",
+            "--served-model-name",
+            SERVED_NAME,
+            "--port",
+            "8000",
+            "--gpu-memory-utilization",
+            "0.5",
+            "--max-model-len",
+            "2048",
+        ],
         env={"HF_HUB_OFFLINE": "1"},
         ports={"8000/tcp": port},
         gpus="all",

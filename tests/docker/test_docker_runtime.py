@@ -92,9 +92,7 @@ async def test_docker_kill_from_outside_is_seen_as_sigkill(
     await asyncio.wait_for(run.wait_gone(), 30)
 
 
-async def test_memory_limit_exceeded_is_reported_as_oom_killed(
-    fake_image: str, model_id: str, lines: Lines
-) -> None:
+async def test_memory_limit_exceeded_is_reported_as_oom_killed(fake_image: str, model_id: str, lines: Lines) -> None:
     """A container allocating past mem_limit is killed by the kernel and reported with oom_killed=True."""
     code = "chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 1024 * 1024))"
     run = await spawn(python_spec(fake_image, code, mem_limit="48m"), model_id, lines)
@@ -104,15 +102,10 @@ async def test_memory_limit_exceeded_is_reported_as_oom_killed(
     await asyncio.wait_for(run.wait_gone(), 30)
 
 
-async def test_terminate_stops_a_cooperative_container_gracefully(
-    fake_image: str, model_id: str, lines: Lines
-) -> None:
+async def test_terminate_stops_a_cooperative_container_gracefully(fake_image: str, model_id: str, lines: Lines) -> None:
     """terminate() delivers SIGTERM: a server that exits on it does so at once, with its own exit code."""
     code = (
-        "import signal, sys, time\n"
-        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
-        "print('up')\n"
-        "time.sleep(600)"
+        "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\nprint('up')\ntime.sleep(600)"
     )
     run = await spawn(python_spec(fake_image, code, stop_timeout=30), model_id, lines)
     await wait_until(lambda: lines.of(Stream.STDOUT) == ["up"], 30, "the container to print 'up'")

@@ -49,13 +49,16 @@ async def test_crashing_container_is_restarted_in_a_new_container_and_becomes_he
 ) -> None:
     """A container that crashes 2 s after start is seen exiting, replaced by a new container, healthy again."""
     port = free_port()
-    config = parse_config({
-        "supervisor": {"state_dir": str(tmp_path / "state")},
-        "llmModels": {model_id: docker_model(fake_image, port, "--crash-after", "2", "--exit-code", "3")},
-    })
+    config = parse_config(
+        {
+            "supervisor": {"state_dir": str(tmp_path / "state")},
+            "llmModels": {model_id: docker_model(fake_image, port, "--crash-after", "2", "--exit-code", "3")},
+        }
+    )
     supervisor = Supervisor(config)
     await supervisor.start()
     try:
+
         def kinds() -> list[EventKind]:
             return [event.kind for event in supervisor.events(model_id)]
 
@@ -82,10 +85,14 @@ async def test_restarted_supervisor_removes_the_container_its_killed_predecessor
     """After `kill -9` of the supervisor, the next one stops and removes the orphaned container, then starts anew."""
     port, api_port = free_port(), free_port()
     config_file = tmp_path / "supervisor.json"
-    config_file.write_text(json.dumps({
-        "supervisor": {"state_dir": str(tmp_path / "state"), "api": {"host": "127.0.0.1", "port": api_port}},
-        "llmModels": {model_id: docker_model(fake_image, port)},
-    }))
+    config_file.write_text(
+        json.dumps(
+            {
+                "supervisor": {"state_dir": str(tmp_path / "state"), "api": {"host": "127.0.0.1", "port": api_port}},
+                "llmModels": {model_id: docker_model(fake_image, port)},
+            }
+        )
+    )
     label = {"label": f"{MODEL_LABEL}={model_id}"}
 
     def containers() -> list[Any]:
@@ -116,7 +123,9 @@ async def test_restarted_supervisor_removes_the_container_its_killed_predecessor
 def start_supervisor(config_file: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "supervisor.cli.main", "run", "-c", str(config_file)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 

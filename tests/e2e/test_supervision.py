@@ -24,8 +24,9 @@ TOLERANCE = 0.35
 
 async def test_crash_restarts_follow_the_backoff_schedule(supervised: Supervised) -> None:
     """A server that crashes after start is restarted after 0.3, 0.6, 1.2 s, then marked failed."""
-    model = fake_model("--crash-after", "0.3", restart_delay=0.3, backoff_multiplier=2, max_restarts=3,
-                       restart_window=None)
+    model = fake_model(
+        "--crash-after", "0.3", restart_delay=0.3, backoff_multiplier=2, max_restarts=3, restart_window=None
+    )
     async with supervised({"m": model}) as sup:
         await wait_until(lambda: sup.status("m").state is State.FAILED, 30, "the model to fail")
         events = sup.events("m")
@@ -44,7 +45,9 @@ async def test_hang_is_detected_and_restarted(supervised: Supervised) -> None:
         await wait_until(lambda: len(kinds(sup.events("m"), EventKind.SPAWNED)) >= 2, 20, "a second run")
         events = sup.events("m")
     assert [e.kind for e in events if e.kind in (EventKind.UNHEALTHY, EventKind.STOPPING)][:2] == [
-        EventKind.UNHEALTHY, EventKind.STOPPING]
+        EventKind.UNHEALTHY,
+        EventKind.STOPPING,
+    ]
     assert kinds(events, EventKind.SPAWNED)[1].reason == "unhealthy"
 
 
@@ -102,8 +105,7 @@ async def test_prior_art_5_grandchild_ignoring_sigterm_is_killed(supervised: Sup
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
     )
     code = (
-        f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild_code!r}]); "
-        "time.sleep(600)"
+        f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild_code!r}]); time.sleep(600)"
     )
     async with supervised({"m": script_model(code, stop_timeout=0.5)}) as sup:
         await wait_until(lambda: pid_file.exists() and pid_file.read_text() != "", 10, "the grandchild")
@@ -158,7 +160,7 @@ async def test_prior_art_8_one_models_backoff_never_stalls_another(supervised: S
         await wait_until(lambda: sup.status("steady").state is State.HEALTHY, 20, "healthy")
         start = len(probes)
         await wait_until(lambda: len(probes) >= start + 5, 5, "five more probes of the steady model")
-    gaps = [b - a for a, b in zip(probes[start:], probes[start + 1:], strict=False)]
+    gaps = [b - a for a, b in zip(probes[start:], probes[start + 1 :], strict=False)]
     assert max(gaps) < 0.2 + TOLERANCE
 
 
@@ -194,9 +196,12 @@ async def test_prior_art_11_oom_flag_belongs_to_one_run(supervised: Supervised, 
 
 async def test_prior_art_12_stdout_and_stderr_are_both_logged(supervised: Supervised) -> None:
     """Lines on stdout (where vLLM logs) and stderr both reach the model's log, in order (PRIOR_ART 12)."""
-    code = "import sys; print('to stdout', flush=True); print('to stderr', file=sys.stderr, flush=True); " \
-           "import time; time.sleep(600)"
+    code = (
+        "import sys; print('to stdout', flush=True); print('to stderr', file=sys.stderr, flush=True); "
+        "import time; time.sleep(600)"
+    )
     async with supervised({"m": script_model(code)}) as sup:
+
         def logged() -> list[str]:
             return tail(sup.log_dir(), "m", 50).lines
 

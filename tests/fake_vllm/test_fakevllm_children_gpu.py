@@ -35,7 +35,8 @@ def test_children_are_named_like_vllm_and_share_the_group(spawn: Spawn) -> None:
     assert sorted(p.name() for p in children) == ["VLLM::EngineCor", "VLLM::Worker_TP", "VLLM::Worker_TP"]
     assert all(p.ppid() == server.pid and os.getpgid(p.pid) == server.pid for p in children)
     assert sorted(p.pid for p in children) == sorted(
-        httpx.get(f"{server.base_url}/admin/stats").json()["engine_children"])
+        httpx.get(f"{server.base_url}/admin/stats").json()["engine_children"]
+    )
 
 
 def test_children_survive_sigkill_of_the_server(spawn: Spawn) -> None:
@@ -82,8 +83,10 @@ def test_orphans_hold_the_fake_gpu_until_killed(spawn: Spawn, tmp_path: Path) ->
     second = spawn(*gpu, ready=False)
     assert second.wait_exit(timeout=15) == 1
     err = second.stderr()
-    assert (f"ValueError: Free memory on device (31.73/79.33 GiB) {FREE_MEMORY} (0.6, 47.60 GiB). "
-            "Decrease GPU memory utilization or reduce GPU memory used by other processes.") in err
+    assert (
+        f"ValueError: Free memory on device (31.73/79.33 GiB) {FREE_MEMORY} (0.6, 47.60 GiB). "
+        "Decrease GPU memory utilization or reduce GPU memory used by other processes."
+    ) in err
     assert "RuntimeError: Engine core initialization failed." in err
 
     for orphan in orphans:
@@ -120,14 +123,16 @@ def test_stale_and_reused_pid_entries_never_count(spawn: Spawn, tmp_path: Path) 
     (tmp_path / f"{dead.pid}.json").write_text(json.dumps({"pid": dead.pid, "create_time": 1.0, "bytes": everything}))
     me = psutil.Process()
     (tmp_path / f"{me.pid}.json").write_text(
-        json.dumps({"pid": me.pid, "create_time": me.create_time() - 100, "bytes": everything}))
+        json.dumps({"pid": me.pid, "create_time": me.create_time() - 100, "bytes": everything})
+    )
     server = spawn("--fake-gpu-dir", str(tmp_path), "--gpu-memory-utilization", "0.9")
     assert server.health_status() == 200
 
 
 @pytest.mark.parametrize("with_children", [True, False])
-def test_sigkilled_holder_leaves_a_stale_entry_that_does_not_count(spawn: Spawn, tmp_path: Path,
-                                                                  with_children: bool) -> None:
+def test_sigkilled_holder_leaves_a_stale_entry_that_does_not_count(
+    spawn: Spawn, tmp_path: Path, with_children: bool
+) -> None:
     """After the whole group is SIGKILLed (no cleanup ran) a new instance still starts."""
     extra = ["--engine-children", "1"] if with_children else []
     first = spawn("--fake-gpu-dir", str(tmp_path), *extra)

@@ -33,8 +33,10 @@ def test_crash_default_exit_code_is_1(spawn: Spawn) -> None:
     assert server.wait_exit(timeout=10) == 1
 
 
-@pytest.mark.parametrize(("name", "signum"), [("SIGKILL", signal.SIGKILL), ("SIGSEGV", signal.SIGSEGV),
-                                              ("TERM", signal.SIGTERM), ("6", signal.SIGABRT)])
+@pytest.mark.parametrize(
+    ("name", "signum"),
+    [("SIGKILL", signal.SIGKILL), ("SIGSEGV", signal.SIGSEGV), ("TERM", signal.SIGTERM), ("6", signal.SIGABRT)],
+)
 def test_exit_signal_kills_with_that_signal(spawn: Spawn, name: str, signum: int) -> None:
     """--exit-signal makes the crash a death by that signal (accepted as SIGX, X or a number)."""
     server = spawn("--crash-after", "0.1", "--exit-signal", name)

@@ -33,8 +33,13 @@ def test_port_refuses_connections_while_loading(spawn: Spawn) -> None:
     server.wait_ready(timeout=15)
     assert time.monotonic() - started >= 1.5
     out = server.stdout()
-    landmarks = ["vLLM API server version", "Starting to load model", "Model loading took",
-                 "init engine (profile, create kv cache, warmup model) took", "Starting vLLM API server 0 on"]
+    landmarks = [
+        "vLLM API server version",
+        "Starting to load model",
+        "Model loading took",
+        "init engine (profile, create kv cache, warmup model) took",
+        "Starting vLLM API server 0 on",
+    ]
     positions = [out.index(text) for text in landmarks]
     assert positions == sorted(positions)
 
@@ -82,9 +87,22 @@ def test_ignore_sigterm_needs_sigkill(spawn: Spawn) -> None:
 
 def test_vllm_flags_are_accepted_and_unknown_ones_warned(spawn: Spawn) -> None:
     """A real vLLM command line runs unchanged; flags nobody knows are ignored with a warning."""
-    server = spawn("--dtype", "bfloat16", "--tensor-parallel-size", "2", "--trust-remote-code",
-                   "--enforce-eager", "--download-dir", "/nonexistent", "--gpu-memory-utilization", "0.5",
-                   "--uvicorn-log-level", "warning", "--enable-prefix-caching", "--future-flag")
+    server = spawn(
+        "--dtype",
+        "bfloat16",
+        "--tensor-parallel-size",
+        "2",
+        "--trust-remote-code",
+        "--enforce-eager",
+        "--download-dir",
+        "/nonexistent",
+        "--gpu-memory-utilization",
+        "0.5",
+        "--uvicorn-log-level",
+        "warning",
+        "--enable-prefix-caching",
+        "--future-flag",
+    )
     assert server.health_status() == 200
     assert "fake-vllm ignores unrecognized arguments: --future-flag" in server.stdout()
 
@@ -120,8 +138,13 @@ def test_access_log_can_be_disabled(spawn: Spawn) -> None:
 )
 def test_bad_fault_flags_exit_2(args: list[str], message: str) -> None:
     """An invalid fault value is a usage error (exit 2) that names the fault."""
-    result = subprocess.run([sys.executable, "-m", "fake_vllm", "serve", "m", *args],
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "fake_vllm", "serve", "m", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 2
     assert message in result.stderr
 

@@ -30,8 +30,9 @@ def test_completion_counts_usage(spawn: Spawn) -> None:
     """A completion returns text and a usage block that adds up."""
     server = spawn(model=MODEL)
     with _client(server.base_url) as client:
-        result = client.completions.create(model=MODEL, prompt="Say hello to the operator", max_tokens=7,
-                                           extra_body={"ignore_eos": True})
+        result = client.completions.create(
+            model=MODEL, prompt="Say hello to the operator", max_tokens=7, extra_body={"ignore_eos": True}
+        )
     assert result.object == "text_completion"
     assert result.choices[0].text.strip()
     assert result.choices[0].finish_reason == "length"
@@ -60,8 +61,9 @@ def test_chat_stream_yields_chunks_and_usage(spawn: Spawn) -> None:
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me a story"}]
     with _client(server.base_url) as client:
         whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12)
-        stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, stream=True,
-                                                stream_options={"include_usage": True})
+        stream = client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=12, stream=True, stream_options={"include_usage": True}
+        )
         chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
@@ -75,8 +77,9 @@ async def test_async_client_streams_completions(spawn: Spawn) -> None:
     """The async client streams a completion to its end."""
     server = spawn(model=MODEL)
     async with openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0) as client:
-        stream = await client.completions.create(model=MODEL, prompt="abc", max_tokens=5, stream=True,
-                                                 extra_body={"ignore_eos": True})
+        stream = await client.completions.create(
+            model=MODEL, prompt="abc", max_tokens=5, stream=True, extra_body={"ignore_eos": True}
+        )
         pieces = [chunk.choices[0].text async for chunk in stream]
     assert len(pieces) == 5
 

@@ -37,8 +37,14 @@ def test_parse_update_accepts_and_normalises(body: dict[str, object], expected: 
 
 @pytest.mark.parametrize(
     ("body", "key"),
-    [({"hang_after": True}, "hang_after"), ({"itl": float("nan")}, "itl"), ({"exit_code": -1}, "exit_code"),
-     ({"health_flap": None}, "health_flap"), ({"nope": 1}, "nope"), ({"exit_signal": "SIGWINCH"}, "exit_signal")],
+    [
+        ({"hang_after": True}, "hang_after"),
+        ({"itl": float("nan")}, "itl"),
+        ({"exit_code": -1}, "exit_code"),
+        ({"health_flap": None}, "health_flap"),
+        ({"nope": 1}, "nope"),
+        ({"exit_signal": "SIGWINCH"}, "exit_signal"),
+    ],
 )
 def test_parse_update_rejects_with_the_key(body: dict[str, object], key: str) -> None:
     """Each bad value raises FaultValueError naming its key."""
@@ -54,8 +60,24 @@ def test_runtime_keys_match_the_faults_dataclass() -> None:
 
 def test_cli_maps_vllm_flags_and_faults() -> None:
     """The command line fills Settings: served names, human lengths, --model, ignored flags, oom startup."""
-    settings = cli.parse_settings(["serve", "--model", "org/m", "--served-model-name", "a", "--max-model-len", "4K",
-                                   "--dtype", "half", "--oom", "startup", "--new-flag", "--port", "9"])
+    settings = cli.parse_settings(
+        [
+            "serve",
+            "--model",
+            "org/m",
+            "--served-model-name",
+            "a",
+            "--max-model-len",
+            "4K",
+            "--dtype",
+            "half",
+            "--oom",
+            "startup",
+            "--new-flag",
+            "--port",
+            "9",
+        ]
+    )
     assert settings.model == "org/m"
     assert settings.model_name == "a"
     assert settings.max_model_len == 4096
@@ -162,6 +184,9 @@ def test_fake_vllm_imports_nothing_from_the_project() -> None:
     package = Path(fake_vllm.__file__).parent
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             assert not [n for n in names if n.split(".")[0] in {"supervisor", "chaos"}], path

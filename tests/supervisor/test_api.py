@@ -102,8 +102,15 @@ async def test_bad_parameters_are_422_with_a_reason(sup: FakeSupervisor, request
 
 @pytest.mark.parametrize(
     ("method", "suffix"),
-    [("POST", "start"), ("POST", "stop"), ("POST", "restart"), ("GET", "logs"), ("GET", "events"),
-     ("POST", "health-check"), ("GET", "logs/stream")],
+    [
+        ("POST", "start"),
+        ("POST", "stop"),
+        ("POST", "restart"),
+        ("GET", "logs"),
+        ("GET", "events"),
+        ("POST", "health-check"),
+        ("GET", "logs/stream"),
+    ],
 )
 async def test_unknown_model_is_404_on_every_path(sup: FakeSupervisor, method: str, suffix: str) -> None:
     """Every per-model path answers 404 with a detail for an unknown id, and calls nothing."""
@@ -138,7 +145,11 @@ async def test_health_check_runs_one_probe(sup: FakeSupervisor) -> None:
         body = (await client.post("/api/llm/models/qwen/health-check")).json()
     assert sup.probes == 1
     assert set(body) == {
-        "model_id", "is_healthy", "health_message", "consecutive_health_failures", "last_health_check_time",
+        "model_id",
+        "is_healthy",
+        "health_message",
+        "consecutive_health_failures",
+        "last_health_check_time",
         "has_cuda_oom",
     }
     assert body["model_id"] == "qwen"
@@ -151,8 +162,15 @@ async def test_prior_art_6_get_endpoints_never_probe_or_act(sup: FakeSupervisor)
     before = sup.statuses()
     async with asgi_client(create_app(sup, token=None)) as client:
         for _ in range(5):
-            for url in ("/api/llm/models", "/api/llm/models/qwen", "/api/llm/models/qwen/events",
-                        "/api/llm/models/qwen/logs?lines=5", "/metrics", "/health", "/"):
+            for url in (
+                "/api/llm/models",
+                "/api/llm/models/qwen",
+                "/api/llm/models/qwen/events",
+                "/api/llm/models/qwen/logs?lines=5",
+                "/metrics",
+                "/health",
+                "/",
+            ):
                 assert (await client.get(url)).status_code == 200, url
     assert sup.calls == []
     assert sup.probes == 0
@@ -170,8 +188,14 @@ async def test_prior_art_6_get_endpoints_never_probe_or_act(sup: FakeSupervisor)
 )
 @pytest.mark.parametrize(
     ("method", "url"),
-    [("GET", "/api/llm/models"), ("GET", "/api/llm/models/qwen"), ("POST", "/api/llm/models/qwen/restart"),
-     ("GET", "/api/llm/models/qwen/events"), ("GET", "/metrics"), ("POST", "/api/llm/models/qwen/health-check")],
+    [
+        ("GET", "/api/llm/models"),
+        ("GET", "/api/llm/models/qwen"),
+        ("POST", "/api/llm/models/qwen/restart"),
+        ("GET", "/api/llm/models/qwen/events"),
+        ("GET", "/metrics"),
+        ("POST", "/api/llm/models/qwen/health-check"),
+    ],
 )
 async def test_auth_refuses_missing_malformed_and_wrong_tokens(
     sup: FakeSupervisor, headers: dict[str, str], reason: str, method: str, url: str
@@ -253,8 +277,11 @@ def test_rate_limiter_window_rolls() -> None:
 
 def test_response_models_have_the_fields_of_the_values_they_copy() -> None:
     """The pydantic answers repeat the core's dataclasses field for field, so neither can drift alone."""
-    for model, source in ((ModelStatusOut, ModelStatus), (EventOut, TimelineEvent),
-                          (HealthCheckResponse, HealthCheckReport)):
+    for model, source in (
+        (ModelStatusOut, ModelStatus),
+        (EventOut, TimelineEvent),
+        (HealthCheckResponse, HealthCheckReport),
+    ):
         assert list(model.model_fields) == [f.name for f in fields(source)], model.__name__
 
 
@@ -263,16 +290,27 @@ async def test_openapi_documents_every_contract_path(sup: FakeSupervisor) -> Non
     async with asgi_client(create_app(sup, token=TOKEN)) as client:
         doc = (await client.get("/openapi.json")).json()
     expected = {
-        ("/health", "get"), ("/api/llm/models", "get"), ("/api/llm/models/{model_id}", "get"),
-        ("/api/llm/models/{model_id}/start", "post"), ("/api/llm/models/{model_id}/stop", "post"),
-        ("/api/llm/models/{model_id}/restart", "post"), ("/api/llm/models/{model_id}/logs", "get"),
-        ("/api/llm/models/{model_id}/logs/stream", "get"), ("/api/llm/models/{model_id}/health-check", "post"),
-        ("/api/llm/models/{model_id}/events", "get"), ("/metrics", "get"),
+        ("/health", "get"),
+        ("/api/llm/models", "get"),
+        ("/api/llm/models/{model_id}", "get"),
+        ("/api/llm/models/{model_id}/start", "post"),
+        ("/api/llm/models/{model_id}/stop", "post"),
+        ("/api/llm/models/{model_id}/restart", "post"),
+        ("/api/llm/models/{model_id}/logs", "get"),
+        ("/api/llm/models/{model_id}/logs/stream", "get"),
+        ("/api/llm/models/{model_id}/health-check", "post"),
+        ("/api/llm/models/{model_id}/events", "get"),
+        ("/metrics", "get"),
     }
     assert {(p, m) for p, ops in doc["paths"].items() for m in ops} == expected
     status_schema = doc["components"]["schemas"]["ModelStatusOut"]
     assert set(status_schema["properties"]) == {f.name for f in fields(ModelStatus)}
     assert set(doc["paths"]["/api/llm/models/{model_id}/restart"]["post"]["responses"]) >= {
-        "200", "401", "404", "409", "422", "429"
+        "200",
+        "401",
+        "404",
+        "409",
+        "422",
+        "429",
     }
     assert "HTTPBearer" in doc["components"]["securitySchemes"]

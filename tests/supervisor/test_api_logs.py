@@ -89,8 +89,11 @@ def test_stream_sends_the_tail_then_new_lines(sup: FakeSupervisor) -> None:
     for i in range(5):
         writer.write("stdout", f"old {i}")
     try:
-        with serve_in_thread(create_app(sup, token=None)) as url, httpx.Client(base_url=url) as client, \
-                client.stream("GET", "/api/llm/models/qwen/logs/stream?lines=2", timeout=20) as response:
+        with (
+            serve_in_thread(create_app(sup, token=None)) as url,
+            httpx.Client(base_url=url) as client,
+            client.stream("GET", "/api/llm/models/qwen/logs/stream?lines=2", timeout=20) as response,
+        ):
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/plain")
             lines = response.iter_lines()

@@ -150,8 +150,13 @@ async def test_prior_art_6_get_endpoints_do_not_probe_or_move_counters(tmp_path:
         before = await status(client, "m")
         events_before = await kinds(client, "m")
         for _ in range(20):
-            for url in ("/api/llm/models", "/api/llm/models/m", "/api/llm/models/m/events",
-                        "/api/llm/models/m/logs?lines=50", "/metrics"):
+            for url in (
+                "/api/llm/models",
+                "/api/llm/models/m",
+                "/api/llm/models/m/events",
+                "/api/llm/models/m/logs?lines=50",
+                "/metrics",
+            ):
                 assert (await client.get(url)).status_code == 200
         after = await status(client, "m")
         for key in ("consecutive_health_failures", "restart_count", "pid", "state"):

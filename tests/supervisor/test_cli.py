@@ -68,8 +68,12 @@ def test_json_output_is_the_api_answer(url: str, capsys: pytest.CaptureFixture[s
 
 @pytest.mark.parametrize(
     ("argv", "call"),
-    [(["start", "qwen"], ("start", "qwen")), (["stop", "qwen"], ("stop", "qwen")),
-     (["stop", "qwen", "--force"], ("stop-force", "qwen")), (["restart", "llama"], ("restart", "llama"))],
+    [
+        (["start", "qwen"], ("start", "qwen")),
+        (["stop", "qwen"], ("stop", "qwen")),
+        (["stop", "qwen", "--force"], ("stop-force", "qwen")),
+        (["restart", "llama"], ("restart", "llama")),
+    ],
 )
 def test_actions_exit_0_and_print_the_message(
     sup: FakeSupervisor, url: str, capsys: pytest.CaptureFixture[str], argv: list[str], call: tuple[str, str]
@@ -158,9 +162,7 @@ def test_validate_ok_prints_a_summary(tmp_path: Path, capsys: pytest.CaptureFixt
     """`validate` of a good config exits 0 with a one-line summary naming the models."""
     config = tmp_path / "c.yaml"
     config.write_text(
-        "llmModels:\n"
-        "  qwen: {command: fake-vllm, args: [serve, q]}\n"
-        "  llama: {command: fake-vllm, args: [serve, l]}\n"
+        "llmModels:\n  qwen: {command: fake-vllm, args: [serve, q]}\n  llama: {command: fake-vllm, args: [serve, l]}\n"
     )
     assert cli.main(["validate", "-c", str(config)]) == 0
     assert capsys.readouterr().out == "ok: 2 models (qwen, llama)\n"

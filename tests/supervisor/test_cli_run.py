@@ -58,7 +58,10 @@ def daemon(config: Path, *extra: str, env: dict[str, str] | None = None) -> Iter
     with stderr_path.open("w") as err:
         proc = subprocess.Popen(
             [*CLI, "run", "-c", str(config), *extra],
-            stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, **(env or {})},
         )
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None
@@ -126,8 +129,14 @@ def test_run_refuses_a_public_bind_without_a_token(tmp_path: Path) -> None:
     """run on 0.0.0.0 with no token exits 2 with a sentence saying why, starting nothing."""
     config = _write_config(tmp_path, {"a": fake_model()})
     env = {k: v for k, v in os.environ.items() if k != "LLM_SUPERVISOR_TOKEN"}
-    done = subprocess.run([*CLI, "run", "-c", str(config), "--host", "0.0.0.0"],
-                          capture_output=True, text=True, env=env, timeout=WAIT, check=False)
+    done = subprocess.run(
+        [*CLI, "run", "-c", str(config), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=WAIT,
+        check=False,
+    )
     assert done.returncode == 2
     assert "refusing to listen on 0.0.0.0 without a token" in done.stderr
     assert "LLM_SUPERVISOR_TOKEN" in done.stderr
@@ -139,8 +148,14 @@ def test_run_with_a_token_requires_it(tmp_path: Path) -> None:
     with daemon(config, env={"TEST_SUP_TOKEN": "t0ken-value"}) as d:
         assert httpx.get(f"{d.url}/api/llm/models").status_code == 401
         env = {**os.environ, "TEST_SUP_TOKEN": "t0ken-value"}
-        done = subprocess.run([*CLI, "status", "--url", d.url, "--token-env", "TEST_SUP_TOKEN"],
-                              capture_output=True, text=True, env=env, timeout=WAIT, check=False)
+        done = subprocess.run(
+            [*CLI, "status", "--url", d.url, "--token-env", "TEST_SUP_TOKEN"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=WAIT,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines()[1].split()[0] == "a"
 
@@ -149,8 +164,9 @@ def test_logs_follow_streams_until_ctrl_c(tmp_path: Path) -> None:
     """`logs ID --follow` prints the tail, then new lines (a restart's), and exits 0 on Ctrl-C."""
     with daemon(_write_config(tmp_path, {"a": fake_model()})) as d:
         wait_status(d.url, "a", lambda s: s["state"] == "healthy")
-        follower = subprocess.Popen([*CLI, "logs", "a", "-n", "3", "--follow", "--url", d.url],
-                                    stdout=subprocess.PIPE, text=True)
+        follower = subprocess.Popen(
+            [*CLI, "logs", "a", "-n", "3", "--follow", "--url", d.url], stdout=subprocess.PIPE, text=True
+        )
         lines: queue.Queue[str] = queue.Queue()
         assert follower.stdout is not None
         threading.Thread(target=_read_lines, args=(follower.stdout, lines), daemon=True).start()

@@ -43,11 +43,26 @@ def problems_of(data: object) -> list[str]:
 # --- defaults and every key ---------------------------------------------------------------------------------
 
 DEFAULTS: list[tuple[str, object]] = [
-    ("type", None), ("args", ()), ("env", {}), ("cwd", None), ("runtime", "process"), ("docker", None),
-    ("restart_policy", "on-failure"), ("max_restarts", 3), ("restart_window", 600.0), ("restart_delay", 5.0),
-    ("backoff_multiplier", 2.0), ("backoff_max", 300.0), ("backoff_jitter", 0.0), ("backoff_reset_after", 600.0),
-    ("health_check_interval", 10.0), ("health_check_timeout", 5.0), ("health_failure_threshold", 3),
-    ("startup_timeout", 900.0), ("startup_probe_interval", 1.0), ("stop_timeout", 30.0),
+    ("type", None),
+    ("args", ()),
+    ("env", {}),
+    ("cwd", None),
+    ("runtime", "process"),
+    ("docker", None),
+    ("restart_policy", "on-failure"),
+    ("max_restarts", 3),
+    ("restart_window", 600.0),
+    ("restart_delay", 5.0),
+    ("backoff_multiplier", 2.0),
+    ("backoff_max", 300.0),
+    ("backoff_jitter", 0.0),
+    ("backoff_reset_after", 600.0),
+    ("health_check_interval", 10.0),
+    ("health_check_timeout", 5.0),
+    ("health_failure_threshold", 3),
+    ("startup_timeout", 900.0),
+    ("startup_probe_interval", 1.0),
+    ("stop_timeout", 30.0),
     ("success_exit_codes", ()),
 ]
 
@@ -64,8 +79,11 @@ def test_defaults_table_covers_every_model_key() -> None:
 
 
 KEYS = [
-    ("args", ["serve", "Qwen/Qwen2.5-0.5B-Instruct", "--port", "8001"],
-     ("serve", "Qwen/Qwen2.5-0.5B-Instruct", "--port", "8001")),
+    (
+        "args",
+        ["serve", "Qwen/Qwen2.5-0.5B-Instruct", "--port", "8001"],
+        ("serve", "Qwen/Qwen2.5-0.5B-Instruct", "--port", "8001"),
+    ),
     ("env", {"HF_HOME": "/data/hf"}, {"HF_HOME": "/data/hf"}),
     ("cwd", "/srv/models", Path("/srv/models")),
     ("type", "vllm", "vllm"),
@@ -125,8 +143,16 @@ def test_supervisor_section_defaults(tmp_path: Path) -> None:
 
 def test_supervisor_section_keys(tmp_path: Path) -> None:
     """Every supervisor key is read; an absolute state_dir is kept as written."""
-    data = {**one_model(), "supervisor": {"api": {"host": "0.0.0.0", "port": 0}, "state_dir": str(tmp_path / "s"),
-                                          "token_env": "MY_TOKEN", "log_max_bytes": 4096, "log_backups": 0}}
+    data = {
+        **one_model(),
+        "supervisor": {
+            "api": {"host": "0.0.0.0", "port": 0},
+            "state_dir": str(tmp_path / "s"),
+            "token_env": "MY_TOKEN",
+            "log_max_bytes": 4096,
+            "log_backups": 0,
+        },
+    }
     settings_ = parse_config(data, "test").supervisor
     assert (settings_.api.host, settings_.api.port) == ("0.0.0.0", 0)
     assert settings_.state_dir == tmp_path / "s"
@@ -169,15 +195,19 @@ def test_empty_model_list_is_valid() -> None:
 
 # --- probe URL ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("base_url", "root"), [
-    ("http://127.0.0.1:8001/v1", "http://127.0.0.1:8001"),
-    ("http://127.0.0.1:8001/v1/", "http://127.0.0.1:8001"),
-    ("http://localhost:8001", "http://localhost:8001"),
-    ("http://localhost:8001/", "http://localhost:8001"),
-    ("https://gpu-box.internal/qwen/v1", "https://gpu-box.internal/qwen"),
-    ("http://host:8001/v10", "http://host:8001/v10"),
-    (None, None),
-])
+
+@pytest.mark.parametrize(
+    ("base_url", "root"),
+    [
+        ("http://127.0.0.1:8001/v1", "http://127.0.0.1:8001"),
+        ("http://127.0.0.1:8001/v1/", "http://127.0.0.1:8001"),
+        ("http://localhost:8001", "http://localhost:8001"),
+        ("http://localhost:8001/", "http://localhost:8001"),
+        ("https://gpu-box.internal/qwen/v1", "https://gpu-box.internal/qwen"),
+        ("http://host:8001/v10", "http://host:8001/v10"),
+        (None, None),
+    ],
+)
 def test_prior_art_1_probes_go_to_the_server_root(base_url: str | None, root: str | None) -> None:
     """PRIOR_ART 1: a base_url ending in /v1 yields the server root, so /health is not probed as /v1/health."""
     assert model(endpoints={"base_url": base_url}).probe_root_url == root
@@ -185,23 +215,34 @@ def test_prior_art_1_probes_go_to_the_server_root(base_url: str | None, root: st
 
 # --- docker ---------------------------------------------------------------------------------------------------
 
+
 def test_docker_block_is_parsed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Every docker key is read: ports, GPUs, IPC, sizes in bytes, volumes, env, pull, memory limit."""
     monkeypatch.setenv("HOME", str(tmp_path))
-    parsed = model(runtime="docker", docker={
-        "image": "vllm/vllm-openai:latest", "ports": {"8000/tcp": 8001, "9000": 9001, 7000: 7001},
-        "gpus": [0, 1], "ipc_mode": "host", "shm_size": "8g", "mem_limit": "512m",
-        "volumes": {"~/.cache/huggingface": "/root/.cache/huggingface", "hf-models": "/models:ro"},
-        "env": {"HF_TOKEN_FILE": "/run/secrets/hf", "N": 1}, "pull": True,
-    })
+    parsed = model(
+        runtime="docker",
+        docker={
+            "image": "vllm/vllm-openai:latest",
+            "ports": {"8000/tcp": 8001, "9000": 9001, 7000: 7001},
+            "gpus": [0, 1],
+            "ipc_mode": "host",
+            "shm_size": "8g",
+            "mem_limit": "512m",
+            "volumes": {"~/.cache/huggingface": "/root/.cache/huggingface", "hf-models": "/models:ro"},
+            "env": {"HF_TOKEN_FILE": "/run/secrets/hf", "N": 1},
+            "pull": True,
+        },
+    )
     docker = parsed.docker
     assert docker is not None
     assert docker.image == "vllm/vllm-openai:latest"
     assert dict(docker.ports) == {"8000/tcp": 8001, "9000/tcp": 9001, "7000/tcp": 7001}
     assert (docker.gpus, docker.ipc_mode, docker.pull) == ((0, 1), "host", True)
     assert (docker.shm_size, docker.mem_limit) == (8 * 1024**3, 512 * 1024**2)
-    assert dict(docker.volumes) == {str(tmp_path / ".cache/huggingface"): "/root/.cache/huggingface",
-                                    "hf-models": "/models:ro"}
+    assert dict(docker.volumes) == {
+        str(tmp_path / ".cache/huggingface"): "/root/.cache/huggingface",
+        "hf-models": "/models:ro",
+    }
     assert dict(docker.env) == {"HF_TOKEN_FILE": "/run/secrets/hf", "N": "1"}
 
 
@@ -221,8 +262,10 @@ def test_docker_gpus_forms(gpus: object, expected: object) -> None:
     assert docker.gpus == expected
 
 
-@pytest.mark.parametrize(("size", "expected"), [(1024, 1024), ("100", 100), ("2k", 2048), ("1GB", 1024**3),
-                                                 ("3 m", 3 * 1024**2), ("1t", 1024**4), ("5b", 5)])
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [(1024, 1024), ("100", 100), ("2k", 2048), ("1GB", 1024**3), ("3 m", 3 * 1024**2), ("1t", 1024**4), ("5b", 5)],
+)
 def test_docker_sizes(size: object, expected: int) -> None:
     """Sizes are bytes, or a number with Docker's b/k/m/g/t suffix."""
     docker = model(runtime="docker", docker={"image": "i", "shm_size": size}).docker
@@ -231,6 +274,7 @@ def test_docker_sizes(size: object, expected: int) -> None:
 
 
 # --- FluidMCP ---------------------------------------------------------------------------------------------------
+
 
 def test_fluidmcp_example_loads_unchanged() -> None:
     """The FluidMCP error-recovery example (examples/fluidmcp.json, verbatim) loads with its values."""
@@ -264,8 +308,10 @@ BAD_MODEL_VALUES = [
     ({"restart_polcy": "always"}, "llmModels.m.restart_polcy: unknown key (did you mean restart_policy?)"),
     ({"zzz": 1}, "llmModels.m.zzz: unknown key"),
     ({"backoff_multiplier": 0.5}, "llmModels.m.backoff_multiplier: must be >= 1 (got 0.5)"),
-    ({"restart_policy": "sometimes"},
-     "llmModels.m.restart_policy: must be one of 'no', 'on-failure', 'always' or 'unless-stopped' (got 'sometimes')"),
+    (
+        {"restart_policy": "sometimes"},
+        "llmModels.m.restart_policy: must be one of 'no', 'on-failure', 'always' or 'unless-stopped' (got 'sometimes')",
+    ),
     ({"runtime": "k8s"}, "llmModels.m.runtime: must be one of 'process' or 'docker' (got 'k8s')"),
     ({"type": "replicate"}, "llmModels.m.type: must be 'vllm' (got 'replicate')"),
     ({"max_restarts": -1}, "llmModels.m.max_restarts: must be >= 0 (got -1)"),
@@ -285,55 +331,87 @@ BAD_MODEL_VALUES = [
     ({"startup_probe_interval": 0}, "llmModels.m.startup_probe_interval: must be > 0 (got 0)"),
     ({"stop_timeout": -1}, "llmModels.m.stop_timeout: must be >= 0 (got -1)"),
     ({"shutdown_timeout": -1}, "llmModels.m.stop_timeout: must be >= 0 (got -1)"),
-    ({"stop_timeout": 5, "shutdown_timeout": 5},
-     "llmModels.m.shutdown_timeout: given together with stop_timeout, of which it is an alias: keep one"),
+    (
+        {"stop_timeout": 5, "shutdown_timeout": 5},
+        "llmModels.m.shutdown_timeout: given together with stop_timeout, of which it is an alias: keep one",
+    ),
     ({"success_exit_codes": [0, 256]}, "llmModels.m.success_exit_codes[1]: must be <= 255 (got 256)"),
     ({"success_exit_codes": 0}, "llmModels.m.success_exit_codes: must be a list (got 0)"),
     ({"command": ""}, "llmModels.m.command: must not be empty"),
     ({"command": ["vllm", "serve"]}, "llmModels.m.command: must be a string (got ['vllm', 'serve'])"),
     ({"args": "serve model"}, "llmModels.m.args: must be a list (got 'serve model')"),
-    ({"args": ["--trust-remote-code", True]},
-     "llmModels.m.args[1]: must be a string: YAML read this as true/false, so quote it"),
+    (
+        {"args": ["--trust-remote-code", True]},
+        "llmModels.m.args[1]: must be a string: YAML read this as true/false, so quote it",
+    ),
     ({"args": [{"a": 1}]}, "llmModels.m.args[0]: must be a string (got {'a': 1})"),
     ({"env": "A=1"}, "llmModels.m.env: must be a mapping (got 'A=1')"),
     ({"env": {"A=B": "x"}}, "llmModels.m.env[\"A=B\"]: 'A=B' is not a valid environment variable name"),
     ({"env": {"": "x"}}, "llmModels.m.env[\"\"]: '' is not a valid environment variable name"),
     ({"cwd": 5}, "llmModels.m.cwd: must be a path (a string) (got 5)"),
-    ({"endpoints": {"base_url": "localhost:8001"}},
-     "llmModels.m.endpoints.base_url: must be an http(s) URL like http://127.0.0.1:8001/v1 (got 'localhost:8001')"),
+    (
+        {"endpoints": {"base_url": "localhost:8001"}},
+        "llmModels.m.endpoints.base_url: must be an http(s) URL like http://127.0.0.1:8001/v1 (got 'localhost:8001')",
+    ),
     ({"endpoints": {"base_ur": "http://x"}}, "llmModels.m.endpoints.base_ur: unknown key (did you mean base_url?)"),
     ({"endpoints": "http://x"}, "llmModels.m.endpoints: must be a mapping (got 'http://x')"),
     ({"docker": {"image": "i"}}, "llmModels.m.docker: a docker: block needs runtime: docker"),
     ({"runtime": "docker"}, "llmModels.m.docker: runtime: docker needs a docker: block with at least an image"),
     ({"runtime": "docker", "docker": {}}, "llmModels.m.docker.image: required key is missing"),
-    ({"runtime": "docker", "docker": {"image": "i"}, "cwd": "/x"},
-     "llmModels.m.cwd: cwd applies to runtime: process only"),
-    ({"runtime": "docker", "docker": {"image": "i", "imag": "i"}},
-     "llmModels.m.docker.imag: unknown key (did you mean image?)"),
-    ({"runtime": "docker", "docker": {"image": "i", "ports": {"80x": 1}}},
-     "llmModels.m.docker.ports.80x: container port must look like \"8000/tcp\" or \"8000\" (got '80x')"),
-    ({"runtime": "docker", "docker": {"image": "i", "ports": {"70000": 1}}},
-     "llmModels.m.docker.ports.70000: container port must look like \"8000/tcp\" or \"8000\" (got '70000')"),
-    ({"runtime": "docker", "docker": {"image": "i", "ports": {"8000/tcp": 0}}},
-     "llmModels.m.docker.ports[\"8000/tcp\"]: must be >= 1 (got 0)"),
-    ({"runtime": "docker", "docker": {"image": "i", "gpus": [0, -1]}},
-     "llmModels.m.docker.gpus: must be \"all\", a list of GPU indices like [0, 1], or null (got [0, -1])"),
-    ({"runtime": "docker", "docker": {"image": "i", "gpus": "some"}},
-     "llmModels.m.docker.gpus: must be \"all\", a list of GPU indices like [0, 1], or null (got 'some')"),
-    ({"runtime": "docker", "docker": {"image": "i", "shm_size": "8q"}},
-     "llmModels.m.docker.shm_size: must be a size like \"8g\" or \"512m\", or a number of bytes (got '8q')"),
-    ({"runtime": "docker", "docker": {"image": "i", "mem_limit": 0}},
-     "llmModels.m.docker.mem_limit: must be a size like \"8g\" or \"512m\", or a number of bytes (got 0)"),
-    ({"runtime": "docker", "docker": {"image": "i", "mem_limit": "0m"}},
-     "llmModels.m.docker.mem_limit: must be a size like \"8g\" or \"512m\", or a number of bytes (got '0m')"),
-    ({"runtime": "docker", "docker": {"image": "i", "volumes": {"./models": "/models"}}},
-     "llmModels.m.docker.volumes[\"./models\"]: host path './models' must be absolute (or ~/..., or a named "
-     "volume without '/')"),
-    ({"runtime": "docker", "docker": {"image": "i", "volumes": {"/data": "models"}}},
-     "llmModels.m.docker.volumes[\"/data\"]: must be an absolute container path, optionally ending in \":ro\" "
-     "(got 'models')"),
-    ({"runtime": "docker", "docker": {"image": "i", "pull": "yes"}},
-     "llmModels.m.docker.pull: must be true or false (got 'yes')"),
+    (
+        {"runtime": "docker", "docker": {"image": "i"}, "cwd": "/x"},
+        "llmModels.m.cwd: cwd applies to runtime: process only",
+    ),
+    (
+        {"runtime": "docker", "docker": {"image": "i", "imag": "i"}},
+        "llmModels.m.docker.imag: unknown key (did you mean image?)",
+    ),
+    (
+        {"runtime": "docker", "docker": {"image": "i", "ports": {"80x": 1}}},
+        'llmModels.m.docker.ports.80x: container port must look like "8000/tcp" or "8000" (got \'80x\')',
+    ),
+    (
+        {"runtime": "docker", "docker": {"image": "i", "ports": {"70000": 1}}},
+        'llmModels.m.docker.ports.70000: container port must look like "8000/tcp" or "8000" (got \'70000\')',
+    ),
+    (
+        {"runtime": "docker", "docker": {"image": "i", "ports": {"8000/tcp": 0}}},
+        'llmModels.m.docker.ports["8000/tcp"]: must be >= 1 (got 0)',
+    ),
+    (
+        {"runtime": "docker", "docker": {"image": "i", "gpus": [0, -1]}},
+        'llmModels.m.docker.gpus: must be "all", a list of GPU indices like [0, 1], or null (got [0, -1])',
+    ),
+    (
+        {"runtime": "docker", "docker": {"image": "i", "gpus": "some"}},
+        "llmModels.m.docker.gpus: must be \"all\", a list of GPU indices like [0, 1], or null (got 'some')",
+    ),
+    (
+        {"runtime": "docker", "docker": {"image": "i", "shm_size": "8q"}},
+        'llmModels.m.docker.shm_size: must be a size like "8g" or "512m", or a number of bytes (got \'8q\')',
+    ),
+    (
+        {"runtime": "docker", "docker": {"image": "i", "mem_limit": 0}},
+        'llmModels.m.docker.mem_limit: must be a size like "8g" or "512m", or a number of bytes (got 0)',
+    ),
+    (
+        {"runtime": "docker", "docker": {"image": "i", "mem_limit": "0m"}},
+        'llmModels.m.docker.mem_limit: must be a size like "8g" or "512m", or a number of bytes (got \'0m\')',
+    ),
+    (
+        {"runtime": "docker", "docker": {"image": "i", "volumes": {"./models": "/models"}}},
+        "llmModels.m.docker.volumes[\"./models\"]: host path './models' must be absolute (or ~/..., or a named "
+        "volume without '/')",
+    ),
+    (
+        {"runtime": "docker", "docker": {"image": "i", "volumes": {"/data": "models"}}},
+        'llmModels.m.docker.volumes["/data"]: must be an absolute container path, optionally ending in ":ro" '
+        "(got 'models')",
+    ),
+    (
+        {"runtime": "docker", "docker": {"image": "i", "pull": "yes"}},
+        "llmModels.m.docker.pull: must be true or false (got 'yes')",
+    ),
 ]
 
 
@@ -350,24 +428,35 @@ BAD_DOCUMENTS = [
     ({"llmModels": {"m": None}}, "llmModels.m: must be a mapping (got null)"),
     ({"llmModels": {"m": {}}}, "llmModels.m.command: required key is missing"),
     ({"llmModel": {}, "llmModels": {}}, "llmModel: unknown key (did you mean llmModels?)"),
-    ({"supervisor": {"api": {"port": 70000}}, "llmModels": {}},
-     "supervisor.api.port: must be <= 65535 (got 70000)"),
+    ({"supervisor": {"api": {"port": 70000}}, "llmModels": {}}, "supervisor.api.port: must be <= 65535 (got 70000)"),
     ({"supervisor": {"api": {"host": ""}}, "llmModels": {}}, "supervisor.api.host: must not be empty"),
-    ({"supervisor": {"token_env": "MY TOKEN"}, "llmModels": {}},
-     "supervisor.token_env: must match ^[A-Za-z_][A-Za-z0-9_]*$ (got 'MY TOKEN')"),
+    (
+        {"supervisor": {"token_env": "MY TOKEN"}, "llmModels": {}},
+        "supervisor.token_env: must match ^[A-Za-z_][A-Za-z0-9_]*$ (got 'MY TOKEN')",
+    ),
     ({"supervisor": {"log_max_bytes": 10}, "llmModels": {}}, "supervisor.log_max_bytes: must be >= 1024 (got 10)"),
     ({"supervisor": {"log_backups": -1}, "llmModels": {}}, "supervisor.log_backups: must be >= 0 (got -1)"),
     ({"supervisor": {"stat_dir": "x"}, "llmModels": {}}, "supervisor.stat_dir: unknown key (did you mean state_dir?)"),
     ({"supervisor": [], "llmModels": {}}, "supervisor: must be a mapping (got [])"),
-    ({"llmModels": {"bad id!": {"command": "x"}}},
-     "llmModels[\"bad id!\"]: a model id must be 1-64 characters of A-Z a-z 0-9 . _ -"),
-    ({"llmModels": {"x" * 65: {"command": "x"}}},
-     f"llmModels.{'x' * 65}: a model id must be 1-64 characters of A-Z a-z 0-9 . _ -"),
+    (
+        {"llmModels": {"bad id!": {"command": "x"}}},
+        'llmModels["bad id!"]: a model id must be 1-64 characters of A-Z a-z 0-9 . _ -',
+    ),
+    (
+        {"llmModels": {"x" * 65: {"command": "x"}}},
+        f"llmModels.{'x' * 65}: a model id must be 1-64 characters of A-Z a-z 0-9 . _ -",
+    ),
     ({"llmModels": {7: {"command": "x"}}}, "llmModels[7]: a model id must be 1-64 characters of A-Z a-z 0-9 . _ -"),
-    ({"llmModels": {"a": {"command": "x", "endpoints": {"base_url": "http://127.0.0.1:8001/v1"}},
-                    "b": {"command": "x", "endpoints": {"base_url": "http://127.0.0.1:8001"}}}},
-     "llmModels.b.endpoints.base_url: the same server as llmModels.a (http://127.0.0.1:8001); "
-     "each model needs its own port"),
+    (
+        {
+            "llmModels": {
+                "a": {"command": "x", "endpoints": {"base_url": "http://127.0.0.1:8001/v1"}},
+                "b": {"command": "x", "endpoints": {"base_url": "http://127.0.0.1:8001"}},
+            }
+        },
+        "llmModels.b.endpoints.base_url: the same server as llmModels.a (http://127.0.0.1:8001); "
+        "each model needs its own port",
+    ),
 ]
 
 
@@ -404,10 +493,12 @@ def test_long_values_are_shortened_in_messages() -> None:
     long_text, long_list = "x" * 200, list(range(100))
     assert problems_of(one_model(restart_policy=long_text)) == [
         f"llmModels.m.restart_policy: must be one of 'no', 'on-failure', 'always' or 'unless-stopped' "
-        f"(got '{'x' * 56}...)"]
+        f"(got '{'x' * 56}...)"
+    ]
     assert problems_of(one_model(command=long_list)) == ["llmModels.m.command: must be a string (got a list)"]
     assert problems_of(one_model(command={str(i): i for i in range(30)})) == [
-        "llmModels.m.command: must be a string (got a mapping)"]
+        "llmModels.m.command: must be a string (got a mapping)"
+    ]
 
 
 def test_config_error_reads_as_a_report() -> None:
@@ -418,6 +509,7 @@ def test_config_error_reads_as_a_report() -> None:
 
 
 # --- frozen values -----------------------------------------------------------------------------------------------
+
 
 def test_model_config_is_frozen_and_hashable() -> None:
     """A ModelConfig cannot be changed after parsing and can key a dict or sit in a set."""
@@ -444,6 +536,7 @@ def test_frozen_map_behaves_as_a_read_only_mapping() -> None:
 
 # --- files -------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json", ".YAML"])
 def test_yaml_and_json_files_load(tmp_path: Path, suffix: str) -> None:
     """A config file loads by its suffix: YAML for .yaml/.yml, JSON for .json."""
@@ -461,25 +554,46 @@ def load_problems(tmp_path: Path, name: str, text: str) -> list[str]:
     return caught.value.problems
 
 
-@pytest.mark.parametrize(("name", "text", "problems"), [
-    ("f.yaml", "llmModels:\n  m:\n    command: vllm\n    args: [serve\n",
-     ["line 5, column 1: YAML syntax error: while parsing a flow sequence, expected ',' or ']', but got "
-      "'<stream end>'"]),
-    ("f.yaml", "llmModels:\n  m: {command: x}\n\tbad: 1\n",
-     ["line 3, column 1: YAML syntax error: while scanning for the next token, found character '\\t' that "
-      "cannot start any token"]),
-    ("f.yaml", "a: 1\n---\nb: 2\n",
-     ["line 2, column 1: YAML syntax error: expected a single document in the stream, but found another document"]),
-    ("f.yaml", "llmModels: {m: {command: x}}\nx: \x07\n",
-     ["line 2: character #x0007 is not allowed in YAML"]),
-    ("f.yaml", "", ["(top level): must be a mapping with an llmModels section (got null)"]),
-    ("f.json", '{"llmModels": {"m": {"command": "x",}}}',
-     ["line 1, column 37: JSON syntax error: Expecting property name enclosed in double quotes"]),
-    ("f.toml", "x = 1", ["unsupported file type '.toml': use .yaml, .yml or .json"]),
-    ("fleet", "x", ["unsupported file type '(none)': use .yaml, .yml or .json"]),
-])
-def test_unreadable_files_are_reported_with_their_line(tmp_path: Path, name: str, text: str,
-                                                       problems: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("name", "text", "problems"),
+    [
+        (
+            "f.yaml",
+            "llmModels:\n  m:\n    command: vllm\n    args: [serve\n",
+            [
+                "line 5, column 1: YAML syntax error: while parsing a flow sequence, expected ',' or ']', but got "
+                "'<stream end>'"
+            ],
+        ),
+        (
+            "f.yaml",
+            "llmModels:\n  m: {command: x}\n\tbad: 1\n",
+            [
+                "line 3, column 1: YAML syntax error: while scanning for the next token, found character '\\t' that "
+                "cannot start any token"
+            ],
+        ),
+        (
+            "f.yaml",
+            "a: 1\n---\nb: 2\n",
+            [
+                "line 2, column 1: YAML syntax error: expected a single document in the stream, but found another document"
+            ],
+        ),
+        ("f.yaml", "llmModels: {m: {command: x}}\nx: \x07\n", ["line 2: character #x0007 is not allowed in YAML"]),
+        ("f.yaml", "", ["(top level): must be a mapping with an llmModels section (got null)"]),
+        (
+            "f.json",
+            '{"llmModels": {"m": {"command": "x",}}}',
+            ["line 1, column 37: JSON syntax error: Expecting property name enclosed in double quotes"],
+        ),
+        ("f.toml", "x = 1", ["unsupported file type '.toml': use .yaml, .yml or .json"]),
+        ("fleet", "x", ["unsupported file type '(none)': use .yaml, .yml or .json"]),
+    ],
+)
+def test_unreadable_files_are_reported_with_their_line(
+    tmp_path: Path, name: str, text: str, problems: list[str]
+) -> None:
     """Syntax errors name the line and column; unsupported files say which suffixes work."""
     assert load_problems(tmp_path, name, text) == problems
 
@@ -512,16 +626,17 @@ def test_duplicate_yaml_key_is_reported_with_other_problems(tmp_path: Path) -> N
 def test_duplicate_key_alone_is_still_an_error(tmp_path: Path) -> None:
     """Duplicates fail the load even when the surviving values are all valid."""
     text = '{"llmModels": {"m": {"command": "a", "command": "b"}}}'
-    assert load_problems(tmp_path, "f.json", text) == [
-        "duplicate key 'command': the later value would silently win"]
+    assert load_problems(tmp_path, "f.json", text) == ["duplicate key 'command': the later value would silently win"]
 
 
 def test_yaml_merge_keys_share_settings_without_duplicate_errors(tmp_path: Path) -> None:
     """YAML anchors and `<<:` merges share timings between models; an explicit key overrides the merged one."""
     path = tmp_path / "f.yaml"
-    path.write_text("llmModels:\n"
-                    "  a: &m {command: x, restart_delay: 1, stop_timeout: 3}\n"
-                    "  b: {<<: *m, command: y, restart_delay: 2}\n")
+    path.write_text(
+        "llmModels:\n"
+        "  a: &m {command: x, restart_delay: 1, stop_timeout: 3}\n"
+        "  b: {<<: *m, command: y, restart_delay: 2}\n"
+    )
     config = load_config(path)
     assert (config.models["a"].restart_delay, config.models["b"].restart_delay) == (1.0, 2.0)
     assert (config.models["b"].command, config.models["b"].stop_timeout) == ("y", 3.0)
@@ -548,37 +663,43 @@ def test_fake_fleet_example_runs_without_a_gpu() -> None:
 positive = st.floats(min_value=0.001, max_value=1e6, allow_nan=False) | st.integers(1, 10**6)
 non_negative = st.floats(min_value=0, max_value=1e6, allow_nan=False) | st.integers(0, 10**6)
 text = st.text(st.characters(codec="utf-8"), max_size=12)
-model_keys = st.fixed_dictionaries({"command": text.filter(bool)}, optional={
-    "type": st.sampled_from(["vllm", None]),
-    "args": st.lists(text | st.integers(-10, 10**6), max_size=5),
-    "env": st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), text, max_size=3),
-    "cwd": st.sampled_from(["/srv", "models", None]),
-    "restart_policy": st.sampled_from(["no", "on-failure", "always", "unless-stopped"]),
-    "max_restarts": st.none() | st.integers(0, 100),
-    "restart_window": st.none() | positive,
-    "restart_delay": non_negative,
-    "backoff_multiplier": st.floats(min_value=1, max_value=10),
-    "backoff_max": non_negative,
-    "backoff_jitter": st.floats(min_value=0, max_value=0.99),
-    "backoff_reset_after": positive,
-    "health_check_interval": positive,
-    "health_check_timeout": positive,
-    "health_failure_threshold": st.integers(1, 10),
-    "startup_timeout": positive,
-    "startup_probe_interval": positive,
-    "shutdown_timeout": non_negative,
-    "success_exit_codes": st.lists(st.integers(0, 255), max_size=3),
-})
-docker_keys = st.fixed_dictionaries({"image": text.filter(bool)}, optional={
-    "ports": st.dictionaries(st.integers(1, 65535).map(lambda p: f"{p}/tcp"), st.integers(1, 65535), max_size=2),
-    "gpus": st.sampled_from(["all", [0], [0, 1], None]),
-    "ipc_mode": st.sampled_from(["host", None]),
-    "shm_size": st.sampled_from(["8g", 1024, None]),
-    "mem_limit": st.sampled_from(["512m", 10**9, None]),
-    "volumes": st.sampled_from([{}, {"/data": "/data:ro"}, {"hf": "/root/.cache"}]),
-    "env": st.dictionaries(st.from_regex(r"[A-Z]{1,4}", fullmatch=True), text, max_size=2),
-    "pull": st.booleans(),
-})
+model_keys = st.fixed_dictionaries(
+    {"command": text.filter(bool)},
+    optional={
+        "type": st.sampled_from(["vllm", None]),
+        "args": st.lists(text | st.integers(-10, 10**6), max_size=5),
+        "env": st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), text, max_size=3),
+        "cwd": st.sampled_from(["/srv", "models", None]),
+        "restart_policy": st.sampled_from(["no", "on-failure", "always", "unless-stopped"]),
+        "max_restarts": st.none() | st.integers(0, 100),
+        "restart_window": st.none() | positive,
+        "restart_delay": non_negative,
+        "backoff_multiplier": st.floats(min_value=1, max_value=10),
+        "backoff_max": non_negative,
+        "backoff_jitter": st.floats(min_value=0, max_value=0.99),
+        "backoff_reset_after": positive,
+        "health_check_interval": positive,
+        "health_check_timeout": positive,
+        "health_failure_threshold": st.integers(1, 10),
+        "startup_timeout": positive,
+        "startup_probe_interval": positive,
+        "shutdown_timeout": non_negative,
+        "success_exit_codes": st.lists(st.integers(0, 255), max_size=3),
+    },
+)
+docker_keys = st.fixed_dictionaries(
+    {"image": text.filter(bool)},
+    optional={
+        "ports": st.dictionaries(st.integers(1, 65535).map(lambda p: f"{p}/tcp"), st.integers(1, 65535), max_size=2),
+        "gpus": st.sampled_from(["all", [0], [0, 1], None]),
+        "ipc_mode": st.sampled_from(["host", None]),
+        "shm_size": st.sampled_from(["8g", 1024, None]),
+        "mem_limit": st.sampled_from(["512m", 10**9, None]),
+        "volumes": st.sampled_from([{}, {"/data": "/data:ro"}, {"hf": "/root/.cache"}]),
+        "env": st.dictionaries(st.from_regex(r"[A-Z]{1,4}", fullmatch=True), text, max_size=2),
+        "pull": st.booleans(),
+    },
+)
 model_ids = st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True)
 
 
@@ -594,12 +715,20 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
             keys.pop("cwd", None)
             keys["runtime"], keys["docker"] = "docker", draw(docker_keys)
         models[model_id] = keys
-    supervisor = draw(st.fixed_dictionaries({}, optional={
-        "api": st.fixed_dictionaries({}, optional={"host": st.sampled_from(["127.0.0.1", "::1"]),
-                                                   "port": st.integers(0, 65535)}),
-        "state_dir": st.sampled_from(["state", "/var/lib/llm-supervisor"]),
-        "token_env": st.sampled_from(["TOKEN", "LLM_SUPERVISOR_TOKEN"]),
-        "log_max_bytes": st.integers(1024, 10**9), "log_backups": st.integers(0, 20)}))
+    supervisor = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "api": st.fixed_dictionaries(
+                    {}, optional={"host": st.sampled_from(["127.0.0.1", "::1"]), "port": st.integers(0, 65535)}
+                ),
+                "state_dir": st.sampled_from(["state", "/var/lib/llm-supervisor"]),
+                "token_env": st.sampled_from(["TOKEN", "LLM_SUPERVISOR_TOKEN"]),
+                "log_max_bytes": st.integers(1024, 10**9),
+                "log_backups": st.integers(0, 20),
+            },
+        )
+    )
     return {"supervisor": supervisor, "llmModels": models}
 
 

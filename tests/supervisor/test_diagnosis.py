@@ -11,62 +11,110 @@ ENGINE = "(EngineCore_DP0 pid=212) "
 
 FATAL_LINES = [
     # CUDA out of memory, torch >= 2.4
-    ("cuda_oom", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.15 GiB. GPU 0 has a total capacity "
-     "of 39.56 GiB of which 6.80 GiB is free. Including non-PyTorch memory, this process has 36.61 GiB memory in use."
-     " Of the allocated memory 35.12 GiB is allocated by PyTorch, and 1.02 GiB is reserved by PyTorch but "
-     "unallocated. If reserved but unallocated memory is large try setting "
-     "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."),
-    ("cuda_oom", ENGINE + "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 224.00 MiB. GPU 0 has a "
-     "total capacity of 79.33 GiB of which 112.94 MiB is free."),
+    (
+        "cuda_oom",
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.15 GiB. GPU 0 has a total capacity "
+        "of 39.56 GiB of which 6.80 GiB is free. Including non-PyTorch memory, this process has 36.61 GiB memory in use."
+        " Of the allocated memory 35.12 GiB is allocated by PyTorch, and 1.02 GiB is reserved by PyTorch but "
+        "unallocated. If reserved but unallocated memory is large try setting "
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.",
+    ),
+    (
+        "cuda_oom",
+        ENGINE + "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 224.00 MiB. GPU 0 has a "
+        "total capacity of 79.33 GiB of which 112.94 MiB is free.",
+    ),
     # older torch, with its 'capacty' typo
-    ("cuda_oom", "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 14.75 GiB "
-     "total capacty; 13.62 GiB already allocated; 3.06 MiB free; 13.88 GiB reserved in total by PyTorch)"),
-    ("cuda_oom", "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total capacity; "
-     "12.25 GiB already allocated)"),
+    (
+        "cuda_oom",
+        "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 14.75 GiB "
+        "total capacty; 13.62 GiB already allocated; 3.06 MiB free; 13.88 GiB reserved in total by PyTorch)",
+    ),
+    (
+        "cuda_oom",
+        "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total capacity; "
+        "12.25 GiB already allocated)",
+    ),
     ("cuda_oom", "RuntimeError: CUDA error: out of memory"),
     ("cuda_oom", "CUDA error: out of memory"),
     ("cuda_oom", "[rank0]: RuntimeError: CUDA error: out of memory\n"),
     ("cuda_oom", "ERROR 09-24 20:55:20 [worker.py:88] cudaMalloc failed: out of memory"),
     ("cuda_oom", "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
     # KV-cache sizing
-    ("kv_cache_too_small", "ValueError: No available memory for the cache blocks. Try increasing "
-     "`gpu_memory_utilization` when initializing the engine."),
-    ("kv_cache_too_small", ENGINE + "ValueError: To serve at least one request with the models's max seq len "
-     "(131072), (4.00 GiB KV cache is needed, which is larger than the available KV cache memory (0.65 GiB). "
-     "Based on the available memory, the estimated maximum model length is 21440. Try increasing "
-     "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."),
-    ("kv_cache_too_small", "ValueError: The model's max seq len (32768) is larger than the maximum number of tokens "
-     "that can be stored in KV cache (19008). Try increasing `gpu_memory_utilization` or decreasing "
-     "`max_model_len` when initializing the engine."),
+    (
+        "kv_cache_too_small",
+        "ValueError: No available memory for the cache blocks. Try increasing "
+        "`gpu_memory_utilization` when initializing the engine.",
+    ),
+    (
+        "kv_cache_too_small",
+        ENGINE + "ValueError: To serve at least one request with the models's max seq len "
+        "(131072), (4.00 GiB KV cache is needed, which is larger than the available KV cache memory (0.65 GiB). "
+        "Based on the available memory, the estimated maximum model length is 21440. Try increasing "
+        "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.",
+    ),
+    (
+        "kv_cache_too_small",
+        "ValueError: The model's max seq len (32768) is larger than the maximum number of tokens "
+        "that can be stored in KV cache (19008). Try increasing `gpu_memory_utilization` or decreasing "
+        "`max_model_len` when initializing the engine.",
+    ),
     # GPU memory held by someone else
-    ("gpu_memory_held", ENGINE + "ValueError: Free memory on device (13.91/79.33 GiB) on startup is less than "
-     "desired GPU memory utilization (0.95, 75.36 GiB). Decrease GPU memory utilization or reduce GPU memory used "
-     "by other processes."),
+    (
+        "gpu_memory_held",
+        ENGINE + "ValueError: Free memory on device (13.91/79.33 GiB) on startup is less than "
+        "desired GPU memory utilization (0.95, 75.36 GiB). Decrease GPU memory utilization or reduce GPU memory used "
+        "by other processes.",
+    ),
     # engine death
     ("engine_dead", ENGINE + "ERROR 09-24 20:55:20 [core.py:708] EngineCore failed to start."),
-    ("engine_dead", "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. "
-     "Failed core proc(s): {}"),
-    ("engine_dead", "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace "
-     "(above) for the root cause."),
+    (
+        "engine_dead",
+        "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. "
+        "Failed core proc(s): {}",
+    ),
+    (
+        "engine_dead",
+        "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace "
+        "(above) for the root cause.",
+    ),
     ("engine_dead", "vllm.engine.async_llm_engine.AsyncEngineDeadError: Background loop has errored already."),
-    ("engine_dead", "ERROR 09-24 21:02:11 [multiproc_executor.py:149] Worker proc VllmWorker-0 died unexpectedly, "
-     "shutting down executor."),
+    (
+        "engine_dead",
+        "ERROR 09-24 21:02:11 [multiproc_executor.py:149] Worker proc VllmWorker-0 died unexpectedly, "
+        "shutting down executor.",
+    ),
     # NCCL
-    ("nccl_failure", "[rank1]:[E924 21:10:01.123456789 ProcessGroupNCCL.cpp:632] [Rank 1] Watchdog caught "
-     "collective operation timeout: WorkNCCL(SeqNum=1234, OpType=ALLREDUCE, NumelIn=4096, NumelOut=4096, "
-     "Timeout(ms)=600000) ran for 600012 milliseconds before timing out."),
-    ("nccl_failure", "torch.distributed.DistBackendError: NCCL error in: "
-     "../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1970, unhandled cuda error"),
+    (
+        "nccl_failure",
+        "[rank1]:[E924 21:10:01.123456789 ProcessGroupNCCL.cpp:632] [Rank 1] Watchdog caught "
+        "collective operation timeout: WorkNCCL(SeqNum=1234, OpType=ALLREDUCE, NumelIn=4096, NumelOut=4096, "
+        "Timeout(ms)=600000) ran for 600012 milliseconds before timing out.",
+    ),
+    (
+        "nccl_failure",
+        "torch.distributed.DistBackendError: NCCL error in: "
+        "../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1970, unhandled cuda error",
+    ),
     ("nccl_failure", "RuntimeError: NCCL error: unhandled system error (run with NCCL_DEBUG=INFO for details)"),
     # port in use
     ("port_in_use", "OSError: [Errno 98] Address already in use"),
-    ("port_in_use", "(APIServer pid=1) ERROR:    [Errno 98] error while attempting to bind on address "
-     "('0.0.0.0', 8000): address already in use"),
+    (
+        "port_in_use",
+        "(APIServer pid=1) ERROR:    [Errno 98] error while attempting to bind on address "
+        "('0.0.0.0', 8000): address already in use",
+    ),
     ("port_in_use", "OSError: [Errno 48] Address already in use"),
 ]
 
-CAUSES = {"cuda_oom": Cause.OOM, "kv_cache_too_small": Cause.OOM, "gpu_memory_held": Cause.OOM,
-          "engine_dead": Cause.ENGINE_DEAD, "nccl_failure": Cause.CRASH, "port_in_use": Cause.PORT_IN_USE}
+CAUSES = {
+    "cuda_oom": Cause.OOM,
+    "kv_cache_too_small": Cause.OOM,
+    "gpu_memory_held": Cause.OOM,
+    "engine_dead": Cause.ENGINE_DEAD,
+    "nccl_failure": Cause.CRASH,
+    "port_in_use": Cause.PORT_IN_USE,
+}
 
 
 @pytest.mark.parametrize(("finding", "line"), FATAL_LINES)
@@ -106,12 +154,19 @@ def test_ordinary_line_is_not_a_finding(line: str) -> None:
     assert classify_line(line) is None
 
 
-@pytest.mark.parametrize(("finding", "knob"), [
-    ("cuda_oom", "--gpu-memory-utilization"), ("cuda_oom", "--max-model-len"),
-    ("kv_cache_too_small", "--max-model-len"), ("kv_cache_too_small", "--gpu-memory-utilization"),
-    ("gpu_memory_held", "nvidia-smi"), ("port_in_use", "--port"), ("nccl_failure", "NCCL_DEBUG=INFO"),
-    ("engine_dead", "root cause"),
-])
+@pytest.mark.parametrize(
+    ("finding", "knob"),
+    [
+        ("cuda_oom", "--gpu-memory-utilization"),
+        ("cuda_oom", "--max-model-len"),
+        ("kv_cache_too_small", "--max-model-len"),
+        ("kv_cache_too_small", "--gpu-memory-utilization"),
+        ("gpu_memory_held", "nvidia-smi"),
+        ("port_in_use", "--port"),
+        ("nccl_failure", "NCCL_DEBUG=INFO"),
+        ("engine_dead", "root cause"),
+    ],
+)
 def test_advice_names_the_knob_to_turn(finding: str, knob: str) -> None:
     """Each finding's advice names what an operator can change or run."""
     line = next(line for name, line in FATAL_LINES if name == finding)
@@ -151,6 +206,7 @@ def test_finding_is_a_frozen_value() -> None:
 
 # --- one run ------------------------------------------------------------------------------------------------------
 
+
 def line_for(finding: str) -> str:
     return next(line for name, line in FATAL_LINES if name == finding)
 
@@ -176,14 +232,17 @@ def test_a_fresh_run_has_no_findings() -> None:
     assert (run.findings, run.primary, run.primary_cause, run.has_cuda_oom) == ((), None, None, False)
 
 
-@pytest.mark.parametrize(("findings", "cause", "primary"), [
-    (["engine_dead", "cuda_oom"], Cause.OOM, "cuda_oom"),
-    (["nccl_failure", "engine_dead"], Cause.ENGINE_DEAD, "engine_dead"),
-    (["engine_dead", "port_in_use"], Cause.PORT_IN_USE, "port_in_use"),
-    (["port_in_use", "kv_cache_too_small"], Cause.OOM, "kv_cache_too_small"),
-    (["nccl_failure"], Cause.CRASH, "nccl_failure"),
-    (["gpu_memory_held", "cuda_oom", "engine_dead"], Cause.OOM, "gpu_memory_held"),
-])
+@pytest.mark.parametrize(
+    ("findings", "cause", "primary"),
+    [
+        (["engine_dead", "cuda_oom"], Cause.OOM, "cuda_oom"),
+        (["nccl_failure", "engine_dead"], Cause.ENGINE_DEAD, "engine_dead"),
+        (["engine_dead", "port_in_use"], Cause.PORT_IN_USE, "port_in_use"),
+        (["port_in_use", "kv_cache_too_small"], Cause.OOM, "kv_cache_too_small"),
+        (["nccl_failure"], Cause.CRASH, "nccl_failure"),
+        (["gpu_memory_held", "cuda_oom", "engine_dead"], Cause.OOM, "gpu_memory_held"),
+    ],
+)
 def test_primary_cause_is_the_one_nearest_the_root(findings: list[str], cause: Cause, primary: str) -> None:
     """oom > port_in_use > engine_dead > crash, whatever the order; the first seen wins among equals."""
     run = RunDiagnosis()
@@ -194,10 +253,17 @@ def test_primary_cause_is_the_one_nearest_the_root(findings: list[str], cause: C
     assert run.primary.finding == primary
 
 
-@pytest.mark.parametrize(("finding", "has_oom"), [
-    ("cuda_oom", True), ("kv_cache_too_small", True), ("gpu_memory_held", True),
-    ("engine_dead", False), ("nccl_failure", False), ("port_in_use", False),
-])
+@pytest.mark.parametrize(
+    ("finding", "has_oom"),
+    [
+        ("cuda_oom", True),
+        ("kv_cache_too_small", True),
+        ("gpu_memory_held", True),
+        ("engine_dead", False),
+        ("nccl_failure", False),
+        ("port_in_use", False),
+    ],
+)
 def test_has_cuda_oom_follows_memory_findings(finding: str, has_oom: bool) -> None:
     """has_cuda_oom is true for every finding whose cause is GPU memory, and only for those."""
     run = RunDiagnosis()

@@ -13,9 +13,15 @@ from supervisor.api.metrics import EXIT_CAUSES, RESTART_REASONS, Metrics
 from supervisor.core.views import EventKind, State
 
 CONTRACT_NAMES = {
-    "llm_supervisor_model_state", "llm_supervisor_model_up", "llm_supervisor_model_healthy",
-    "llm_supervisor_restarts_total", "llm_supervisor_exits_total", "llm_supervisor_health_checks_total",
-    "llm_supervisor_health_check_duration_seconds", "llm_supervisor_uptime_seconds", "llm_supervisor_oom_total",
+    "llm_supervisor_model_state",
+    "llm_supervisor_model_up",
+    "llm_supervisor_model_healthy",
+    "llm_supervisor_restarts_total",
+    "llm_supervisor_exits_total",
+    "llm_supervisor_health_checks_total",
+    "llm_supervisor_health_check_duration_seconds",
+    "llm_supervisor_uptime_seconds",
+    "llm_supervisor_oom_total",
 }
 
 
@@ -73,8 +79,10 @@ def test_counters_after_scripted_crashes_and_restarts(sup: FakeSupervisor) -> No
     assert value(parsed, "llm_supervisor_exits_total", model="qwen", cause="oom") == 2
     assert value(parsed, "llm_supervisor_exits_total", model="qwen", cause="none") == 1
     assert value(parsed, "llm_supervisor_oom_total", model="qwen") == 2
-    assert sum(v for (n, lb), v in parsed.items()
-               if n == "llm_supervisor_restarts_total" and ("model", "llama") in lb) == 0
+    assert (
+        sum(v for (n, lb), v in parsed.items() if n == "llm_supervisor_restarts_total" and ("model", "llama") in lb)
+        == 0
+    )
     assert value(parsed, "llm_supervisor_exits_total", model="llama", cause="crash") == 1
     assert value(parsed, "llm_supervisor_oom_total", model="llama") == 0
 

@@ -125,7 +125,11 @@ async def make() -> AsyncIterator[Callable[..., Harness]]:
             return ProbeResult(ok, None if ok else "connection refused", 200 if ok else None, 0.001, "http://x/health")
 
         owner = ModelOwner(
-            "m", Machine(settings(**overrides)), runtime, clock, probe=prober,
+            "m",
+            Machine(settings(**overrides)),
+            runtime,
+            clock,
+            probe=prober,
             on_record=lambda model, run, record: records.append((clock.now(), record)),
             on_probe=lambda model, result: None,
             on_line=lambda run, stream, text: None,

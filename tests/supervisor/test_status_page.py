@@ -39,9 +39,18 @@ def browser() -> Iterator[WebDriver]:
     profile = tempfile.mkdtemp(prefix="llm-supervisor-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:
@@ -83,7 +92,10 @@ def test_page_asks_for_token_then_shows_models_and_stop_works(browser: WebDriver
     """With a token set, the page asks for it, then shows states, advice and events; Stop stops the model."""
     sup = FakeSupervisor(["qwen", "llama"], tmp_path / "logs")
     sup.set_status(
-        "llama", State.FAILED, failure_cause=Cause.OOM, failure_advice="Lower --gpu-memory-utilization",
+        "llama",
+        State.FAILED,
+        failure_cause=Cause.OOM,
+        failure_advice="Lower --gpu-memory-utilization",
         restart_count=3,
     )
     with serve_in_thread(create_app(sup, token=TOKEN)) as url:

@@ -139,8 +139,7 @@ async def test_an_unreachable_docker_daemon_stops_only_the_docker_model(
     """With Docker down, the supervisor still starts; the process model runs, the container model fails."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
     models = {
-        "boxed": {"command": "vllm", "runtime": "docker", "docker": {"image": "vllm/vllm-openai"},
-                  "max_restarts": 0},
+        "boxed": {"command": "vllm", "runtime": "docker", "docker": {"image": "vllm/vllm-openai"}, "max_restarts": 0},
         "plain": {"command": sys.executable, "args": ["-c", "import time; time.sleep(60)"], "stop_timeout": 1},
     }
     config = parse_config({"supervisor": {"state_dir": str(tmp_path)}, "llmModels": models}, "t")
