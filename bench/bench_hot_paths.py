@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from supervisor.core.diagnosis import RunDiagnosis, classify_line
+from supervisor.core.views import EventKind, State, TimelineEvent
+from supervisor.runtime.base import Stream
 from supervisor.store.journal import Journal, PersistedModel
 from supervisor.store.logs import LogWriter
 from supervisor.store.redact import Redactor
-from supervisor.runtime.base import Stream
-from supervisor.core.views import EventKind, State, TimelineEvent
 
 ORDINARY = [
     "(APIServer pid=1) INFO 09-24 20:54:38 [loggers.py:123] Engine 000: Avg prompt throughput: 120.3 tokens/s",

@@ -102,12 +102,12 @@ def build_fake_vllm_image(script: Path = BUILD_SCRIPT, timeout: float = BUILD_TI
         )
     started = time.monotonic()
     try:
-        done = subprocess.run(
+        done = subprocess.run(  # noqa: S603 (our own script, no shell)
             [str(script)],
             capture_output=True,
             text=True,
             timeout=timeout,
-            check=False,  # noqa: S603 (our own script, no shell)
+            check=False,
             cwd=script.parents[1],
         )
     except subprocess.TimeoutExpired:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Lint: ruff rules and formatting drift.
+# Lint: ruff's rules, then formatting drift (a file ruff would reformat fails the check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check supervisor fake_vllm chaos tests bench
+.venv/bin/ruff format --check supervisor fake_vllm chaos tests bench

@@ -17,7 +17,10 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from supervisor.store import logs
+from supervisor.api.auth import BearerAuth, token_from_env
+from supervisor.api.facade import SupervisorFacade
+from supervisor.api.metrics import CONTENT_TYPE_LATEST, Metrics
+from supervisor.api.ratelimit import ActionRateLimiter
 from supervisor.api.schemas import (
     ActionResponse,
     ErrorDetail,
@@ -28,11 +31,8 @@ from supervisor.api.schemas import (
     ModelList,
     ModelStatusOut,
 )
-from supervisor.api.auth import BearerAuth, token_from_env
-from supervisor.api.facade import SupervisorFacade
-from supervisor.api.metrics import CONTENT_TYPE_LATEST, Metrics
-from supervisor.api.ratelimit import ActionRateLimiter
 from supervisor.core.views import ActionResult, ModelStatus
+from supervisor.store import logs
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_LOG_LINES = 10_000

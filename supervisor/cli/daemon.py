@@ -25,9 +25,9 @@ import uvicorn
 from supervisor.api.app import create_app
 from supervisor.api.auth import token_from_env
 from supervisor.config.schema import Config
-from supervisor.store.journal import JOURNAL_FILENAME, Journal, JournalError
 from supervisor.core.views import EventKind, TimelineEvent
 from supervisor.loop.fleet import Supervisor
+from supervisor.store.journal import JOURNAL_FILENAME, Journal, JournalError
 
 LOCK_FILENAME = "supervisor.lock"
 # Streaming log followers must not hold the exit hostage.

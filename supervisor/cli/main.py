@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from supervisor.cli import format as cli_format
 from supervisor.api.auth import token_from_env
+from supervisor.cli import format as cli_format
 from supervisor.cli.client import DEFAULT_URL, ClientError, SupervisorClient, Unreachable, UsageError
 from supervisor.config.schema import Config, ConfigError, load_config
 

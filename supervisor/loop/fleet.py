@@ -19,11 +19,10 @@ from pathlib import Path
 
 import httpx
 
-from supervisor.core.clock import Clock, RealClock
-from supervisor.config.schema import Config, ModelConfig
 from supervisor.api.facade import Observer
-from supervisor.store.journal import Journal, PersistedModel, RunRecord
-from supervisor.store.logs import LogWriter
+from supervisor.config.schema import Config, ModelConfig
+from supervisor.config.settings import machine_settings
+from supervisor.core.clock import Clock, RealClock
 from supervisor.core.machine import Machine
 from supervisor.core.machine_types import (
     Boot,
@@ -37,14 +36,15 @@ from supervisor.core.machine_types import (
     StartRequested,
     StopRequested,
 )
+from supervisor.core.views import ActionResult, EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
 from supervisor.loop.owner import ModelOwner
+from supervisor.loop.status_view import build_status
 from supervisor.probe.http import ProbeResult, probe
-from supervisor.store.redact import Redactor, secrets_from_argv
 from supervisor.runtime.base import Runtime, Stream
 from supervisor.runtime.factory import build_runtime, instance_id, stop_leftover_run
-from supervisor.config.settings import machine_settings
-from supervisor.core.views import ActionResult, EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
-from supervisor.loop.status_view import build_status
+from supervisor.store.journal import Journal, PersistedModel, RunRecord
+from supervisor.store.logs import LogWriter
+from supervisor.store.redact import Redactor, secrets_from_argv
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,9 @@ from supervisor.core.machine_types import (
     Tick,
     next_deadline,
 )
+from supervisor.core.views import Cause, State
 from supervisor.probe.http import ProbeResult
 from supervisor.runtime.base import Run, Runtime, SpawnError, Stream
-from supervisor.core.views import Cause, State
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from supervisor.core.clock import Clock
 from supervisor.config.schema import ModelConfig
-from supervisor.loop.owner import ModelOwner
+from supervisor.core.clock import Clock
 from supervisor.core.views import Cause, ModelStatus, State
+from supervisor.loop.owner import ModelOwner
 
 # What an operator can do about a failure that the output did not explain better.
 GENERIC_ADVICE: dict[Cause, str] = {

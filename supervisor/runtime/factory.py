@@ -6,9 +6,9 @@ import hashlib
 from pathlib import Path
 
 from supervisor.config.schema import ModelConfig
-from supervisor.store.journal import RunRecord
 from supervisor.runtime.base import Runtime
 from supervisor.runtime.process import ProcessRuntime, run_marker, stop_leftover
+from supervisor.store.journal import RunRecord
 
 
 def instance_id(state_dir: Path) -> str:

@@ -11,10 +11,10 @@ import pytest
 from docker_helpers import Lines, wait_until
 
 from supervisor.core.diagnosis import classify_line
+from supervisor.core.views import Cause
 from supervisor.runtime.base import Stream
 from supervisor.runtime.docker import DockerRuntime
 from supervisor.runtime.docker_spec import ContainerSpec
-from supervisor.core.views import Cause
 
 pytestmark = pytest.mark.docker
 

@@ -15,9 +15,9 @@ import pytest
 from docker_helpers import wait_until
 
 from supervisor.config.schema import parse_config
-from supervisor.runtime.docker_spec import MODEL_LABEL
 from supervisor.core.views import EventKind, State
 from supervisor.loop.fleet import Supervisor
+from supervisor.runtime.docker_spec import MODEL_LABEL
 
 pytestmark = pytest.mark.docker
 

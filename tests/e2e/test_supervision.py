@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psutil
 
-from supervisor.store.logs import tail
 from supervisor.core.views import Cause, EventKind, State
+from supervisor.store.logs import tail
 from tests.e2e.conftest import Supervised, fake_model, kinds, script_model, wait_until
 
 # Scheduling slack on a loaded 2-core CI machine, on top of the delay being checked.

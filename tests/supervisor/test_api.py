@@ -10,8 +10,8 @@ from api_helpers import ManualClock, asgi_client
 from fakes import FakeSupervisor
 
 from supervisor.api.app import create_app
-from supervisor.api.schemas import EventOut, HealthCheckResponse, ModelStatusOut
 from supervisor.api.ratelimit import ActionRateLimiter
+from supervisor.api.schemas import EventOut, HealthCheckResponse, ModelStatusOut
 from supervisor.core.views import EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
 
 TOKEN = "s3cret-token-value"

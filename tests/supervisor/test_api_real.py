@@ -14,10 +14,10 @@ from api_helpers import asgi_client, samples, value
 from real_fleet import config_data, fake_model, model_processes
 
 from supervisor.api.app import create_app
-from supervisor.config.schema import parse_config
-from supervisor.store.journal import JOURNAL_FILENAME, Journal
 from supervisor.api.ratelimit import ActionRateLimiter
+from supervisor.config.schema import parse_config
 from supervisor.loop.fleet import Supervisor
+from supervisor.store.journal import JOURNAL_FILENAME, Journal
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_process_left")]
 WAIT = 30.0  # generous: real processes on a loaded two-core machine

@@ -11,9 +11,9 @@ import pytest
 from api_helpers import serve_in_thread
 from fakes import FakeSupervisor
 
-from supervisor.cli import main as cli
 from supervisor.api.app import create_app
 from supervisor.api.ratelimit import ActionRateLimiter
+from supervisor.cli import main as cli
 from supervisor.core.views import Cause, EventKind, State
 
 TOKEN = "cli-token"

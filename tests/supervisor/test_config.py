@@ -577,7 +577,8 @@ def load_problems(tmp_path: Path, name: str, text: str) -> list[str]:
             "f.yaml",
             "a: 1\n---\nb: 2\n",
             [
-                "line 2, column 1: YAML syntax error: expected a single document in the stream, but found another document"
+                "line 2, column 1: YAML syntax error: expected a single document in the stream, "
+                "but found another document"
             ],
         ),
         ("f.yaml", "llmModels: {m: {command: x}}\nx: \x07\n", ["line 2: character #x0007 is not allowed in YAML"]),

@@ -14,8 +14,9 @@ FATAL_LINES = [
     (
         "cuda_oom",
         "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.15 GiB. GPU 0 has a total capacity "
-        "of 39.56 GiB of which 6.80 GiB is free. Including non-PyTorch memory, this process has 36.61 GiB memory in use."
-        " Of the allocated memory 35.12 GiB is allocated by PyTorch, and 1.02 GiB is reserved by PyTorch but "
+        "of 39.56 GiB of which 6.80 GiB is free. Including non-PyTorch memory, this process has "
+        "36.61 GiB memory in use. Of the allocated memory 35.12 GiB is allocated by PyTorch, and 1.02 GiB "
+        "is reserved by PyTorch but "
         "unallocated. If reserved but unallocated memory is large try setting "
         "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.",
     ),

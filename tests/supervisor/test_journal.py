@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.store.journal import Journal, JournalError, PersistedModel, RunRecord
 from supervisor.core.views import EventKind, State, TimelineEvent
+from supervisor.store.journal import Journal, JournalError, PersistedModel, RunRecord
 
 
 def _event(seq: int, model_id: str = "m1", kind: EventKind = EventKind.SPAWNED, **kw: object) -> TimelineEvent:

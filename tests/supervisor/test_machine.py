@@ -41,8 +41,8 @@ from supervisor.core.machine_types import (
     next_deadline,
 )
 from supervisor.core.policy import Backoff, Budget, RestartPolicy
-from supervisor.runtime.base import ExitStatus
 from supervisor.core.views import Cause, EventKind, State
+from supervisor.runtime.base import ExitStatus
 
 CRASH = ExitStatus(1)
 

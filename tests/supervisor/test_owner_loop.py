@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from supervisor.core.clock import VirtualClock, settle
 from supervisor.config.schema import parse_config
+from supervisor.core.clock import VirtualClock, settle
 from supervisor.core.machine import Machine
 from supervisor.core.machine_types import (
     Boot,
@@ -23,12 +23,12 @@ from supervisor.core.machine_types import (
     StartRequested,
     StopRequested,
 )
-from supervisor.loop.owner import ModelOwner
 from supervisor.core.policy import Backoff, Budget, RestartPolicy
+from supervisor.core.views import EventKind, State
+from supervisor.loop.owner import ModelOwner
+from supervisor.loop.status_view import CONTAINER_OOM_ADVICE, build_status
 from supervisor.probe.http import ProbeResult
 from supervisor.runtime.base import ExitStatus, LineSink, SpawnError, Stream
-from supervisor.core.views import EventKind, State
-from supervisor.loop.status_view import CONTAINER_OOM_ADVICE, build_status
 from tests.supervisor.test_machine import make_settings
 
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 import supervisor.loop.fleet as supervisor_module
-from supervisor.core.clock import settle
 from supervisor.config.schema import parse_config
-from supervisor.store.journal import PersistedModel
-from supervisor.runtime.base import ExitStatus, LineSink
+from supervisor.core.clock import settle
 from supervisor.core.views import EventKind, State, TimelineEvent
 from supervisor.loop.fleet import Supervisor
+from supervisor.runtime.base import ExitStatus, LineSink
+from supervisor.store.journal import PersistedModel
 from tests.supervisor.test_owner_loop import FakeRun
 
 
