@@ -1,6 +1,6 @@
 """What the management plane (API, metrics) needs from the supervisor, written down as Protocols.
 
-`supervisor.loop.fleet.Supervisor` satisfies `SupervisorFacade`; tests hand the API a small fake through
+`supervisor.loop.fleet.Fleet` satisfies `SupervisorFacade`; tests hand the API a small fake through
 the same seam. Reads (`status`, `statuses`, `events`, `model_ids`, `log_dir`) are pure: they never probe
 and never move a counter (PRIOR_ART 6). Actions go to the model's owner task, which serializes them.
 """
@@ -11,17 +11,10 @@ from pathlib import Path
 from typing import Protocol
 
 from supervisor.core.views import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
+from supervisor.loop.observer import Observer
 
 
-class Observer(Protocol):
-    def on_event(self, event: TimelineEvent) -> None:
-        """Called for every timeline event, in order."""
-
-    def on_probe(self, model_id: str, ok: bool, duration: float) -> None:
-        """Called for every probe (start-up, liveness, manual)."""
-
-
-class SupervisorSettings(Protocol):
+class TokenSettings(Protocol):
     """The part of `config.supervisor` the API reads."""
 
     @property
@@ -30,7 +23,7 @@ class SupervisorSettings(Protocol):
 
 class ConfigView(Protocol):
     @property
-    def supervisor(self) -> SupervisorSettings: ...
+    def supervisor(self) -> TokenSettings: ...
 
 
 class SupervisorFacade(Protocol):

@@ -18,7 +18,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from supervisor.api.facade import SupervisorFacade
-from supervisor.core.views import Cause, EventKind, State, TimelineEvent
+from supervisor.core.states import Cause, EventKind, State
+from supervisor.core.views import TimelineEvent
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -60,7 +61,7 @@ class _StatusGauges(Collector):
 
 
 class Metrics:
-    """Observer + registry. Create it before `Supervisor.start()` so no event goes uncounted."""
+    """Observer + registry. Create it before `Fleet.start()` so no event goes uncounted."""
 
     def __init__(self, supervisor: SupervisorFacade) -> None:
         self._supervisor = supervisor

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from supervisor.core.views import Cause, EventKind, State
+from supervisor.core.states import Cause, EventKind, State
 
 
 class _FromAttributes(BaseModel):

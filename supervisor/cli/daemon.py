@@ -25,8 +25,9 @@ import uvicorn
 from supervisor.api.app import create_app
 from supervisor.api.auth import token_from_env
 from supervisor.config.schema import Config
-from supervisor.core.views import EventKind, TimelineEvent
-from supervisor.loop.fleet import Supervisor
+from supervisor.core.states import EventKind
+from supervisor.core.views import TimelineEvent
+from supervisor.loop.fleet import Fleet
 from supervisor.store.journal import JOURNAL_FILENAME, Journal, JournalError
 
 LOCK_FILENAME = "supervisor.lock"
@@ -140,7 +141,7 @@ async def serve(config: Config, host: str, port: int, out: TextIO = sys.stderr) 
 
 
 async def _serve(config: Config, journal: Journal, sock: socket.socket, token: str | None, out: TextIO) -> int:
-    supervisor = Supervisor(config, journal=journal)
+    supervisor = Fleet(config, store=journal)
     supervisor.add_observer(EventPrinter(out))
     app = create_app(supervisor, token=token)
     server = _OwnSignalsServer(

@@ -54,7 +54,7 @@ def _message(cls: type[BaseModel], loc: list[Any], error: Any, aliases: Sequence
         bound = next(iter(ctx.values()))
         bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
         return f"must be {_BOUNDS[kind]} {bound} (got {got})"
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):  # a Literal and an Enum of allowed values read the same
         expected = ctx["expected"]
         return f"must be {'one of ' if ' or ' in expected else ''}{expected} (got {got})"
     if kind == "value_error":

@@ -29,6 +29,7 @@ from pydantic_core import core_schema
 
 from supervisor.config.files import DocumentError, load_json, load_yaml
 from supervisor.config.messages import describe, show, step, suggest
+from supervisor.core.states import RuntimeKind
 
 MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # FluidMCP's own sections (MCP servers, its cloud models, its GitHub token): a FluidMCP file carries them next
@@ -148,7 +149,7 @@ Seconds = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Count = Annotated[int, Field(strict=True)]
 ByteSize = Annotated[int, BeforeValidator(_byte_size)]
 Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
-RestartPolicy = Literal["no", "on-failure", "always", "unless-stopped"]
+RestartPolicyName = Literal["no", "on-failure", "always", "unless-stopped"]
 
 
 def _resolve(path: Path, info: ValidationInfo) -> Path:
@@ -210,11 +211,11 @@ class ModelConfig(_Section):
     command: NonEmpty
     args: tuple[Text, ...] = ()
     env: FrozenMap[EnvName, Text] = FrozenMap()
-    runtime: Literal["process", "docker"] = "process"
+    runtime: RuntimeKind = RuntimeKind.PROCESS
     docker: DockerSettings | None = Field(None, validate_default=True)
     cwd: Path | None = None
     endpoints: Endpoints = Endpoints()
-    restart_policy: RestartPolicy = "on-failure"
+    restart_policy: RestartPolicyName = "on-failure"
     max_restarts: Annotated[Count, Field(ge=0)] | None = 3
     restart_window: Annotated[Seconds, Field(gt=0)] | None = 600.0
     restart_delay: Annotated[Seconds, Field(ge=0)] = 5.0
@@ -244,16 +245,16 @@ class ModelConfig(_Section):
     @classmethod
     def _docker_matches_runtime(cls, value: DockerSettings | None, info: ValidationInfo) -> DockerSettings | None:
         runtime = info.data.get("runtime")
-        if runtime == "docker" and value is None:
+        if runtime is RuntimeKind.DOCKER and value is None:
             raise ValueError("runtime: docker needs a docker: block with at least an image")
-        if runtime == "process" and value is not None:
+        if runtime is RuntimeKind.PROCESS and value is not None:
             raise ValueError("a docker: block needs runtime: docker")
         return value
 
     @field_validator("cwd")
     @classmethod
     def _cwd(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None and info.data.get("runtime") == "docker":
+        if value is not None and info.data.get("runtime") is RuntimeKind.DOCKER:
             raise ValueError("cwd applies to runtime: process only")
         return None if value is None else _resolve(value, info)
 

@@ -69,7 +69,12 @@ class VirtualClock:
         return self._sleepers[0][0] if self._sleepers else None
 
     async def advance(self, seconds: float) -> None:
-        """Move time forward, waking each sleeper at its own deadline and letting woken tasks run."""
+        """Move time forward, waking each sleeper at its own deadline and letting woken tasks run.
+
+        Monotonic time never goes backwards, so a negative step is a test's mistake, refused before anything moves.
+        """
+        if seconds < 0:
+            raise ValueError(f"a monotonic clock cannot go backwards (advance({seconds}))")
         target = self._now + seconds
         await settle()
         while (deadline := self.next_deadline()) is not None and deadline <= target:

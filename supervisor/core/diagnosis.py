@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from supervisor.core.views import Cause
+from supervisor.core.states import Cause
 
 EXCERPT_MAX = 500
 

@@ -52,7 +52,7 @@ from supervisor.core.machine_types import (
     Tick,
 )
 from supervisor.core.policy import wants_restart
-from supervisor.core.views import Cause, EventKind, State
+from supervisor.core.states import Cause, EventKind, State
 
 
 class Machine:

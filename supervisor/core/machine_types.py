@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from supervisor.core.policy import Backoff, Budget, RestartPolicy
-from supervisor.core.views import Cause, EventKind, State
-from supervisor.runtime.base import ExitStatus
+from supervisor.core.states import Cause, EventKind, ExitStatus, State
 
 
 class IllegalEvent(Exception):

@@ -7,47 +7,8 @@ moves a counter (PRIOR_ART 6).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
-
-class State(StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"
-    BACKOFF = "backoff"
-    STOPPING = "stopping"
-    FAILED = "failed"
-
-
-class Cause(StrEnum):
-    """Why a run failed; exposed as `failure_cause`."""
-
-    CRASH = "crash"
-    UNHEALTHY = "unhealthy"
-    OOM = "oom"
-    PORT_IN_USE = "port_in_use"
-    ENGINE_DEAD = "engine_dead"
-    STARTUP_TIMEOUT = "startup_timeout"
-
-
-class EventKind(StrEnum):
-    SPAWNED = "spawned"
-    EXITED = "exited"
-    PROBE_FAILED = "probe_failed"
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"
-    BACKOFF = "backoff"
-    STOPPING = "stopping"
-    KILLED = "killed"
-    STOPPED = "stopped"
-    FAILED = "failed"
-    OOM_DETECTED = "oom_detected"
-    DIAGNOSED = "diagnosed"
-    STARTUP_TIMEOUT = "startup_timeout"
-    START_REQUESTED = "start_requested"
-    STOP_REQUESTED = "stop_requested"
-    RESTART_REQUESTED = "restart_requested"
+from supervisor.core.states import Cause, EventKind, State
 
 
 @dataclass(frozen=True, slots=True)

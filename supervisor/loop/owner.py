@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from supervisor.core.clock import Clock
 from supervisor.core.diagnosis import Finding, RunDiagnosis, classify_line
@@ -39,15 +39,13 @@ from supervisor.core.machine_types import (
     Tick,
     next_deadline,
 )
-from supervisor.core.views import Cause, State
+from supervisor.core.states import Cause, State
 from supervisor.probe.http import ProbeResult
 from supervisor.runtime.base import Run, Runtime, SpawnError, Stream
 
 log = logging.getLogger(__name__)
 
-# The owner reports each timeline entry and each probe outward; the supervisor stamps and stores them.
-RecordSink = Callable[[str, int, Record], None]
-ProbeSink = Callable[[str, ProbeResult], None]
+# One probe of the model's server within a timeout budget; it reports failure and never raises.
 Prober = Callable[[float], Awaitable[ProbeResult]]
 
 
@@ -66,6 +64,19 @@ class RunView:
     diagnosis: RunDiagnosis
 
 
+class OwnerReports(Protocol):
+    """Where an owner reports outward. It hands over everything a report needs, so nothing reads it back."""
+
+    def record(self, model_id: str, record: Record, snapshot: Snapshot, run: RunView | None) -> None:
+        """A timeline entry, with the snapshot it left and the current run (to persist and to mark the log)."""
+
+    def probed(self, model_id: str, result: ProbeResult) -> None:
+        """A probe's outcome (start-up, liveness or manual)."""
+
+    def line(self, model_id: str, stream: Stream, text: str) -> None:
+        """One line of the run's output."""
+
+
 class ModelOwner:
     def __init__(
         self,
@@ -75,9 +86,7 @@ class ModelOwner:
         clock: Clock,
         *,
         probe: Prober | None,
-        on_record: RecordSink,
-        on_probe: ProbeSink,
-        on_line: Callable[[int, Stream, str], None],
+        reports: OwnerReports,
         snapshot: Snapshot | None = None,
     ) -> None:
         self.model_id = model_id
@@ -90,9 +99,7 @@ class ModelOwner:
         self._runtime = runtime
         self._clock = clock
         self._probe = probe
-        self._on_record = on_record
-        self._on_probe = on_probe
-        self._on_line = on_line
+        self._reports = reports
         self._inbox: asyncio.Queue[_Request] = asyncio.Queue()
         self._helpers: set[asyncio.Task[None]] = set()
         self._settled = asyncio.Event()
@@ -171,7 +178,7 @@ class ModelOwner:
     async def _execute(self, action: Action) -> Event | None:
         match action:
             case Record():
-                self._on_record(self.model_id, self.snapshot.run, action)
+                self._reports.record(self.model_id, action, self.snapshot, self.run)
             case Spawn():
                 return await self._spawn(action)
             case Terminate() if self.run and self.run.number == action.run:
@@ -187,7 +194,7 @@ class ModelOwner:
         number = action.run
 
         def sink(stream: Stream, text: str) -> None:
-            self._on_line(number, stream, text)
+            self._reports.line(self.model_id, stream, text)
             finding = diagnosis.observe(text)
             if finding is not None:  # lines may arrive before spawn() returns (Docker attaches first)
                 cause = diagnosis.primary_cause
@@ -218,7 +225,7 @@ class ModelOwner:
     async def _run_probe(self, action: Probe) -> None:
         assert self._probe is not None  # the machine only asks for probes when there is an endpoint
         result = await self._probe(action.timeout)
-        self._on_probe(self.model_id, result)
+        self._reports.probed(self.model_id, result)
         self.post(ProbeDone(action.run, result.ok, result.message))
 
     def _start_helper(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from supervisor.config.schema import ModelConfig
 from supervisor.core.clock import Clock
-from supervisor.core.views import Cause, ModelStatus, State
+from supervisor.core.states import Cause, State
+from supervisor.core.views import ModelStatus
 from supervisor.loop.owner import ModelOwner
 
 # What an operator can do about a failure that the output did not explain better.

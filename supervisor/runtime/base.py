@@ -9,29 +9,15 @@ left holding resources (every process of the group, or the container removed).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
+
+from supervisor.core.states import ExitStatus
 
 
 class Stream(StrEnum):
     STDOUT = "stdout"
     STDERR = "stderr"
-
-
-@dataclass(frozen=True, slots=True)
-class ExitStatus:
-    """How the main process ended: an exit code, or the number of the signal that killed it."""
-
-    code: int | None
-    signal: int | None = None
-    # Set by runtimes that know more than a code, e.g. Docker's OOMKilled flag.
-    oom_killed: bool = False
-
-    def describe(self) -> str:
-        if self.signal is not None:
-            return f"signal {self.signal}"
-        return f"exit code {self.code}"
 
 
 # Called once per complete output line, in arrival order, from the event loop thread.

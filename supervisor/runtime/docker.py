@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import docker
 from docker import errors as docker_errors
@@ -45,9 +45,6 @@ from supervisor.runtime.docker_spec import (
     create_args,
 )
 from supervisor.runtime.docker_streams import AttachedOutput, close_quietly
-
-if TYPE_CHECKING:
-    from supervisor.config.schema import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -301,42 +298,3 @@ async def remove_leftover_container(
     supervisor labelled with the model: stop and remove them. True if one of them was still running."""
     also = [ident] if ident else []
     return bool(await remove_leftovers(model_id, stop_timeout, also, client_factory, instance=instance))
-
-
-# --- config adapter ----------------------------------------------------------------------------------------
-
-
-def spec_from_model_config(cfg: ModelConfig, instance: str | None = None) -> ContainerSpec:
-    """The container a model's config describes: `command` becomes the entrypoint and `args` its command,
-    so `command: vllm, args: [serve, ...]` runs the same in the vllm/vllm-openai image as on a host."""
-    settings = cfg.docker
-    if settings is None:
-        raise ValueError("runtime: docker needs a docker: block")
-    return ContainerSpec(
-        image=settings.image,
-        entrypoint=[cfg.command],
-        command=list(cfg.args),
-        # The supervisor's own environment is not passed on: a container gets only what the config names.
-        env={**cfg.env, **settings.env},
-        ports=dict(settings.ports),
-        gpus=settings.gpus,
-        ipc_mode=settings.ipc_mode,
-        shm_size=settings.shm_size,
-        volumes=dict(settings.volumes),
-        mem_limit=settings.mem_limit,
-        stop_timeout=cfg.stop_timeout,
-        pull=settings.pull,
-        instance=instance,
-    )
-
-
-def docker_runtime_for(
-    model_id: str,
-    cfg: ModelConfig,
-    client_factory: ClientFactory = default_client_factory,
-    *,
-    instance: str | None = None,
-) -> DockerRuntime:
-    """The runtime for one model of the config (`runtime: docker`)."""
-    del model_id  # the model id reaches the container as a label at spawn time
-    return DockerRuntime(spec_from_model_config(cfg, instance), client_factory)

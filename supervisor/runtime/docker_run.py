@@ -21,7 +21,8 @@ from typing import Any
 
 from docker import errors as docker_errors
 
-from supervisor.runtime.base import ExitStatus, LineSink, Stream
+from supervisor.core.states import ExitStatus
+from supervisor.runtime.base import LineSink, Stream
 from supervisor.runtime.docker_streams import AttachedOutput, DieNotice, close_quietly, pump_output, wait_for_die
 
 log = logging.getLogger(__name__)

@@ -19,11 +19,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
-from supervisor.core.views import EventKind, State, TimelineEvent
+from supervisor.core.states import EventKind, RuntimeKind, State
+from supervisor.core.views import TimelineEvent
+from supervisor.store.base import PersistedModel, RunRecord, StoreError
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
 SCHEMA_VERSION: Final = 1
@@ -70,26 +73,13 @@ class JournalError(Exception):
     """The journal file cannot be used (written by a newer version, not a database, unwritable)."""
 
 
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """A live run, as needed to find it again: 'pid:create_time' (guards against PID reuse) or a container id."""
-
-    ident: str
-    run_number: int
-    spawned_at: float  # Unix time
-    runtime: str  # "process" | "docker"
-
-
-@dataclass(frozen=True, slots=True)
-class PersistedModel:
-    """The state of one model that must outlive the supervisor process."""
-
-    desired: str  # "running" | "stopped"
-    restart_times: tuple[float, ...]  # Unix times of automatic restarts still inside the budget window
-    restart_count: int
-    attempt: int  # backoff attempt
-    failed: bool
-    run: RunRecord | None
+@contextmanager
+def _writing() -> Iterator[None]:
+    """A failed write is a StoreError: the caller knows a store may fail, not that it is SQLite."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"journal write failed: {exc}") from exc
 
 
 class Journal:
@@ -128,7 +118,7 @@ class Journal:
 
     def append(self, event: TimelineEvent) -> None:
         """Record one timeline event (its seq is the caller's, global across models)."""
-        with self._lock:
+        with self._lock, _writing():
             self._conn.execute(
                 "INSERT INTO events (seq, time, model_id, kind, state, detail, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -191,7 +181,7 @@ class Journal:
     def save_model(self, model_id: str, model: PersistedModel) -> None:
         """Replace the persisted state of `model_id`."""
         run = model.run
-        with self._lock:
+        with self._lock, _writing():
             self._conn.execute(
                 "INSERT OR REPLACE INTO models (model_id, desired, restart_times, restart_count, attempt, "
                 "failed, run_ident, run_number, run_spawned_at, run_runtime) "
@@ -221,7 +211,7 @@ class Journal:
         for mid, desired, times, count, attempt, failed, ident, number, spawned_at, runtime in rows:
             run = None
             if ident is not None:
-                run = RunRecord(ident=ident, run_number=number, spawned_at=spawned_at, runtime=runtime)
+                run = RunRecord(ident=ident, run_number=number, spawned_at=spawned_at, runtime=RuntimeKind(runtime))
             models[mid] = PersistedModel(
                 desired=desired,
                 restart_times=tuple(float(t) for t in json.loads(times)),

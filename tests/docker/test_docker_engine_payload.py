@@ -15,12 +15,12 @@ import docker
 import pytest
 
 from supervisor.config.schema import load_config, parse_config
+from supervisor.loop.container_spec import spec_from_model_config
 from supervisor.runtime.docker import (
     DockerRuntime,
     DockerUnavailable,
     connect,
     create_container,
-    spec_from_model_config,
 )
 from supervisor.runtime.docker_spec import MODEL_LABEL, RUN_LABEL, ContainerSpec, create_args, device_requests
 

@@ -11,7 +11,7 @@ import pytest
 from docker_helpers import Lines, wait_until
 
 from supervisor.core.diagnosis import classify_line
-from supervisor.core.views import Cause
+from supervisor.core.states import Cause
 from supervisor.runtime.base import Stream
 from supervisor.runtime.docker import DockerRuntime
 from supervisor.runtime.docker_spec import ContainerSpec

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from supervisor.runtime.base import ExitStatus, Stream
+from supervisor.core.states import ExitStatus
+from supervisor.runtime.base import Stream
 from supervisor.runtime.docker_run import exit_status
 from supervisor.runtime.docker_streams import DieNotice, pump_output, wait_for_die
 from supervisor.runtime.lines import LineSplitter

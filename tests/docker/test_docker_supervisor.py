@@ -15,8 +15,8 @@ import pytest
 from docker_helpers import wait_until
 
 from supervisor.config.schema import parse_config
-from supervisor.core.views import EventKind, State
-from supervisor.loop.fleet import Supervisor
+from supervisor.core.states import EventKind, State
+from supervisor.loop.fleet import Fleet
 from supervisor.runtime.docker_spec import MODEL_LABEL
 
 pytestmark = pytest.mark.docker
@@ -55,7 +55,7 @@ async def test_crashing_container_is_restarted_in_a_new_container_and_becomes_he
             "llmModels": {model_id: docker_model(fake_image, port, "--crash-after", "2", "--exit-code", "3")},
         }
     )
-    supervisor = Supervisor(config)
+    supervisor = Fleet(config)
     await supervisor.start()
     try:
 

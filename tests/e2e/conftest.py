@@ -16,8 +16,9 @@ import psutil
 import pytest
 
 from supervisor.config.schema import parse_config
-from supervisor.core.views import EventKind, TimelineEvent
-from supervisor.loop.fleet import Supervisor
+from supervisor.core.states import EventKind
+from supervisor.core.views import TimelineEvent
+from supervisor.loop.fleet import Fleet
 
 FAKE_VLLM = str(Path(sys.executable).with_name("fake-vllm"))
 
@@ -121,11 +122,11 @@ def supervised(tmp_path: Path, no_leftovers: None) -> Supervised:
     """`async with supervised({"m": {...}}) as sup:` runs a real Supervisor and always shuts it down."""
 
     @asynccontextmanager
-    async def run(models: dict[str, dict[str, Any]], **supervisor_keys: Any) -> AsyncIterator[Supervisor]:
+    async def run(models: dict[str, dict[str, Any]], **supervisor_keys: Any) -> AsyncIterator[Fleet]:
         config = parse_config(
             {"supervisor": {"state_dir": str(tmp_path / "state"), **supervisor_keys}, "llmModels": models}, "test"
         )
-        sup = Supervisor(config)
+        sup = Fleet(config)
         await sup.start()
         try:
             yield sup

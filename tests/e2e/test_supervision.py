@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from supervisor.core.views import Cause, EventKind, State
+from supervisor.core.states import Cause, EventKind, State
 from supervisor.store.logs import tail
 from tests.e2e.conftest import Supervised, fake_model, kinds, script_model, wait_until
 

@@ -10,8 +10,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from supervisor.api.facade import Observer
-from supervisor.core.views import ActionResult, Cause, EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
+from supervisor.core.states import Cause, EventKind, State
+from supervisor.core.views import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
+from supervisor.loop.observer import Observer
 
 
 class FakeUnknownModel(KeyError):

@@ -12,7 +12,8 @@ from fakes import FakeSupervisor
 from supervisor.api.app import create_app
 from supervisor.api.ratelimit import ActionRateLimiter
 from supervisor.api.schemas import EventOut, HealthCheckResponse, ModelStatusOut
-from supervisor.core.views import EventKind, HealthCheckReport, ModelStatus, State, TimelineEvent
+from supervisor.core.states import EventKind, State
+from supervisor.core.views import HealthCheckReport, ModelStatus, TimelineEvent
 
 TOKEN = "s3cret-token-value"
 

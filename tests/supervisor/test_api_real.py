@@ -16,7 +16,7 @@ from real_fleet import config_data, fake_model, model_processes
 from supervisor.api.app import create_app
 from supervisor.api.ratelimit import ActionRateLimiter
 from supervisor.config.schema import parse_config
-from supervisor.loop.fleet import Supervisor
+from supervisor.loop.fleet import Fleet
 from supervisor.store.journal import JOURNAL_FILENAME, Journal
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_process_left")]
@@ -27,10 +27,10 @@ WAIT = 30.0  # generous: real processes on a loaded two-core machine
 async def running(
     tmp_path: Path, models: dict[str, dict[str, Any]], rate_limit: int = 1000
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """A real Supervisor with a journal, started, behind the app (rate limit raised unless given)."""
+    """A real Fleet with a journal, started, behind the app (rate limit raised unless given)."""
     config = parse_config(config_data(tmp_path / "state", models), "test")
     journal = Journal.open(config.supervisor.state_dir / JOURNAL_FILENAME)
-    sup = Supervisor(config, journal=journal, seed=1)
+    sup = Fleet(config, store=journal, seed=1)
     app = create_app(sup, token=None, rate_limiter=ActionRateLimiter(limit=rate_limit))
     await sup.start()
     try:

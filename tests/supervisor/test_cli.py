@@ -14,7 +14,7 @@ from fakes import FakeSupervisor
 from supervisor.api.app import create_app
 from supervisor.api.ratelimit import ActionRateLimiter
 from supervisor.cli import main as cli
-from supervisor.core.views import Cause, EventKind, State
+from supervisor.core.states import Cause, EventKind, State
 
 TOKEN = "cli-token"
 

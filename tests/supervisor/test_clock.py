@@ -139,3 +139,23 @@ async def test_cancelled_sleeper_sharing_a_deadline_does_not_disturb_the_others(
     assert third.done()
     assert not third.cancelled()
     assert second.cancelled()
+
+
+async def test_virtual_clock_refuses_to_go_backwards() -> None:
+    """advance(-5) is refused with an error that says why, and neither time nor any sleeper moves."""
+    clock = VirtualClock(start=10.0)
+    woke: list[float] = []
+
+    async def sleeper() -> None:
+        await clock.sleep_until(8.0 + 5.0)
+        woke.append(clock.now())
+
+    task = asyncio.ensure_future(sleeper())
+    await settle()
+    with pytest.raises(ValueError, match="cannot go backwards"):
+        await clock.advance(-5)
+    assert clock.now() == 10.0
+    assert woke == []
+    await clock.advance(3)
+    await task
+    assert woke == [13.0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from supervisor.core.diagnosis import EXCERPT_MAX, Finding, RunDiagnosis, classify_line
-from supervisor.core.views import Cause
+from supervisor.core.states import Cause
 
 ENGINE = "(EngineCore_DP0 pid=212) "
 

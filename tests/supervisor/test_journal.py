@@ -16,8 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.core.views import EventKind, State, TimelineEvent
-from supervisor.store.journal import Journal, JournalError, PersistedModel, RunRecord
+from supervisor.core.states import EventKind, State
+from supervisor.core.views import TimelineEvent
+from supervisor.store.base import PersistedModel, RunRecord, StoreError
+from supervisor.store.journal import Journal, JournalError
 
 
 def _event(seq: int, model_id: str = "m1", kind: EventKind = EventKind.SPAWNED, **kw: object) -> TimelineEvent:
@@ -75,8 +77,9 @@ def test_last_seq_continues_across_reopen(tmp_path: Path) -> None:
 def test_duplicate_seq_is_rejected(journal: Journal) -> None:
     """Two events can never share a seq: the second append raises rather than silently overwriting."""
     journal.append(_event(1))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreError, match="UNIQUE") as raised:
         journal.append(_event(1))
+    assert isinstance(raised.value.__cause__, sqlite3.IntegrityError)
 
 
 def test_models_save_replace_and_reload(tmp_path: Path) -> None:
@@ -157,7 +160,8 @@ def test_writes_are_fast_enough_for_the_event_loop(journal: Journal) -> None:
 _WRITER = textwrap.dedent(
     """
     import sys
-    from supervisor.store.journal import Journal, PersistedModel
+    from supervisor.store.base import PersistedModel
+    from supervisor.store.journal import Journal
     from supervisor.core.views import EventKind, State, TimelineEvent
     j = Journal.open(sys.argv[1])
     seq = 0

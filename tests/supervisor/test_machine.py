@@ -41,8 +41,7 @@ from supervisor.core.machine_types import (
     next_deadline,
 )
 from supervisor.core.policy import Backoff, Budget, RestartPolicy
-from supervisor.core.views import Cause, EventKind, State
-from supervisor.runtime.base import ExitStatus
+from supervisor.core.states import Cause, EventKind, ExitStatus, State
 
 CRASH = ExitStatus(1)
 

@@ -48,8 +48,7 @@ from supervisor.core.machine_types import (
     next_deadline,
 )
 from supervisor.core.policy import Backoff, Budget, RestartPolicy
-from supervisor.core.views import Cause, EventKind, State
-from supervisor.runtime.base import ExitStatus
+from supervisor.core.states import Cause, EventKind, ExitStatus, State
 
 # Small, varied values so that budgets run out, windows expire and deadlines pass within a few dozen steps.
 SETTINGS = st.builds(

@@ -10,7 +10,7 @@ from fakes import FakeSupervisor, crash_script
 
 from supervisor.api.app import create_app
 from supervisor.api.metrics import EXIT_CAUSES, RESTART_REASONS, Metrics
-from supervisor.core.views import EventKind, State
+from supervisor.core.states import EventKind, State
 
 CONTRACT_NAMES = {
     "llm_supervisor_model_state",

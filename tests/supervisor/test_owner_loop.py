@@ -20,15 +20,16 @@ from supervisor.core.machine_types import (
     RestartRequested,
     Settings,
     ShutdownRequested,
+    Snapshot,
     StartRequested,
     StopRequested,
 )
 from supervisor.core.policy import Backoff, Budget, RestartPolicy
-from supervisor.core.views import EventKind, State
-from supervisor.loop.owner import ModelOwner
+from supervisor.core.states import EventKind, ExitStatus, State
+from supervisor.loop.owner import ModelOwner, RunView
 from supervisor.loop.status_view import CONTAINER_OOM_ADVICE, build_status
 from supervisor.probe.http import ProbeResult
-from supervisor.runtime.base import ExitStatus, LineSink, SpawnError, Stream
+from supervisor.runtime.base import LineSink, SpawnError, Stream
 from tests.supervisor.test_machine import make_settings
 
 
@@ -110,6 +111,23 @@ class Harness:
         return [t for t, r in self.records if r.kind is kind]
 
 
+class RecordingReports:
+    """Keeps each timeline entry with the virtual time it was reported at; probes and output are dropped."""
+
+    def __init__(self, clock: VirtualClock, records: list[tuple[float, Record]]) -> None:
+        self.clock = clock
+        self.records = records
+
+    def record(self, model_id: str, record: Record, snapshot: Snapshot, run: RunView | None) -> None:
+        self.records.append((self.clock.now(), record))
+
+    def probed(self, model_id: str, result: ProbeResult) -> None:
+        pass
+
+    def line(self, model_id: str, stream: Stream, text: str) -> None:
+        pass
+
+
 @pytest.fixture
 async def make() -> AsyncIterator[Callable[..., Harness]]:
     tasks: list[asyncio.Task[None]] = []
@@ -130,9 +148,7 @@ async def make() -> AsyncIterator[Callable[..., Harness]]:
             runtime,
             clock,
             probe=prober,
-            on_record=lambda model, run, record: records.append((clock.now(), record)),
-            on_probe=lambda model, result: None,
-            on_line=lambda run, stream, text: None,
+            reports=RecordingReports(clock, records),
         )
         harness = Harness(clock, runtime, owner, records, healthy)
         harness_ref.append(harness)

@@ -4,20 +4,20 @@ shutdown that cannot finish, requests that arrive while it shuts down."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import supervisor.loop.fleet as supervisor_module
+import supervisor.loop.fleet as fleet_module
 from supervisor.config.schema import parse_config
 from supervisor.core.clock import settle
-from supervisor.core.views import EventKind, State, TimelineEvent
-from supervisor.loop.fleet import Supervisor
-from supervisor.runtime.base import ExitStatus, LineSink
-from supervisor.store.journal import PersistedModel
+from supervisor.core.states import EventKind, ExitStatus, State
+from supervisor.core.views import TimelineEvent
+from supervisor.loop.fleet import Fleet
+from supervisor.runtime.base import LineSink
+from supervisor.store.base import PersistedModel, Store, StoreError
 from tests.supervisor.test_owner_loop import FakeRun
 
 
@@ -45,19 +45,19 @@ class BrokenJournal:
         return {}
 
     def append(self, event: TimelineEvent) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
+        raise StoreError("journal write failed: database or disk is full")
 
     def save_model(self, model_id: str, model: PersistedModel) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
+        raise StoreError("journal write failed: database or disk is full")
 
     def events(self, model_id: str, since: int = 0, newest: int | None = None) -> list[TimelineEvent]:
         return []
 
 
-def make(tmp_path: Path, runtime: Runtime, **keys: Any) -> Supervisor:
+def make(tmp_path: Path, runtime: Runtime, store: Store | None = None, **keys: Any) -> Fleet:
     model = {"command": "unused", "restart_delay": 0.01, "stop_timeout": 0.05, **keys}
     config = parse_config({"supervisor": {"state_dir": str(tmp_path)}, "llmModels": {"m": model}}, "t")
-    return Supervisor(config, runtimes={"m": runtime})
+    return Fleet(config, runtimes={"m": runtime}, store=store)
 
 
 async def wait_for(predicate: Any, timeout: float = 5) -> None:
@@ -88,8 +88,7 @@ async def test_a_spawn_that_raises_an_unexpected_error_is_a_counted_failure(tmp_
 async def test_a_broken_journal_never_stops_supervision(tmp_path: Path) -> None:
     """With every journal write failing (disk full), crashes are still seen and restarted."""
     runtime = Runtime()
-    sup = make(tmp_path, runtime)
-    sup.journal = BrokenJournal()  # type: ignore[assignment]
+    sup = make(tmp_path, runtime, store=BrokenJournal())
     await sup.start()
     try:
         await wait_for(lambda: len(runtime.runs) == 1)
@@ -120,7 +119,7 @@ async def test_shutdown_gives_up_on_a_process_that_outlives_sigkill(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A group that never goes (stuck in the kernel) delays shutdown by stop_timeout plus a grace, not for ever."""
-    monkeypatch.setattr(supervisor_module, "SHUTDOWN_GRACE", 0.2)
+    monkeypatch.setattr(fleet_module, "SHUTDOWN_GRACE", 0.2)
     runtime = Runtime()
     sup = make(tmp_path, runtime)
     await sup.start()
@@ -143,7 +142,7 @@ async def test_an_unreachable_docker_daemon_stops_only_the_docker_model(
         "plain": {"command": sys.executable, "args": ["-c", "import time; time.sleep(60)"], "stop_timeout": 1},
     }
     config = parse_config({"supervisor": {"state_dir": str(tmp_path)}, "llmModels": models}, "t")
-    sup = Supervisor(config)
+    sup = Fleet(config)
     await sup.start()
     try:
         await wait_for(lambda: sup.status("boxed").state is State.FAILED and sup.status("plain").is_running)

@@ -1,0 +1,104 @@
+"""Everything the fleet remembers of its models: the timeline, the persisted state and the logs.
+
+The owners report here; the recorder stamps each timeline entry (a seq global across models, Unix time),
+writes it and the model's persisted state to the store, marks run boundaries in the model's log, and tells
+the observers. A broken store (disk full) or a buggy observer never stops supervision: it is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from supervisor.core.clock import Clock
+from supervisor.core.machine_types import Record, Snapshot
+from supervisor.core.states import EventKind, RuntimeKind
+from supervisor.core.views import TimelineEvent
+from supervisor.loop.observer import Observer
+from supervisor.loop.owner import RunView
+from supervisor.loop.persistence import persisted_state
+from supervisor.probe.http import ProbeResult
+from supervisor.runtime.base import Stream
+from supervisor.store.base import PersistedModel, Store, StoreError
+from supervisor.store.logs import LogWriter
+
+log = logging.getLogger(__name__)
+
+RUN_ENDS = (EventKind.EXITED, EventKind.KILLED, EventKind.FAILED)
+
+
+class Recorder:
+    def __init__(self, store: Store, clock: Clock, offset: float) -> None:
+        self.store = store
+        self._clock = clock
+        self._offset = offset  # monotonic -> Unix, fixed for this life of the supervisor
+        self._seq = store.last_seq()
+        self._writers: dict[str, LogWriter] = {}
+        self._runtimes: dict[str, RuntimeKind] = {}
+        self._saved: dict[str, PersistedModel] = {}  # what the store holds per model, to skip rewrites
+        self._observers: list[Observer] = []
+        self._store_broken = False
+
+    def add_model(self, model_id: str, writer: LogWriter, runtime: RuntimeKind) -> None:
+        self._writers[model_id] = writer
+        self._runtimes[model_id] = runtime
+
+    def add_observer(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def events(self, model_id: str, since: int = 0, limit: int | None = None) -> list[TimelineEvent]:
+        """Events with seq > since, oldest first; with `limit`, only the newest `limit` of them."""
+        return self.store.events(model_id, since, newest=limit)
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+
+    # --- what owners report (see loop.owner.OwnerReports) ----------------------------------------
+
+    def record(self, model_id: str, record: Record, snapshot: Snapshot, run: RunView | None) -> None:
+        self._seq += 1
+        event = TimelineEvent(
+            self._seq, self._clock.wall(), model_id, record.kind, record.state, record.detail, record.reason
+        )
+        self._mark_log(model_id, record, snapshot.run, run)
+        self._store(model_id, event, persisted_state(snapshot, run, self._runtimes[model_id], self._offset))
+        self._notify(lambda o: o.on_event(event))
+
+    def probed(self, model_id: str, result: ProbeResult) -> None:
+        self._notify(lambda o: o.on_probe(model_id, result.ok, result.duration))
+
+    def line(self, model_id: str, stream: Stream, text: str) -> None:
+        self._writers[model_id].write(stream, text)
+
+    # --- plumbing ----------------------------------------------------------------------------------
+
+    def _mark_log(self, model_id: str, record: Record, number: int, run: RunView | None) -> None:
+        """Put run boundaries into the model's log, so a reader can tell runs apart."""
+        writer = self._writers[model_id]
+        if record.kind is EventKind.SPAWNED:
+            writer.start_run(number, run.handle.pid if run else None)
+        elif record.kind in RUN_ENDS:
+            writer.note(f"run {number}: {record.kind}" + (f" ({record.detail})" if record.detail else ""))
+
+    def _store(self, model_id: str, event: TimelineEvent, persisted: PersistedModel) -> None:
+        try:
+            self.store.append(event)
+            if self._saved.get(model_id) != persisted:  # most events (probe failures) change no saved state
+                self.store.save_model(model_id, persisted)
+                self._saved[model_id] = persisted
+        except StoreError as exc:
+            if not self._store_broken:
+                log.error("%s: supervising on; state will not survive a restart", exc)  # noqa: TRY400
+            self._store_broken = True
+        else:
+            if self._store_broken:
+                log.warning("journal writes work again")
+            self._store_broken = False
+
+    def _notify(self, call: Callable[[Observer], None]) -> None:
+        for observer in self._observers:
+            try:
+                call(observer)
+            except Exception:  # an observer's bug must never stop supervision
+                log.exception("observer %r failed", observer)
