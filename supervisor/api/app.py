@@ -17,6 +17,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+from supervisor import __version__
 from supervisor.api.auth import BearerAuth, token_from_env
 from supervisor.api.facade import SupervisorFacade
 from supervisor.api.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -67,7 +68,7 @@ def create_app(
     app = FastAPI(
         title="llm-supervisor",
         summary="Keeps vLLM servers alive: status, actions, logs, events and metrics.",
-        version="0.1.0",
+        version=__version__,
     )
     app.state.metrics = metrics
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from supervisor import __version__
 from supervisor.api.auth import token_from_env
 from supervisor.cli import format as cli_format
 from supervisor.cli.client import DEFAULT_URL, ClientError, SupervisorClient, Unreachable, UsageError
@@ -29,6 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llm-supervisor", description="Keep vLLM servers alive, and steer them.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run the supervisor in the foreground (SIGTERM/SIGINT stop every model)")
