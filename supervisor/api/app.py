@@ -1,9 +1,9 @@
-"""The management API (CONTRACT section 4), Prometheus /metrics and the status page, as one FastAPI app.
+"""The management API (docs/design/contract.md section 4), Prometheus /metrics and the status page, as one FastAPI app.
 
 GET endpoints call only the supervisor's pure reads: they never probe and never move a counter
-(PRIOR_ART 6). Start/stop/restart go to the model's owner task through the facade, which serializes them
-(PRIOR_ART 7). Log files are read in a worker thread so a 10,000-line tail never stalls the loop that
-runs every model's probes (PRIOR_ART 8).
+(docs/design/defects.md #6). Start/stop/restart go to the model's owner task through the facade, which serializes them
+(docs/design/defects.md #7). Log files are read in a worker thread so a 10,000-line tail never stalls the loop that
+runs every model's probes (docs/design/defects.md #8).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def create_app(
         responses={**_AUTH, 200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
     )
     async def get_metrics() -> Response:
-        """Prometheus metrics (CONTRACT section 5)."""
+        """Prometheus metrics (docs/design/contract.md section 5)."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)

@@ -1,4 +1,4 @@
-"""Bearer-token auth for the management API (CONTRACT section 4).
+"""Bearer-token auth for the management API (docs/design/contract.md section 4).
 
 The token comes from the environment variable named by `supervisor.token_env`, read once at start-up.
 Unset or empty: no auth (and `llm-supervisor run` then refuses to bind anything but loopback). Set: every

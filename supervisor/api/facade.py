@@ -2,7 +2,7 @@
 
 `supervisor.loop.fleet.Fleet` satisfies `SupervisorFacade`; tests hand the API a small fake through
 the same seam. Reads (`status`, `statuses`, `events`, `model_ids`, `log_dir`) are pure: they never probe
-and never move a counter (PRIOR_ART 6). Actions go to the model's owner task, which serializes them.
+and never move a counter (docs/design/defects.md #6). Actions go to the model's owner task, which serializes them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Prometheus metrics (CONTRACT section 5), kept by observing the supervisor; the core never imports this.
+"""Prometheus metrics (docs/design/contract.md section 5), kept by observing the supervisor; the core never
+imports this.
 
 Counters move on timeline events and probes (the Observer seam). Gauges (`model_state`, `model_up`,
 `model_healthy`, `uptime_seconds`) are read from `statuses()` at scrape time, so they are exactly the

@@ -1,4 +1,4 @@
-"""A rolling-window limit on operator actions per model (CONTRACT section 4: 10 a minute).
+"""A rolling-window limit on operator actions per model (docs/design/contract.md section 4: 10 a minute).
 
 A script stuck in a loop calling `restart` must not keep a GPU server in permanent start-up. The window
 rolls: the 11th action inside any 60 s is refused until the oldest of the ten leaves the window.

@@ -1,6 +1,6 @@
 """Pydantic shapes of the management API's answers, so /openapi.json says exactly what is sent.
 
-Field names follow FluidMCP's API (CONTRACT section 4), which users already script against.
+Field names follow FluidMCP's API (docs/design/contract.md section 4), which users already script against.
 
 The models restate the fields of `ModelStatus`, `TimelineEvent` and `HealthCheckReport` (supervisor.status)
 instead of being generated from them: a generated model is invisible to mypy and would lose the descriptions

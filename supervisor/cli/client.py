@@ -1,6 +1,6 @@
 """A small synchronous client of the management API, used by the CLI's client subcommands.
 
-Errors form one tree so the CLI can map them onto its exit codes (CONTRACT section 3):
+Errors form one tree so the CLI can map them onto its exit codes (docs/design/contract.md section 3):
 
     ClientError
     ├── Unreachable   no answer from the daemon (connection refused, timeout)   -> exit 3

@@ -82,7 +82,7 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None, token_env: str) -> None:
-    """Refuse to expose an unauthenticated control plane beyond this machine (CONTRACT section 4)."""
+    """Refuse to expose an unauthenticated control plane beyond this machine (docs/design/contract.md section 4)."""
     if token is None and not is_loopback(host):
         raise StartupError(
             f"refusing to listen on {host} without a token: anyone who can reach it could stop your models. "

@@ -1,4 +1,5 @@
-"""`llm-supervisor`: run the daemon, validate a config, and talk to a running daemon (CONTRACT section 3).
+"""`llm-supervisor`: run the daemon, validate a config, and talk to a running daemon
+(docs/design/contract.md section 3).
 
 Exit codes: 0 ok, 1 the operation failed or was refused, 2 usage or config error, 3 daemon unreachable.
 """

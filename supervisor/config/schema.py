@@ -1,4 +1,5 @@
-"""Supervisor configuration (CONTRACT sections 2 and 7), parsed once at the boundary into frozen typed objects.
+"""Supervisor configuration (docs/design/contract.md sections 2 and 7), parsed once at the boundary into frozen
+typed objects.
 
 `load_config(path)` reads YAML (.yaml/.yml) or JSON (.json); `parse_config(data, source)` checks data that is
 already loaded. Both return a `Config` or raise `ConfigError` holding every problem found, each naming its key
@@ -260,7 +261,7 @@ class ModelConfig(_Section):
 
     @property
     def probe_root_url(self) -> str | None:
-        """The server root that probes go to: base_url without a trailing /v1 (PRIOR_ART 1)."""
+        """The server root that probes go to: base_url without a trailing /v1 (docs/design/defects.md #1)."""
         if self.endpoints.base_url is None:
             return None
         root = self.endpoints.base_url.rstrip("/")

@@ -1,9 +1,9 @@
 """Pure classification of a model server's output lines into failure causes with operator advice.
 
-Recognises the fatal output of vLLM and torch listed in VLLM.md ("Fatal output worth classifying"): CUDA OOM in
+Recognises the fatal output of vLLM and torch listed in docs/design/vllm.md: CUDA OOM in
 its several forms, KV-cache sizing errors, GPU memory held by another process, engine death, NCCL failures and
 a port already in use. `classify_line` looks at one line; `RunDiagnosis` accumulates the findings of one run of
-a server, so a new run starts clean (PRIOR_ART 11: a stale OOM flag outlived the recovery).
+a server, so a new run starts clean (docs/design/defects.md #11: a stale OOM flag outlived the recovery).
 
 It sees every output line of every server, so a line is first checked against one cheap combined pattern of
 literal keywords; only the rare line that contains one is matched against the full patterns.

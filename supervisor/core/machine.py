@@ -14,7 +14,7 @@ States and the edges between them (each edge is named where it happens below):
     backoff --delay passed and old group gone--> starting
 
 A run is over only when its whole process group is gone (`GroupGone`); a new run never starts before that,
-so orphaned engine processes of the last run cannot hold the GPU the next one needs (PRIOR_ART 5).
+so orphaned engine processes of the last run cannot hold the GPU the next one needs (docs/design/defects.md #5).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class Machine:
             # edge: backoff -> starting, cutting the delay short
             step = self._spawn(snap, now, reason="manual", first=(record,))
             return replace(step, reply=Reply(True, "starting now"))
-        # edge: stopped/failed -> starting; an operator's start begins a fresh budget (PRIOR_ART 14)
+        # edge: stopped/failed -> starting; an operator's start begins a fresh budget (docs/design/defects.md #14)
         step = self._spawn(_fresh_budget(snap), now, reason=None, first=(record,))
         return replace(step, reply=Reply(True, "starting"))
 
@@ -127,7 +127,7 @@ class Machine:
             and snap.spawned_at is not None
             and asked <= snap.spawned_at
         ):
-            # Concurrent restarts coalesce: the current run began after this request (PRIOR_ART 7).
+            # Concurrent restarts coalesce: the current run began after this request (docs/design/defects.md #7).
             return Step(snap, reply=Reply(True, f"run {snap.run} began after this restart was asked for"))
         record = Record(EventKind.RESTART_REQUESTED, snap.state)
         snap = replace(snap, desired=Desired.RUNNING)
@@ -150,7 +150,7 @@ class Machine:
         return Step(snap, (record,), Reply(True, message))
 
     def _stop_requested(self, snap: Snapshot, event: StopRequested, now: float) -> Step:
-        # A stop is a desired state that no policy overrides until the next start (PRIOR_ART 9).
+        # A stop is a desired state that no policy overrides until the next start (docs/design/defects.md #9).
         record = Record(EventKind.STOP_REQUESTED, snap.state, "force" if event.force else None)
         snap = replace(snap, desired=Desired.STOPPED)
         if snap.state in LIVE:
@@ -193,7 +193,7 @@ class Machine:
 
     def _spawn_failed(self, snap: Snapshot, event: SpawnFailed, now: float) -> Step:
         self._expect_pending_spawn(snap, event.run)
-        # A run that could not even start is a crash like any other and is counted (PRIOR_ART 3).
+        # A run that could not even start is a crash like any other and is counted (docs/design/defects.md #3).
         return self._ended(snap, now, clean=False, cause=event.cause, detail=f"spawn failed: {event.message}")
 
     def _exited(self, snap: Snapshot, event: Exited, now: float) -> Step:
@@ -202,8 +202,8 @@ class Machine:
         status = event.status
         snap = replace(snap, live=False, last_exit=status, probe_in_flight=False, next_probe_at=None)
         if snap.state is State.STOPPING:
-            # A requested exit is not a failure, whatever its code (PRIOR_ART 9); one we caused because the
-            # run had failed (unhealthy, start-up timeout) carries that failure's cause.
+            # A requested exit is not a failure, whatever its code (docs/design/defects.md #9); one we caused
+            # because the run had failed (unhealthy, start-up timeout) carries that failure's cause.
             failure = snap.failure_cause if snap.teardown is Teardown.FAILURE else None
             reason = failure.value if failure else None
             return Step(snap, (Record(EventKind.EXITED, State.STOPPING, status.describe(), reason),))
@@ -260,14 +260,14 @@ class Machine:
         budget = self.settings.budget
         recent = budget.recent(snap.restart_times, now)
         if not budget.allows(recent, now):
-            # edge: -> failed; stays failed until an operator starts it (PRIOR_ART 14)
+            # edge: -> failed; stays failed until an operator starts it (docs/design/defects.md #14)
             window = "its lifetime" if budget.window is None else f"{budget.window:g}s"
             detail = f"restart limit reached: {len(recent)} restarts within {window}"
             snap = replace(snap, state=State.FAILED, restart_times=recent)
             return Step(snap, (*first, Record(EventKind.FAILED, State.FAILED, detail, cause.value)))
         attempt = 0 if self.settings.backoff.should_reset(healthy_for) else snap.attempt
         delay = self.settings.backoff.delay(attempt, self._rng)
-        # edge: -> backoff; the restart is counted now, when it is decided (PRIOR_ART 3)
+        # edge: -> backoff; the restart is counted now, when it is decided (docs/design/defects.md #3)
         snap = replace(
             snap,
             state=State.BACKOFF,
@@ -341,7 +341,8 @@ class Machine:
             )
             return Step(snap, (Record(EventKind.HEALTHY, State.HEALTHY),))
         if snap.state is State.STARTING:
-            return Step(snap)  # still loading: failures before the first success never count (PRIOR_ART 2)
+            # Still loading: failures before the first success never count (docs/design/defects.md #2).
+            return Step(snap)
         failures = snap.consecutive_failures + 1
         snap = replace(snap, consecutive_failures=failures)
         failed = Record(EventKind.PROBE_FAILED, snap.state, event.message)

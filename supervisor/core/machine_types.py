@@ -76,7 +76,7 @@ class Snapshot:
     restart_reason: str | None = None
     teardown: Teardown | None = None
     run_cause: Cause | None = None  # diagnosed from this run's output
-    has_cuda_oom: bool = False  # this run printed a CUDA OOM (PRIOR_ART 11: cleared by a new run)
+    has_cuda_oom: bool = False  # this run printed a CUDA OOM (docs/design/defects.md #11: cleared by a new run)
     failure_cause: Cause | None = None  # why the last run failed; cleared when a run becomes healthy
     last_exit: ExitStatus | None = None
     last_probe_at: float | None = None
@@ -104,7 +104,7 @@ class StopRequested:
 @dataclass(frozen=True, slots=True)
 class RestartRequested:
     # When the operator asked (monotonic). A restart asked for before the current run began is already
-    # satisfied by that run: this is how fifty concurrent restarts make one new run (PRIOR_ART 7).
+    # satisfied by that run: this is how fifty concurrent restarts make one new run (docs/design/defects.md #7).
     requested_at: float | None = None
 
 

@@ -1,7 +1,7 @@
 """Read-only views of a model that the API, metrics, journal and CLI share.
 
 They are plain frozen values built by the supervisor from its state; building one never runs a probe or
-moves a counter (PRIOR_ART 6).
+moves a counter (docs/design/defects.md #6).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class TimelineEvent:
 
 @dataclass(frozen=True, slots=True)
 class ModelStatus:
-    """The fields of CONTRACT section 4 (FluidMCP's, plus ours)."""
+    """The fields of docs/design/contract.md section 4 (FluidMCP's, plus ours)."""
 
     id: str
     state: State
@@ -63,7 +63,7 @@ class ActionResult:
 
 @dataclass(frozen=True, slots=True)
 class HealthCheckReport:
-    """The POST .../health-check answer (CONTRACT section 4)."""
+    """The POST .../health-check answer (docs/design/contract.md section 4)."""
 
     model_id: str
     is_healthy: bool

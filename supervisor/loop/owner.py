@@ -3,8 +3,8 @@
 Everything that can happen to a model becomes an event in its inbox: operator requests (with a future for
 the reply), exits and group-gone notices from the run's watcher, probe results, diagnosis findings, and the
 passing of time. The owner hands each to the pure `Machine` and carries out the returned actions. Because
-one task serializes all of them, concurrent API calls cannot race (PRIOR_ART 7), and because every wait is
-a task of its own, one model's probe, backoff or stop never delays another (PRIOR_ART 8).
+one task serializes all of them, concurrent API calls cannot race (docs/design/defects.md #7), and because every wait is
+a task of its own, one model's probe, backoff or stop never delays another (docs/design/defects.md #8).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class ModelOwner:
         self.machine = machine
         self.snapshot = snapshot or Snapshot()
         self.run: RunView | None = None
-        # The primary finding of the last run that ended (PRIOR_ART 11: none when it printed nothing); its
+        # The primary finding of the last run that ended (docs/design/defects.md #11: none when it printed nothing); its
         # advice explains failure_cause when the causes match.
         self.last_finding: Finding | None = None
         self._runtime = runtime

@@ -11,7 +11,7 @@ lines). Secrets are masked before anything reaches the disk. Each line is one `o
 file: no buffer to lose on a crash and every line visible to `tail` at once. Measured on a loaded 2-core
 machine: 6-8 us a line with redaction; a child printing 120,000 lines/s through the process runtime into
 this writer delays the event loop by under 12 ms at worst. `tail` reads files: from async code call
-`read_tail`, which runs it in a thread (PRIOR_ART 8).
+`read_tail`, which runs it in a thread (docs/design/defects.md #8).
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def tail(log_dir: str | Path, model_id: str, lines: int) -> LogTail:
 
 
 async def read_tail(log_dir: str | Path, model_id: str, lines: int) -> LogTail:
-    """`tail` off the event loop (PRIOR_ART 8: no file reads inside async handlers)."""
+    """`tail` off the event loop (docs/design/defects.md #8: no file reads inside async handlers)."""
     return await asyncio.to_thread(tail, log_dir, model_id, lines)
 
 
