@@ -41,18 +41,17 @@ from supervisor.core.machine_types import (
     Settings,
     ShutdownRequested,
     Snapshot,
-    Spawn,
     Spawned,
     SpawnFailed,
     StartRequested,
     Step,
     StopRequested,
     Teardown,
-    Terminate,
     Tick,
 )
 from supervisor.core.policy import wants_restart
 from supervisor.core.states import Cause, EventKind, State
+from supervisor.core.steps import explained, fresh_budget, kill_actions, spawn_step, teardown_step
 
 
 class Machine:
@@ -101,7 +100,7 @@ class Machine:
         # The journal's desired state decides, under every policy: an operator's stop survives a supervisor
         # restart, `always` included (unlike Docker's `always`: a GPU freed at 3 a.m. must stay free).
         if snap.desired is Desired.RUNNING:
-            return self._spawn(snap, now, reason=None)
+            return spawn_step(self.settings, snap, now, reason=None)
         return Step(snap)
 
     def _start_requested(self, snap: Snapshot, now: float) -> Step:
@@ -113,10 +112,10 @@ class Machine:
             return self._redirect_teardown(snap, record, "starts once the current run has stopped")
         if snap.state is State.BACKOFF:
             # edge: backoff -> starting, cutting the delay short
-            step = self._spawn(snap, now, reason="manual", first=(record,))
+            step = spawn_step(self.settings, snap, now, reason="manual", first=(record,))
             return replace(step, reply=Reply(True, "starting now"))
         # edge: stopped/failed -> starting; an operator's start begins a fresh budget (docs/design/defects.md #14)
-        step = self._spawn(_fresh_budget(snap), now, reason=None, first=(record,))
+        step = spawn_step(self.settings, fresh_budget(snap), now, reason=None, first=(record,))
         return replace(step, reply=Reply(True, "starting"))
 
     def _restart_requested(self, snap: Snapshot, event: RestartRequested, now: float) -> Step:
@@ -133,16 +132,16 @@ class Machine:
         snap = replace(snap, desired=Desired.RUNNING)
         if snap.state in LIVE:
             # edge: live -> stopping, then straight to starting once the group is gone
-            step = self._teardown(snap, now, Teardown.RESTART, first=(record,))
+            step = teardown_step(self.settings, snap, now, Teardown.RESTART, first=(record,))
             return replace(step, reply=Reply(True, "restart begun"))
         if snap.state is State.STOPPING:
             if snap.teardown is Teardown.RESTART:
                 return Step(snap, reply=Reply(True, "restart already in progress"))
             return self._redirect_teardown(snap, record, "restarts once the current run has stopped")
         if snap.state is State.BACKOFF:
-            step = self._spawn(snap, now, reason="manual", first=(record,))
+            step = spawn_step(self.settings, snap, now, reason="manual", first=(record,))
             return replace(step, reply=Reply(True, "restarting now"))
-        step = self._spawn(_fresh_budget(snap), now, reason="manual", first=(record,))
+        step = spawn_step(self.settings, fresh_budget(snap), now, reason="manual", first=(record,))
         return replace(step, reply=Reply(True, "restarting"))
 
     def _redirect_teardown(self, snap: Snapshot, record: Record, message: str) -> Step:
@@ -154,14 +153,14 @@ class Machine:
         record = Record(EventKind.STOP_REQUESTED, snap.state, "force" if event.force else None)
         snap = replace(snap, desired=Desired.STOPPED)
         if snap.state in LIVE:
-            step = self._teardown(snap, now, Teardown.STOP, force=event.force, first=(record,))
+            step = teardown_step(self.settings, snap, now, Teardown.STOP, force=event.force, first=(record,))
             return replace(step, reply=Reply(True, "stopping"))
         if snap.state is State.STOPPING:
             snap = replace(snap, teardown=Teardown.STOP, restart_reason=None)
             actions: tuple[Action, ...] = (record,)
             if event.force and snap.group_alive:
                 snap = replace(snap, kill_at=None)
-                actions += _kill(snap.run, "forced")
+                actions += kill_actions(snap.run, "forced")
             return Step(snap, actions, Reply(True, "stopping"))
         if snap.state in (State.BACKOFF, State.FAILED):
             # edge: backoff/failed -> stopped; the scheduled restart is cancelled
@@ -171,7 +170,7 @@ class Machine:
 
     def _shutdown_requested(self, snap: Snapshot, now: float) -> Step:
         if snap.state in LIVE:
-            return self._teardown(snap, now, Teardown.SHUTDOWN)
+            return teardown_step(self.settings, snap, now, Teardown.SHUTDOWN)
         if snap.state is State.STOPPING and snap.teardown is not Teardown.STOP:
             return Step(replace(snap, teardown=Teardown.SHUTDOWN, restart_reason=None))
         if snap.state is State.BACKOFF:
@@ -228,7 +227,7 @@ class Machine:
         if snap.state is State.STOPPING:
             teardown, snap = snap.teardown, replace(snap, teardown=None)
             if teardown is Teardown.RESTART:
-                return self._spawn(snap, now, reason="manual")
+                return spawn_step(self.settings, snap, now, reason="manual")
             if teardown is Teardown.FAILURE:
                 return self._after_failure(snap, now, clean=False, cause=snap.failure_cause or Cause.CRASH)
             # edge: stopping -> stopped
@@ -288,16 +287,16 @@ class Machine:
         if snap.state is State.STOPPING and snap.kill_at is not None and snap.kill_at <= now:
             # stop_timeout passed: SIGKILL to the whole group
             snap = replace(snap, kill_at=None)
-            actions += _kill(snap.run, "stop_timeout passed")
+            actions += kill_actions(snap.run, "stop_timeout passed")
         if snap.state is State.STARTING and snap.startup_deadline is not None and snap.startup_deadline <= now:
             # edge: starting -> stopping; never became healthy within startup_timeout
-            snap = replace(snap, failure_cause=_explained(snap, Cause.STARTUP_TIMEOUT))
+            snap = replace(snap, failure_cause=explained(snap, Cause.STARTUP_TIMEOUT))
             detail = f"not healthy within {self.settings.startup_timeout:g}s"
             first = (*actions, Record(EventKind.STARTUP_TIMEOUT, State.STARTING, detail))
-            return self._teardown(snap, now, Teardown.FAILURE, first=first)
+            return teardown_step(self.settings, snap, now, Teardown.FAILURE, first=first)
         restart_due = snap.restart_at is not None and snap.restart_at <= now
         if snap.state is State.BACKOFF and restart_due and not snap.group_alive:
-            return self._spawn(snap, now, reason=snap.restart_reason, first=tuple(actions))
+            return spawn_step(self.settings, snap, now, reason=snap.restart_reason, first=tuple(actions))
         if (
             snap.state in LIVE
             and snap.live
@@ -353,8 +352,8 @@ class Machine:
         unhealthy = Record(EventKind.UNHEALTHY, State.UNHEALTHY, f"{failures} consecutive probe failures")
         if not wants_restart(s.restart_policy, clean=False):
             return Step(snap, (failed, unhealthy))
-        snap = replace(snap, failure_cause=_explained(snap, Cause.UNHEALTHY))
-        return self._teardown(snap, now, Teardown.FAILURE, first=(failed, unhealthy))
+        snap = replace(snap, failure_cause=explained(snap, Cause.UNHEALTHY))
+        return teardown_step(self.settings, snap, now, Teardown.FAILURE, first=(failed, unhealthy))
 
     def _diagnosed(self, snap: Snapshot, event: Diagnosed) -> Step:
         if event.run != snap.run:
@@ -364,70 +363,7 @@ class Machine:
         kind = EventKind.OOM_DETECTED if newly_oom else EventKind.DIAGNOSED
         return Step(snap, (Record(kind, snap.state, event.finding, event.cause.value),))
 
-    # --- helpers -----------------------------------------------------------------------------------
-
-    def _spawn(self, snap: Snapshot, now: float, *, reason: str | None, first: tuple[Action, ...] = ()) -> Step:
-        if snap.group_alive:
-            # The last run's processes are still being reaped; start as soon as they are gone.
-            snap = replace(snap, state=State.BACKOFF, restart_at=now, restart_reason=reason)
-            return Step(snap, (*first, Record(EventKind.BACKOFF, State.BACKOFF, "0", reason)))
-        s = self.settings
-        run = snap.run + 1
-        snap = replace(
-            snap,
-            state=State.STARTING,
-            run=run,
-            live=False,
-            spawned_at=now,
-            healthy_since=None,
-            unhealthy_since=None,
-            last_restart_at=now if reason is not None else snap.last_restart_at,
-            consecutive_failures=0,
-            probe_in_flight=False,
-            next_probe_at=now + s.startup_probe_interval if s.has_probe else None,
-            startup_deadline=now + s.startup_timeout if s.has_probe else None,
-            kill_at=None,
-            restart_at=None,
-            restart_reason=reason,
-            teardown=None,
-            health_message=None,
-            run_cause=None,
-            has_cuda_oom=False,
-            last_exit=None,
-        )
-        return Step(snap, (*first, Spawn(run, reason)))
-
-    def _teardown(
-        self, snap: Snapshot, now: float, why: Teardown, *, force: bool = False, first: tuple[Action, ...] = ()
-    ) -> Step:
-        snap = replace(
-            snap,
-            state=State.STOPPING,
-            teardown=why,
-            next_probe_at=None,
-            startup_deadline=None,
-            probe_in_flight=False,
-            kill_at=None if force else now + self.settings.stop_timeout,
-        )
-        stopping = Record(EventKind.STOPPING, State.STOPPING, why.value)
-        return Step(snap, (*first, stopping, *(_kill(snap.run, "forced") if force else (Terminate(snap.run),))))
-
     @staticmethod
     def _expect_pending_spawn(snap: Snapshot, run: int) -> None:
         if snap.state is not State.STARTING or snap.run != run or snap.live:
             raise IllegalEvent(f"spawn result for run {run} in state {snap.state} (run {snap.run})")
-
-
-def _kill(run: int, why: str) -> tuple[Action, Action]:
-    """SIGKILL to the whole group of `run`, and its timeline entry."""
-    return Kill(run), Record(EventKind.KILLED, State.STOPPING, why)
-
-
-def _fresh_budget(snap: Snapshot) -> Snapshot:
-    return replace(snap, restart_times=(), attempt=0, restart_count=0)
-
-
-def _explained(snap: Snapshot, symptom: Cause) -> Cause:
-    """The run's own output names the cause better than the symptom seen from outside (a dead engine turns
-    probes to 503 before the process exits); a bare crash finding does not."""
-    return snap.run_cause if snap.run_cause not in (None, Cause.CRASH) else symptom

@@ -1,0 +1,82 @@
+"""The steps that several transitions of the machine share: start a run, tear one down, kill one, begin a
+fresh budget, and name a failure's cause. Pure, like the machine."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from supervisor.core.machine_types import Action, Kill, Record, Settings, Snapshot, Spawn, Step, Teardown, Terminate
+from supervisor.core.states import Cause, EventKind, State
+
+
+def spawn_step(
+    settings: Settings, snap: Snapshot, now: float, *, reason: str | None, first: tuple[Action, ...] = ()
+) -> Step:
+    """Start the next run, or wait in backoff (delay 0) while the last run's processes are being reaped."""
+    if snap.group_alive:
+        # The last run's processes are still being reaped; start as soon as they are gone.
+        snap = replace(snap, state=State.BACKOFF, restart_at=now, restart_reason=reason)
+        return Step(snap, (*first, Record(EventKind.BACKOFF, State.BACKOFF, "0", reason)))
+    s = settings
+    run = snap.run + 1
+    snap = replace(
+        snap,
+        state=State.STARTING,
+        run=run,
+        live=False,
+        spawned_at=now,
+        healthy_since=None,
+        unhealthy_since=None,
+        last_restart_at=now if reason is not None else snap.last_restart_at,
+        consecutive_failures=0,
+        probe_in_flight=False,
+        next_probe_at=now + s.startup_probe_interval if s.has_probe else None,
+        startup_deadline=now + s.startup_timeout if s.has_probe else None,
+        kill_at=None,
+        restart_at=None,
+        restart_reason=reason,
+        teardown=None,
+        health_message=None,
+        run_cause=None,
+        has_cuda_oom=False,
+        last_exit=None,
+    )
+    return Step(snap, (*first, Spawn(run, reason)))
+
+
+def teardown_step(
+    settings: Settings,
+    snap: Snapshot,
+    now: float,
+    why: Teardown,
+    *,
+    force: bool = False,
+    first: tuple[Action, ...] = (),
+) -> Step:
+    """Stop the live run: SIGTERM to its group (SIGKILL after stop_timeout), or SIGKILL at once when forced."""
+    snap = replace(
+        snap,
+        state=State.STOPPING,
+        teardown=why,
+        next_probe_at=None,
+        startup_deadline=None,
+        probe_in_flight=False,
+        kill_at=None if force else now + settings.stop_timeout,
+    )
+    stopping = Record(EventKind.STOPPING, State.STOPPING, why.value)
+    return Step(snap, (*first, stopping, *(kill_actions(snap.run, "forced") if force else (Terminate(snap.run),))))
+
+
+def kill_actions(run: int, why: str) -> tuple[Action, Action]:
+    """SIGKILL to the whole group of `run`, and its timeline entry."""
+    return Kill(run), Record(EventKind.KILLED, State.STOPPING, why)
+
+
+def fresh_budget(snap: Snapshot) -> Snapshot:
+    return replace(snap, restart_times=(), attempt=0, restart_count=0)
+
+
+def explained(snap: Snapshot, symptom: Cause) -> Cause:
+    """The run's own output names the cause better than the symptom seen from outside (a dead engine turns
+    probes to 503 before the process exits); a bare crash finding does not."""
+    return snap.run_cause if snap.run_cause not in (None, Cause.CRASH) else symptom
