@@ -11,23 +11,37 @@ in one pass. A FluidMCP file (`{"llmModels": {...}}`) loads unchanged; FluidMCP'
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
-    GetCoreSchemaHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import core_schema
 
+from supervisor.config.fields import (
+    ByteSize,
+    Count,
+    EnvName,
+    FrozenMap,
+    NonEmpty,
+    Port,
+    RestartPolicyName,
+    Seconds,
+    Section,
+    Text,
+    container_path,
+    container_port,
+    gpu_list,
+    host_volume,
+    resolve_path,
+)
 from supervisor.config.files import DocumentError, load_json, load_yaml
 from supervisor.config.messages import describe, show, step, suggest
 from supervisor.core.states import RuntimeKind
@@ -37,9 +51,6 @@ MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # to llmModels, and refusing them would break "loads unchanged". Anything else at the top is a typo.
 FLUIDMCP_SECTIONS = frozenset({"mcpServers", "replicateModels", "github_token"})
 TOP_LEVEL_KEYS = ("supervisor", "llmModels")
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 class ConfigError(Exception):
@@ -56,118 +67,12 @@ class ConfigError(Exception):
         return f"{self.source}: {count} problem{'s' if count != 1 else ''}:\n{listing}"
 
 
-class FrozenMap(Mapping[K, V]):
-    """An immutable, hashable mapping, so a frozen ModelConfig can be hashed and shared without copying."""
-
-    __slots__ = ("_data",)
-
-    def __init__(self, data: Mapping[K, V] | None = None) -> None:
-        self._data: dict[K, V] = dict(data or {})
-
-    def __getitem__(self, key: K) -> V:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[K]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __hash__(self) -> int:
-        return hash(frozenset(self._data.items()))
-
-    def __repr__(self) -> str:
-        return f"FrozenMap({self._data!r})"
-
-    @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        key_type, value_type = get_args(source) or (Any, Any)
-        as_dict = core_schema.dict_schema(handler.generate_schema(key_type), handler.generate_schema(value_type))
-        return core_schema.no_info_after_validator_function(
-            cls, as_dict, serialization=core_schema.plain_serializer_function_ser_schema(dict)
-        )
-
-
-def _text(value: object) -> object:
-    # `--port: 8001` and `CUDA_VISIBLE_DEVICES: 0` are common in YAML: numbers become their text. Booleans are
-    # refused, because YAML turns yes/no/on/off into booleans and their text would surprise.
-    if isinstance(value, bool):
-        # pydantic turns ValueError (not TypeError) into a located validation error
-        raise ValueError("must be a string: YAML read this as true/false, so quote it")  # noqa: TRY004
-    return str(value) if isinstance(value, int | float) else value
-
-
-def _env_name(value: object) -> object:
-    if isinstance(value, str) and (not value or "=" in value or "\0" in value):
-        raise ValueError(f"{value!r} is not a valid environment variable name")
-    return value
-
-
-def _byte_size(value: object) -> object:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = re.fullmatch(r"(\d+)\s*([bkmgt]?)b?", value.strip().lower()) if isinstance(value, str) else None
-    if match is None or int(match[1]) == 0:
-        raise ValueError(f'must be a size like "8g" or "512m", or a number of bytes (got {show(value)})')
-    return int(match[1]) * 1024 ** "bkmgt".index(match[2] or "b")
-
-
-def _gpus(value: object) -> object:
-    if value is None or value == "all":
-        return value
-    if isinstance(value, list | tuple) and all(
-        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
-    ):
-        return tuple(value)
-    raise ValueError(f'must be "all", a list of GPU indices like [0, 1], or null (got {show(value)})')
-
-
-def _container_port(value: object) -> object:
-    match = re.fullmatch(r"(\d{1,5})(/(tcp|udp|sctp))?", str(value))
-    if match is None or not 1 <= int(match[1]) <= 65535:
-        raise ValueError(f'container port must look like "8000/tcp" or "8000" (got {show(value)})')
-    return value if match[2] else f"{match[1]}/tcp"
-
-
-def _host_volume(value: object) -> object:
-    if isinstance(value, str) and value.startswith("~"):
-        return str(Path(value).expanduser())
-    if isinstance(value, str) and not value.startswith("/") and "/" in value:
-        raise ValueError(f"host path {value!r} must be absolute (or ~/..., or a named volume without '/')")
-    return value
-
-
-def _container_path(value: object) -> object:
-    if isinstance(value, str) and not re.fullmatch(r"/[^:]*(:(ro|rw))?", value):
-        raise ValueError(f'must be an absolute container path, optionally ending in ":ro" (got {value!r})')
-    return value
-
-
-Text = Annotated[str, BeforeValidator(_text)]
-NonEmpty = Annotated[str, Field(min_length=1)]
-EnvName = Annotated[str, BeforeValidator(_env_name)]
-Seconds = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Count = Annotated[int, Field(strict=True)]
-ByteSize = Annotated[int, BeforeValidator(_byte_size)]
-Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
-RestartPolicyName = Literal["no", "on-failure", "always", "unless-stopped"]
-
-
-def _resolve(path: Path, info: ValidationInfo) -> Path:
-    base = Path((info.context or {}).get("base_dir") or Path.cwd())
-    return (base / path.expanduser()).resolve()
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ApiSettings(_Section):
+class ApiSettings(Section):
     host: NonEmpty = "127.0.0.1"
     port: Annotated[Count, Field(ge=0, le=65535)] = 8099  # 0: any free port (tests)
 
 
-class SupervisorSettings(_Section):
+class SupervisorSettings(Section):
     api: ApiSettings = ApiSettings()
     state_dir: Path = Field(Path(".llm-supervisor"), validate_default=True)
     token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "LLM_SUPERVISOR_TOKEN"  # noqa: S105 (a variable's name, not a secret)
@@ -177,10 +82,10 @@ class SupervisorSettings(_Section):
     @field_validator("state_dir")
     @classmethod
     def _state_dir(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+        return resolve_path(value, info)
 
 
-class Endpoints(_Section):
+class Endpoints(Section):
     base_url: str | None = None
 
     @field_validator("base_url")
@@ -191,21 +96,21 @@ class Endpoints(_Section):
         return value
 
 
-class DockerSettings(_Section):
+class DockerSettings(Section):
     image: NonEmpty
-    ports: FrozenMap[Annotated[str, BeforeValidator(_container_port)], Port] = FrozenMap()
-    gpus: Annotated[Literal["all"] | tuple[int, ...] | None, BeforeValidator(_gpus)] = None
+    ports: FrozenMap[Annotated[str, BeforeValidator(container_port)], Port] = FrozenMap()
+    gpus: Annotated[Literal["all"] | tuple[int, ...] | None, BeforeValidator(gpu_list)] = None
     ipc_mode: NonEmpty | None = None
     shm_size: ByteSize | None = None
     volumes: FrozenMap[
-        Annotated[str, BeforeValidator(_host_volume)], Annotated[str, BeforeValidator(_container_path)]
+        Annotated[str, BeforeValidator(host_volume)], Annotated[str, BeforeValidator(container_path)]
     ] = FrozenMap()
     env: FrozenMap[EnvName, Text] = FrozenMap()
     pull: Annotated[bool, Field(strict=True)] = False
     mem_limit: ByteSize | None = None
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """One model's settings. Field order matters: validators of later fields read `runtime`."""
 
     type: Literal["vllm"] | None = None  # FluidMCP marks its vLLM models so; other FluidMCP types are not ours
@@ -257,7 +162,7 @@ class ModelConfig(_Section):
     def _cwd(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is not None and info.data.get("runtime") is RuntimeKind.DOCKER:
             raise ValueError("cwd applies to runtime: process only")
-        return None if value is None else _resolve(value, info)
+        return None if value is None else resolve_path(value, info)
 
     @property
     def probe_root_url(self) -> str | None:
@@ -268,7 +173,7 @@ class ModelConfig(_Section):
         return root.removesuffix("/v1")
 
 
-class Config(_Section):
+class Config(Section):
     supervisor: SupervisorSettings
     models: dict[str, ModelConfig]
 
