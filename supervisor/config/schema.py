@@ -46,6 +46,7 @@ from supervisor.config.files import DocumentError, load_json, load_yaml
 from supervisor.config.messages import describe, show, step, suggest
 from supervisor.core.states import RuntimeKind
 
+PORT_PLACEHOLDER = "{port}"
 MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # FluidMCP's own sections (MCP servers, its cloud models, its GitHub token): a FluidMCP file carries them next
 # to llmModels, and refusing them would break "loads unchanged". Anything else at the top is a typo.
@@ -72,8 +73,20 @@ class ApiSettings(Section):
     port: Annotated[Count, Field(ge=0, le=65535)] = 8099  # 0: any free port (tests)
 
 
+class GatewaySettings(Section):
+    """The OpenAI-compatible front door; without this section there is no gateway."""
+
+    host: NonEmpty = "127.0.0.1"
+    port: Annotated[Count, Field(ge=0, le=65535)] = 8000  # 0: any free port (tests)
+    api_key_env: EnvName | None = None  # the variable holding the key clients must send as Bearer
+    hold_timeout: Annotated[Seconds, Field(gt=0)] = 120.0
+    max_attempts: Annotated[Count, Field(ge=1)] = 3
+    drain_timeout: Annotated[Seconds, Field(ge=0)] = 60.0
+
+
 class SupervisorSettings(Section):
     api: ApiSettings = ApiSettings()
+    gateway: GatewaySettings | None = None
     state_dir: Path = Field(Path(".llm-supervisor"), validate_default=True)
     token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "LLM_SUPERVISOR_TOKEN"  # noqa: S105 (a variable's name, not a secret)
     log_max_bytes: Annotated[Count, Field(ge=1024)] = 10 * 1024 * 1024
@@ -110,6 +123,13 @@ class DockerSettings(Section):
     mem_limit: ByteSize | None = None
 
 
+class InferenceProbe(Section):
+    """A one-token completion as a liveness probe: it sees an engine that hangs while /health says 200."""
+
+    interval: Annotated[Seconds, Field(gt=0)] = 30.0
+    timeout: Annotated[Seconds, Field(gt=0)] = 10.0
+
+
 class ModelConfig(Section):
     """One model's settings. Field order matters: validators of later fields read `runtime`."""
 
@@ -136,6 +156,24 @@ class ModelConfig(Section):
     startup_probe_interval: Annotated[Seconds, Field(gt=0)] = 1.0
     stop_timeout: Annotated[Seconds, Field(ge=0)] = 30.0
     success_exit_codes: tuple[Annotated[Count, Field(ge=0, le=255)], ...] = ()
+    replicas: Annotated[Count, Field(ge=1)] = 1
+    ports: tuple[Port, ...] = ()  # one per replica; "{port}" in args and endpoints.base_url becomes it
+    fallback: NonEmpty | None = None  # a model id that serves this model's requests while it has no ready replica
+    progress_timeout: Annotated[Seconds, Field(gt=0)] | None = None
+    inference_probe: InferenceProbe | None = None
+
+    @model_validator(mode="after")
+    def _replica_ports(self) -> ModelConfig:
+        uses_port = any(PORT_PLACEHOLDER in a for a in self.args) or PORT_PLACEHOLDER in (self.endpoints.base_url or "")
+        if self.ports and len(self.ports) != self.replicas:
+            raise ValueError(f"ports: give one port per replica ({self.replicas}), got {len(self.ports)}")
+        if len(set(self.ports)) != len(self.ports):
+            raise ValueError("ports: each replica needs its own port")
+        if uses_port and not self.ports:
+            raise ValueError('"{port}" appears in args or endpoints.base_url: list the replicas\' ports in ports')
+        if self.replicas > 1 and not uses_port:
+            raise ValueError('replicas > 1 need "{port}" in args and endpoints.base_url, and one port each in ports')
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -163,6 +201,22 @@ class ModelConfig(Section):
         if value is not None and info.data.get("runtime") is RuntimeKind.DOCKER:
             raise ValueError("cwd applies to runtime: process only")
         return None if value is None else resolve_path(value, info)
+
+    def replica(self, index: int) -> ModelConfig:
+        """The settings of one replica: its port put where "{port}" stands. A model without ports is its
+        own single replica."""
+        if not self.ports:
+            return self
+        port = str(self.ports[index])
+        base_url = self.endpoints.base_url
+        return self.model_copy(
+            update={
+                "args": tuple(a.replace(PORT_PLACEHOLDER, port) for a in self.args),
+                "endpoints": Endpoints(base_url=None if base_url is None else base_url.replace(PORT_PLACEHOLDER, port)),
+                "replicas": 1,
+                "ports": (self.ports[index],),
+            }
+        )
 
     @property
     def probe_root_url(self) -> str | None:
@@ -238,6 +292,7 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: str | Path
         if model is not None:
             models[str(model_id)] = model
     problems += _shared_servers(models)
+    problems += _fallbacks(models)
     if problems or settings is None:
         raise ConfigError(problems, source)
     return Config(supervisor=settings, models=models)
@@ -261,12 +316,24 @@ def _shared_servers(models: Mapping[str, ModelConfig]) -> list[str]:
     owners: dict[str, str] = {}
     problems = []
     for model_id, model in models.items():
-        root = model.probe_root_url
-        if root is not None and root in owners:
-            problems.append(
-                f"llmModels.{model_id}.endpoints.base_url: the same server as llmModels."
-                f"{owners[root]} ({root}); each model needs its own port"
-            )
-        elif root is not None:
-            owners[root] = model_id
+        for index in range(model.replicas):
+            root = model.replica(index).probe_root_url
+            if root is not None and root in owners:
+                problems.append(
+                    f"llmModels.{model_id}.endpoints.base_url: the same server as llmModels."
+                    f"{owners[root]} ({root}); each model needs its own port"
+                )
+            elif root is not None:
+                owners[root] = model_id
+    return problems
+
+
+def _fallbacks(models: Mapping[str, ModelConfig]) -> list[str]:
+    problems = []
+    for model_id, model in models.items():
+        if model.fallback == model_id:
+            problems.append(f"llmModels.{model_id}.fallback: a model cannot fall back to itself")
+        elif model.fallback is not None and model.fallback not in models:
+            known = suggest(model.fallback, list(models))
+            problems.append(f"llmModels.{model_id}.fallback: no model {model.fallback!r} is configured{known}")
     return problems

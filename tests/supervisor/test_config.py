@@ -64,6 +64,11 @@ DEFAULTS: list[tuple[str, object]] = [
     ("startup_probe_interval", 1.0),
     ("stop_timeout", 30.0),
     ("success_exit_codes", ()),
+    ("replicas", 1),
+    ("ports", ()),
+    ("fallback", None),
+    ("progress_timeout", None),
+    ("inference_probe", None),
 ]
 
 
