@@ -43,6 +43,7 @@ from supervisor.core.machine_types import (
     Snapshot,
     Spawned,
     SpawnFailed,
+    Stalled,
     StartRequested,
     Step,
     StopRequested,
@@ -69,6 +70,8 @@ class Machine:
                 return self._probe_done(snap, event, now)
             case Diagnosed():
                 return self._diagnosed(snap, event)
+            case Stalled():
+                return self._stalled(snap, event, now)
             case Spawned():
                 return self._spawned(snap, event, now)
             case SpawnFailed():
@@ -354,6 +357,17 @@ class Machine:
             return Step(snap, (failed, unhealthy))
         snap = replace(snap, failure_cause=explained(snap, Cause.UNHEALTHY))
         return teardown_step(self.settings, snap, now, Teardown.FAILURE, first=(failed, unhealthy))
+
+    def _stalled(self, snap: Snapshot, event: Stalled, now: float) -> Step:
+        if event.run != snap.run or snap.state not in (State.HEALTHY, State.UNHEALTHY) or not snap.live:
+            return Step(snap)  # a run that has ended, or one not yet serving, has no requests to stall
+        # edge: healthy/unhealthy -> unhealthy (stalled), then -> stopping when the policy restarts it
+        snap = replace(snap, state=State.UNHEALTHY, unhealthy_since=snap.unhealthy_since or now)
+        unhealthy = Record(EventKind.UNHEALTHY, State.UNHEALTHY, event.detail, Cause.STALLED.value)
+        if not wants_restart(self.settings.restart_policy, clean=False):
+            return Step(snap, (unhealthy,))
+        snap = replace(snap, failure_cause=explained(snap, Cause.STALLED))
+        return teardown_step(self.settings, snap, now, Teardown.FAILURE, first=(unhealthy,))
 
     def _diagnosed(self, snap: Snapshot, event: Diagnosed) -> Step:
         if event.run != snap.run:

@@ -154,6 +154,15 @@ class Diagnosed:
 
 
 @dataclass(frozen=True, slots=True)
+class Stalled:
+    """Requests to this run made no progress: the gateway saw no output byte for progress_timeout, or an
+    inference probe timed out. Seen only from requests: a hung engine keeps /health at 200."""
+
+    run: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time has passed; deadlines that are due now fire."""
 
@@ -170,6 +179,7 @@ Event = (
     | GroupGone
     | ProbeDone
     | Diagnosed
+    | Stalled
     | Tick
 )
 

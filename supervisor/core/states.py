@@ -26,6 +26,7 @@ class Cause(StrEnum):
     PORT_IN_USE = "port_in_use"
     ENGINE_DEAD = "engine_dead"
     STARTUP_TIMEOUT = "startup_timeout"
+    STALLED = "stalled"  # requests made no progress while /health may still have said 200
 
 
 class EventKind(StrEnum):

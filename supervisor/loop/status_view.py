@@ -21,6 +21,11 @@ GENERIC_ADVICE: dict[Cause, str] = {
     ),
     Cause.OOM: "The GPU ran out of memory; lower --gpu-memory-utilization or --max-model-len, or use a smaller model.",
     Cause.PORT_IN_USE: "Another process holds the server's port; stop it or give this model another --port.",
+    Cause.STALLED: (
+        "Requests made no progress (no output within progress_timeout, or the inference probe timed out) while "
+        "the server may still have answered /health: a hung engine. Check the logs and the GPU; raise "
+        "progress_timeout if long prompts legitimately take longer before their first token."
+    ),
     Cause.ENGINE_DEAD: "vLLM's engine died; the logs before this point show why (often OOM or a worker crash).",
 }
 
