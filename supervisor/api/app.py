@@ -33,6 +33,7 @@ from supervisor.api.schemas import (
     ModelStatusOut,
 )
 from supervisor.core.views import ActionResult, ModelStatus
+from supervisor.loop.model import unit_name
 from supervisor.store import logs
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -48,7 +49,9 @@ _ACTION: Responses = {
     409: {**_ERR, "description": "Refused (the supervisor is shutting down); detail says why"},
     429: {**_ERR, "description": "More than the allowed actions a minute for this model; see Retry-After"},
 }
+_RESTART: Responses = {**_ACTION, 400: {**_ERR, "description": "replica and rolling=true given together"}}
 ModelId = Annotated[str, PathParam(description="The model id from the config")]
+ReplicaIndex = Annotated[int, Query(ge=0, description="Which replica's log (0 for a model of one replica)")]
 
 
 def create_app(
@@ -111,6 +114,14 @@ def _status_of(supervisor: SupervisorFacade, model_id: str) -> ModelStatus:
         raise HTTPException(404, f"unknown model '{model_id}' (configured: {known})") from None
 
 
+def _log_unit(supervisor: SupervisorFacade, model_id: str, replica: int) -> str:
+    """The log a replica writes to; 404 for a replica the model does not have."""
+    replicas = len(_status_of(supervisor, model_id).replicas) or 1
+    if replica >= replicas:
+        raise HTTPException(404, f"model '{model_id}' has no replica {replica}")
+    return unit_name(model_id, replica)
+
+
 def _read_routes(api: APIRouter, supervisor: SupervisorFacade) -> None:
     @api.get("/models", response_model=ModelList, responses=_AUTH)
     async def list_models() -> ModelList:
@@ -158,8 +169,8 @@ def _action_routes(api: APIRouter, supervisor: SupervisorFacade, limiter: Action
             )
         try:
             result = await action()
-        except KeyError:  # the model was removed between the check and the call
-            raise HTTPException(404, f"unknown model '{model_id}'") from None
+        except KeyError as exc:  # no such replica, or the model was removed between the check and the call
+            raise HTTPException(404, str(exc)) from None
         if not result.accepted:
             raise HTTPException(409, result.message)
         return ActionResponse(
@@ -183,10 +194,18 @@ def _action_routes(api: APIRouter, supervisor: SupervisorFacade, limiter: Action
         """Set the desired state to stopped; no restart policy restarts it until `start`."""
         return await act(model_id, lambda: supervisor.stop_model(model_id, force=force))
 
-    @api.post("/models/{model_id}/restart", response_model=ActionResponse, responses=_ACTION)
-    async def restart_model(model_id: ModelId) -> ActionResponse:
+    @api.post("/models/{model_id}/restart", response_model=ActionResponse, responses=_RESTART)
+    async def restart_model(
+        model_id: ModelId,
+        replica: Annotated[int | None, Query(ge=0, description="Restart only this replica")] = None,
+        rolling: Annotated[
+            bool, Query(description="One replica at a time, each out of the gateway's routing until healthy")
+        ] = False,
+    ) -> ActionResponse:
         """Stop the current run (if any) and start a new one now, backoff or not."""
-        return await act(model_id, lambda: supervisor.restart_model(model_id))
+        if rolling and replica is not None:
+            raise HTTPException(400, "give either replica or rolling=true, not both")
+        return await act(model_id, lambda: supervisor.restart_model(model_id, replica=replica, rolling=rolling))
 
 
 def _log_routes(api: APIRouter, supervisor: SupervisorFacade) -> None:
@@ -194,10 +213,11 @@ def _log_routes(api: APIRouter, supervisor: SupervisorFacade) -> None:
     async def get_logs(
         model_id: ModelId,
         lines: Annotated[int, Query(ge=1, le=MAX_LOG_LINES, description="How many of the newest lines")] = 100,
+        replica: ReplicaIndex = 0,
     ) -> LogsResponse:
         """The newest lines of stdout and stderr (one file, in order), across rotated files and runs."""
-        _status_of(supervisor, model_id)
-        result = await logs.read_tail(supervisor.log_dir(), model_id, lines)
+        unit = _log_unit(supervisor, model_id, replica)
+        result = await logs.read_tail(supervisor.log_dir(), unit, lines)
         return LogsResponse(
             model_id=model_id,
             lines=list(result.lines),
@@ -213,17 +233,18 @@ def _log_routes(api: APIRouter, supervisor: SupervisorFacade) -> None:
     async def stream_logs(
         model_id: ModelId,
         lines: Annotated[int, Query(ge=0, le=MAX_LOG_LINES, description="Newest lines to send first")] = 10,
+        replica: ReplicaIndex = 0,
     ) -> StreamingResponse:
         """The newest `lines` lines, then every new line as it is written, until the client disconnects."""
-        _status_of(supervisor, model_id)
+        unit = _log_unit(supervisor, model_id, replica)
         log_dir = supervisor.log_dir()
 
         async def body() -> AsyncIterator[str]:
             # The follower starts exactly where the tail ended, so no line is lost or sent twice.
-            shown = await logs.read_tail(log_dir, model_id, lines)
+            shown = await logs.read_tail(log_dir, unit, lines)
             for line in shown.lines:
                 yield line + "\n"
-            async for line in logs.follow(log_dir, model_id, start=shown.position):
+            async for line in logs.follow(log_dir, unit, start=shown.position):
                 yield line + "\n"
 
         return StreamingResponse(body(), media_type="text/plain; charset=utf-8")

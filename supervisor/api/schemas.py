@@ -26,6 +26,19 @@ class ErrorDetail(BaseModel):
     detail: str = Field(description="Why the request was refused, in one sentence")
 
 
+class ReplicaStatusOut(_FromAttributes):
+    index: int
+    port: int | None = Field(description="The replica's own port, where the model lists ports")
+    state: State
+    pid: int | None
+    is_healthy: bool
+    restart_count: int
+    last_exit_code: int | None
+    failure_cause: Cause | None
+    in_flight: int = Field(description="Requests the gateway has in flight on this replica")
+    draining: bool = Field(description="Out of the gateway's routing during a rolling restart")
+
+
 class ModelStatusOut(_FromAttributes):
     id: str
     state: State
@@ -46,6 +59,9 @@ class ModelStatusOut(_FromAttributes):
     failure_advice: str | None = Field(description="What an operator can do about failure_cause")
     next_restart_at: float | None = Field(description="Unix time of the scheduled restart while in backoff")
     desired: str = Field(description="'running' or 'stopped': what the operator asked for")
+    replicas: list[ReplicaStatusOut] = Field(
+        default=[], description="Each replica's own run; a model of one replica lists one"
+    )
 
 
 class ModelList(BaseModel):
@@ -87,3 +103,4 @@ class EventOut(_FromAttributes):
     reason: str | None = Field(
         default=None, description="spawned: why (manual or a failure cause); exited: the failure cause"
     )
+    replica: int = Field(default=0, description="The replica the event is about (0 for a model of one replica)")

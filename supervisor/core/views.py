@@ -25,6 +25,23 @@ class TimelineEvent:
     # For `exited`: the failure cause value; None for a requested stop or an exit in success_exit_codes.
     # For `backoff` and `failed`: the cause that led there ("exit" after a success exit under always).
     reason: str | None = None
+    replica: int = 0  # which replica of the model the event is about (0 for a model of one replica)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """One replica of a model: its own run, restarts and backoff, and what the gateway sends it."""
+
+    index: int
+    port: int | None
+    state: State
+    pid: int | None
+    is_healthy: bool
+    restart_count: int
+    last_exit_code: int | None
+    failure_cause: Cause | None
+    in_flight: int  # requests the gateway has in flight on it
+    draining: bool  # out of routing (a rolling restart), finishing what it has
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +67,7 @@ class ModelStatus:
     failure_advice: str | None
     next_restart_at: float | None
     desired: str
+    replicas: tuple[ReplicaStatus, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from supervisor.config.schema import Config, ModelConfig
@@ -31,13 +32,14 @@ from supervisor.core.machine_types import (
 from supervisor.core.states import EventKind, State
 from supervisor.core.views import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
 from supervisor.loop.leftovers import stop_leftovers
+from supervisor.loop.model import Replica, SupervisedModel, unit_name
 from supervisor.loop.observer import Observer
 from supervisor.loop.owner import ModelOwner
 from supervisor.loop.persistence import restored_snapshot
 from supervisor.loop.probes import ProbeClients
 from supervisor.loop.recorder import Recorder
 from supervisor.loop.runtimes import build_runtime, instance_id
-from supervisor.loop.status_view import build_status
+from supervisor.loop.status_view import model_status
 from supervisor.runtime.base import Runtime
 from supervisor.store.base import PersistedModel, Store
 from supervisor.store.logs import LogWriter
@@ -55,6 +57,13 @@ class UnknownModel(KeyError):
 
     def __str__(self) -> str:
         return f"unknown model {self.args[0]!r}"
+
+
+class UnknownReplica(UnknownModel):
+    """The model has no replica with this index."""
+
+    def __str__(self) -> str:
+        return f"model {self.args[0]!r} has no replica {self.args[1]}"
 
 
 class Fleet:
@@ -76,10 +85,10 @@ class Fleet:
         self._runtimes = runtimes or {}  # tests hand in fakes by model id
         self._probes = ProbeClients()
         self._rng = random.Random(seed)
-        self._owners: dict[str, ModelOwner] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._configs: dict[str, ModelConfig] = {}
+        self._models: dict[str, SupervisedModel] = {}
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self.recorder.add_observer(_Changes(self._models))
 
     # --- life -------------------------------------------------------------------------------------
 
@@ -88,41 +97,52 @@ class Fleet:
         persisted = self.recorder.store.load_models()
         leftovers = await stop_leftovers(self.config, persisted, self.instance)
         for model_id, cfg in self.config.models.items():
-            self.add_model(model_id, cfg, persisted.get(model_id))
-            if model_id in leftovers:
-                detail = "stopped a run left behind by the previous supervisor"
-                owner = self._owners[model_id]
-                self.recorder.record(model_id, Record(EventKind.STOPPED, State.STOPPED, detail), owner.snapshot, None)
+            self.add_model(model_id, cfg, persisted)
+        for unit in leftovers & set(self._units()):
+            detail = "stopped a run left behind by the previous supervisor"
+            owner = self._units()[unit]
+            self.recorder.record(unit, Record(EventKind.STOPPED, State.STOPPED, detail), owner.snapshot, None)
 
-    def add_model(self, model_id: str, cfg: ModelConfig, persisted: PersistedModel | None = None) -> None:
-        """Start looking after one more model; it is watched like those configured at start."""
-        if model_id in self._owners:
+    def add_model(self, model_id: str, cfg: ModelConfig, persisted: dict[str, PersistedModel] | None = None) -> None:
+        """Start looking after one more model, each replica its own run; watched like those configured at start."""
+        if model_id in self._models:
             raise ValueError(f"model {model_id!r} is already supervised")
-        self._configs[model_id] = cfg
+        replicas = [
+            self._replica(model_id, i, cfg.replica(i), (persisted or {}).get(unit_name(model_id, i)))
+            for i in range(cfg.replicas)
+        ]
+        self._models[model_id] = SupervisedModel(model_id, cfg, replicas)
+        for replica in replicas:
+            replica.owner.post(Boot())
+
+    def _replica(self, model_id: str, index: int, cfg: ModelConfig, persisted: PersistedModel | None) -> Replica:
+        unit = unit_name(model_id, index)
         writer = LogWriter(
             self.log_dir(),
-            model_id,
+            unit,
             max_bytes=self.config.supervisor.log_max_bytes,
             backups=self.config.supervisor.log_backups,
             # The child inherits our environment too, so its secrets are masked as well as the model's own.
             redactor=Redactor({**os.environ, **cfg.env}, secrets_from_argv(cfg.args)),
         )
-        self.recorder.add_model(model_id, writer, cfg.runtime)
+        self.recorder.add_unit(unit, writer, cfg.runtime)
         root = cfg.probe_root_url
         owner = ModelOwner(
-            model_id,
+            unit,
             Machine(machine_settings(cfg), random.Random(self._rng.random())),
-            self._runtimes.get(model_id) or build_runtime(model_id, cfg, self.instance),
+            self._runtimes.get(unit) or build_runtime(unit, cfg, self.instance),
             self.clock,
-            probe=None if root is None else self._probes.prober(model_id, root),
+            probe=None if root is None else self._probes.prober(unit, root),
             reports=self.recorder,
             snapshot=restored_snapshot(persisted, self._offset),
         )
-        self._owners[model_id] = owner
-        task = asyncio.get_running_loop().create_task(owner.serve(), name=f"model:{model_id}")
+        task = asyncio.get_running_loop().create_task(owner.serve(), name=f"model:{unit}")
         task.add_done_callback(self._owner_ended)
-        self._tasks[model_id] = task
-        owner.post(Boot())
+        self._tasks.append(task)
+        return Replica(index, cfg, owner)
+
+    def _units(self) -> dict[str, ModelOwner]:
+        return {unit_name(m.id, r.index): r.owner for m in self._models.values() for r in m.replicas}
 
     def _owner_ended(self, task: asyncio.Task[None]) -> None:
         # serve() only ends by cancellation at shutdown; anything else leaves a model unsupervised.
@@ -139,36 +159,45 @@ class Fleet:
         if self._closing:
             return
         self._closing = True
-        for owner in self._owners.values():
+        for model in self._models.values():
+            await model.close()
+        units = self._units()
+        for owner in units.values():
             owner.post(ShutdownRequested())
-        limit = max((cfg.stop_timeout for cfg in self._configs.values()), default=0.0) + SHUTDOWN_GRACE
+        limit = max((m.cfg.stop_timeout for m in self._models.values()), default=0.0) + SHUTDOWN_GRACE
         try:
             async with asyncio.timeout(limit):
-                await asyncio.gather(*(owner.wait_settled() for owner in self._owners.values()))
+                await asyncio.gather(*(owner.wait_settled() for owner in units.values()))
         except TimeoutError:
-            stuck = [m for m, o in self._owners.items() if o.snapshot.live or o.snapshot.group_alive]
+            stuck = [u for u, o in units.items() if o.snapshot.live or o.snapshot.group_alive]
             log.error("shutdown: gave up after %.0f s waiting for %s to stop", limit, ", ".join(stuck))  # noqa: TRY400
-        for task in self._tasks.values():
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.recorder.close()
         await self._probes.aclose()
 
     # --- reads (pure) -----------------------------------------------------------------------------
 
     def model_ids(self) -> list[str]:
-        return list(self._owners)
+        return list(self._models)
+
+    def model(self, model_id: str) -> SupervisedModel:
+        try:
+            return self._models[model_id]
+        except KeyError:
+            raise UnknownModel(model_id) from None
 
     def status(self, model_id: str) -> ModelStatus:
-        owner = self._owner(model_id)
-        return build_status(model_id, self._configs[model_id], owner, self.clock, self._offset)
+        model = self.model(model_id)
+        return model_status(model_id, model.cfg, model.replicas, self.clock, self._offset)
 
     def statuses(self) -> list[ModelStatus]:
-        return [self.status(model_id) for model_id in self._owners]
+        return [self.status(model_id) for model_id in self._models]
 
     def events(self, model_id: str, since: int = 0, limit: int | None = None) -> list[TimelineEvent]:
         """Events with seq > since, oldest first; with `limit`, only the newest `limit` of them."""
-        self._owner(model_id)
+        self.model(model_id)
         return self.recorder.events(model_id, since, limit)
 
     def log_dir(self) -> Path:
@@ -180,25 +209,32 @@ class Fleet:
     # --- actions (through the owner) ---------------------------------------------------------------
 
     async def start_model(self, model_id: str) -> ActionResult:
-        return await self._act(model_id, StartRequested())
+        return await self._act(model_id, StartRequested)
 
     async def stop_model(self, model_id: str, force: bool = False) -> ActionResult:
-        return await self._act(model_id, StopRequested(force))
+        return await self._act(model_id, lambda: StopRequested(force))
 
-    async def restart_model(self, model_id: str) -> ActionResult:
-        return await self._act(model_id, RestartRequested())
+    async def restart_model(self, model_id: str, replica: int | None = None, rolling: bool = False) -> ActionResult:
+        """Restart every replica at once, one replica (`replica`), or all one at a time out of routing (`rolling`)."""
+        model = self.model(model_id)
+        if replica is not None and not 0 <= replica < len(model.replicas):
+            raise UnknownReplica(model_id, replica)
+        if self._closing:
+            return ActionResult(False, "the supervisor is shutting down", self.status(model_id))
+        if rolling:
+            drain = self.config.supervisor.gateway.drain_timeout if self.config.supervisor.gateway else 0.0
+            reply = model.start_rolling_restart(drain)
+        elif replica is not None:
+            reply = await model.replicas[replica].owner.request(RestartRequested())
+        else:
+            reply = await model.request_all(RestartRequested)
+        return ActionResult(reply.accepted, reply.message, self.status(model_id))
 
     async def health_check(self, model_id: str) -> HealthCheckReport:
-        """Run one probe now, outside the schedule; its result is reported, never counted."""
-        owner = self._owner(model_id)
-        root = self._configs[model_id].probe_root_url
-        if root is None:
-            ok, message = owner.snapshot.live, None if owner.snapshot.live else "process not running"
-        else:
-            result = await self._probes.prober(model_id, root)(self._configs[model_id].health_check_timeout)
-            self.recorder.probed(model_id, result)
-            ok, message = result.ok, result.message
-        await owner.request(ProbeDone(owner.snapshot.run, ok, message, manual=True))
+        """Probe every replica now, outside the schedule; the results are reported, never counted."""
+        results = [await self._check_replica(replica) for replica in self.model(model_id).replicas]
+        ok = any(good for good, _ in results)
+        message = None if ok else next(message for _, message in results)
         status = self.status(model_id)
         return HealthCheckReport(
             model_id,
@@ -209,15 +245,36 @@ class Fleet:
             status.has_cuda_oom,
         )
 
-    async def _act(self, model_id: str, event: Event) -> ActionResult:
-        owner = self._owner(model_id)
+    async def _check_replica(self, replica: Replica) -> tuple[bool, str | None]:
+        owner = replica.owner
+        root = replica.cfg.probe_root_url
+        if root is None:
+            ok, message = owner.snapshot.live, None if owner.snapshot.live else "process not running"
+        else:
+            result = await self._probes.prober(owner.model_id, root)(replica.cfg.health_check_timeout)
+            self.recorder.probed(owner.model_id, result)
+            ok, message = result.ok, result.message
+        await owner.request(ProbeDone(owner.snapshot.run, ok, message, manual=True))
+        return ok, message
+
+    async def _act(self, model_id: str, make: Callable[[], Event]) -> ActionResult:
+        model = self.model(model_id)
         if self._closing:
             return ActionResult(False, "the supervisor is shutting down", self.status(model_id))
-        reply = await owner.request(event)
+        reply = await model.request_all(make)
         return ActionResult(reply.accepted, reply.message, self.status(model_id))
 
-    def _owner(self, model_id: str) -> ModelOwner:
-        try:
-            return self._owners[model_id]
-        except KeyError:
-            raise UnknownModel(model_id) from None
+
+class _Changes:
+    """Tells a model that one of its replicas changed, so requests held for it look again."""
+
+    def __init__(self, models: dict[str, SupervisedModel]) -> None:
+        self._models = models
+
+    def on_event(self, event: TimelineEvent) -> None:
+        model = self._models.get(event.model_id)
+        if model is not None:
+            model.notify_changed()
+
+    def on_probe(self, model_id: str, ok: bool, duration: float) -> None:
+        pass

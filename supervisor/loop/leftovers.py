@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from supervisor.config.schema import Config
+from supervisor.loop.model import unit_name
 from supervisor.loop.runtimes import stop_leftover_run
 from supervisor.store.base import PersistedModel
 
@@ -16,34 +17,31 @@ DEFAULT_STOP_TIMEOUT = 30.0  # stop_timeout's default, for a model no longer con
 
 
 async def stop_leftovers(config: Config, persisted: dict[str, PersistedModel], instance: str) -> set[str]:
-    """The ids of the models of which something was still running, and is now stopped.
+    """The units (replicas, by `unit_name`) of which something was still running, and is now stopped.
 
-    Models no longer in the config are included: their processes would otherwise be orphans on the GPU.
+    Models and replicas no longer in the config are included: their processes would otherwise be orphans on
+    the GPU.
     """
-    model_ids = [*config.models, *(m for m in persisted if m not in config.models)]
+    configured = {unit_name(m, i): cfg.replica(i) for m, cfg in config.models.items() for i in range(cfg.replicas)}
+    units = [*configured, *(u for u in persisted if u not in configured)]
     results = await asyncio.gather(
         *(
             stop_leftover_run(
-                model_id,
-                persisted[model_id].run if model_id in persisted else None,
-                config.models.get(model_id),
-                _stop_timeout(config, model_id),
+                unit,
+                persisted[unit].run if unit in persisted else None,
+                configured.get(unit),
+                configured[unit].stop_timeout if unit in configured else DEFAULT_STOP_TIMEOUT,
                 instance,
             )
-            for model_id in model_ids
+            for unit in units
         ),
         return_exceptions=True,  # one model's trouble (Docker unreachable) must not stop the others
     )
     stopped = set()
-    for model_id, result in zip(model_ids, results, strict=True):
+    for unit, result in zip(units, results, strict=True):
         if isinstance(result, BaseException):
-            log.error("%s: could not clean up after the previous supervisor: %s", model_id, result)
+            log.error("%s: could not clean up after the previous supervisor: %s", unit, result)
         elif result:
-            log.warning("%s: stopped a run left behind by the previous supervisor", model_id)
-            stopped.add(model_id)
+            log.warning("%s: stopped a run left behind by the previous supervisor", unit)
+            stopped.add(unit)
     return stopped
-
-
-def _stop_timeout(config: Config, model_id: str) -> float:
-    cfg = config.models.get(model_id)
-    return cfg.stop_timeout if cfg is not None else DEFAULT_STOP_TIMEOUT

@@ -14,6 +14,7 @@ from supervisor.core.clock import Clock
 from supervisor.core.machine_types import Record, Snapshot
 from supervisor.core.states import EventKind, RuntimeKind
 from supervisor.core.views import TimelineEvent
+from supervisor.loop.model import parse_unit
 from supervisor.loop.observer import Observer
 from supervisor.loop.owner import RunView
 from supervisor.loop.persistence import persisted_state
@@ -33,15 +34,16 @@ class Recorder:
         self._clock = clock
         self._offset = offset  # monotonic -> Unix, fixed for this life of the supervisor
         self._seq = store.last_seq()
+        # Keyed by unit: a replica's name (loop.model.unit_name), the model id for a model of one replica.
         self._writers: dict[str, LogWriter] = {}
         self._runtimes: dict[str, RuntimeKind] = {}
         self._saved: dict[str, PersistedModel] = {}  # what the store holds per model, to skip rewrites
         self._observers: list[Observer] = []
         self._store_broken = False
 
-    def add_model(self, model_id: str, writer: LogWriter, runtime: RuntimeKind) -> None:
-        self._writers[model_id] = writer
-        self._runtimes[model_id] = runtime
+    def add_unit(self, unit: str, writer: LogWriter, runtime: RuntimeKind) -> None:
+        self._writers[unit] = writer
+        self._runtimes[unit] = runtime
 
     def add_observer(self, observer: Observer) -> None:
         self._observers.append(observer)
@@ -56,37 +58,39 @@ class Recorder:
 
     # --- what owners report (see loop.owner.OwnerReports) ----------------------------------------
 
-    def record(self, model_id: str, record: Record, snapshot: Snapshot, run: RunView | None) -> None:
+    def record(self, unit: str, record: Record, snapshot: Snapshot, run: RunView | None) -> None:
         self._seq += 1
+        model_id, replica = parse_unit(unit)
         event = TimelineEvent(
-            self._seq, self._clock.wall(), model_id, record.kind, record.state, record.detail, record.reason
+            self._seq, self._clock.wall(), model_id, record.kind, record.state, record.detail, record.reason, replica
         )
-        self._mark_log(model_id, record, snapshot.run, run)
-        self._store(model_id, event, persisted_state(snapshot, run, self._runtimes[model_id], self._offset))
+        self._mark_log(unit, record, snapshot.run, run)
+        self._store(unit, event, persisted_state(snapshot, run, self._runtimes[unit], self._offset))
         self._notify(lambda o: o.on_event(event))
 
-    def probed(self, model_id: str, result: ProbeResult) -> None:
+    def probed(self, unit: str, result: ProbeResult) -> None:
+        model_id, _ = parse_unit(unit)
         self._notify(lambda o: o.on_probe(model_id, result.ok, result.duration))
 
-    def line(self, model_id: str, stream: Stream, text: str) -> None:
-        self._writers[model_id].write(stream, text)
+    def line(self, unit: str, stream: Stream, text: str) -> None:
+        self._writers[unit].write(stream, text)
 
     # --- plumbing ----------------------------------------------------------------------------------
 
-    def _mark_log(self, model_id: str, record: Record, number: int, run: RunView | None) -> None:
-        """Put run boundaries into the model's log, so a reader can tell runs apart."""
-        writer = self._writers[model_id]
+    def _mark_log(self, unit: str, record: Record, number: int, run: RunView | None) -> None:
+        """Put run boundaries into the replica's log, so a reader can tell runs apart."""
+        writer = self._writers[unit]
         if record.kind is EventKind.SPAWNED:
             writer.start_run(number, run.handle.pid if run else None)
         elif record.kind in RUN_ENDS:
             writer.note(f"run {number}: {record.kind}" + (f" ({record.detail})" if record.detail else ""))
 
-    def _store(self, model_id: str, event: TimelineEvent, persisted: PersistedModel) -> None:
+    def _store(self, unit: str, event: TimelineEvent, persisted: PersistedModel) -> None:
         try:
             self.store.append(event)
-            if self._saved.get(model_id) != persisted:  # most events (probe failures) change no saved state
-                self.store.save_model(model_id, persisted)
-                self._saved[model_id] = persisted
+            if self._saved.get(unit) != persisted:  # most events (probe failures) change no saved state
+                self.store.save_model(unit, persisted)
+                self._saved[unit] = persisted
         except StoreError as exc:
             if not self._store_broken:
                 log.error("%s: supervising on; state will not survive a restart", exc)  # noqa: TRY400

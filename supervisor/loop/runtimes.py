@@ -15,47 +15,41 @@ from supervisor.store.base import RunRecord
 
 
 class Backend(Protocol):
-    def build(self, model_id: str, cfg: ModelConfig, instance: str) -> Runtime:
+    def build(self, unit: str, cfg: ModelConfig, instance: str) -> Runtime:
         """The runtime that starts this model's runs."""
 
-    async def stop_leftover(
-        self, model_id: str, recorded: RunRecord | None, stop_timeout: float, instance: str
-    ) -> bool:
+    async def stop_leftover(self, unit: str, recorded: RunRecord | None, stop_timeout: float, instance: str) -> bool:
         """Stop the recorded run (None: nothing was recorded) and whatever else of the model this kind can
         find; True if something was still running."""
 
 
 class ProcessBackend:
-    def build(self, model_id: str, cfg: ModelConfig, instance: str) -> Runtime:
+    def build(self, unit: str, cfg: ModelConfig, instance: str) -> Runtime:
         return ProcessRuntime(
             argv=[cfg.command, *cfg.args], env=dict(cfg.env), cwd=None if cfg.cwd is None else str(cfg.cwd)
         )
 
-    async def stop_leftover(
-        self, model_id: str, recorded: RunRecord | None, stop_timeout: float, instance: str
-    ) -> bool:
+    async def stop_leftover(self, unit: str, recorded: RunRecord | None, stop_timeout: float, instance: str) -> bool:
         if recorded is None:  # a process group left no trace but the journal's record
             return False
-        return await stop_leftover(recorded.ident, stop_timeout, marker=run_marker(model_id, recorded.run_number))
+        return await stop_leftover(recorded.ident, stop_timeout, marker=run_marker(unit, recorded.run_number))
 
 
 class DockerBackend:
     # The docker SDK is an optional extra: imported only when a model uses it.
-    def build(self, model_id: str, cfg: ModelConfig, instance: str) -> Runtime:
+    def build(self, unit: str, cfg: ModelConfig, instance: str) -> Runtime:
         from supervisor.loop.container_spec import spec_from_model_config
         from supervisor.runtime.docker import DockerRuntime
 
         return DockerRuntime(spec_from_model_config(cfg, instance))
 
-    async def stop_leftover(
-        self, model_id: str, recorded: RunRecord | None, stop_timeout: float, instance: str
-    ) -> bool:
+    async def stop_leftover(self, unit: str, recorded: RunRecord | None, stop_timeout: float, instance: str) -> bool:
         from supervisor.runtime.docker import remove_leftover_container
 
         # Containers are also found by their labels, so one created in the instant before a crash of the
         # supervisor, before the journal recorded it, is stopped too.
         ident = None if recorded is None else recorded.ident
-        return await remove_leftover_container(model_id, ident, stop_timeout, instance=instance)
+        return await remove_leftover_container(unit, ident, stop_timeout, instance=instance)
 
 
 BACKENDS: dict[RuntimeKind, Backend] = {RuntimeKind.PROCESS: ProcessBackend(), RuntimeKind.DOCKER: DockerBackend()}
@@ -66,12 +60,12 @@ def instance_id(state_dir: Path) -> str:
     return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
 
 
-def build_runtime(model_id: str, cfg: ModelConfig, instance: str) -> Runtime:
-    return BACKENDS[cfg.runtime].build(model_id, cfg, instance)
+def build_runtime(unit: str, cfg: ModelConfig, instance: str) -> Runtime:
+    return BACKENDS[cfg.runtime].build(unit, cfg, instance)
 
 
 async def stop_leftover_run(
-    model_id: str, recorded: RunRecord | None, cfg: ModelConfig | None, stop_timeout: float, instance: str
+    unit: str, recorded: RunRecord | None, cfg: ModelConfig | None, stop_timeout: float, instance: str
 ) -> bool:
     """Before a model's first run: stop what a previous life of this supervisor left of it.
 
@@ -84,5 +78,5 @@ async def stop_leftover_run(
     stopped = False
     for kind in sorted(kinds):
         own_record = recorded if recorded is not None and recorded.runtime is kind else None
-        stopped |= await BACKENDS[kind].stop_leftover(model_id, own_record, stop_timeout, instance)
+        stopped |= await BACKENDS[kind].stop_leftover(unit, own_record, stop_timeout, instance)
     return stopped

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from supervisor.config.schema import ModelConfig
 from supervisor.core.clock import Clock
 from supervisor.core.states import Cause, State
-from supervisor.core.views import ModelStatus
+from supervisor.core.views import ModelStatus, ReplicaStatus
+from supervisor.loop.model import Replica
 from supervisor.loop.owner import ModelOwner
 
 # What an operator can do about a failure that the output did not explain better.
@@ -78,4 +81,59 @@ def build_status(model_id: str, cfg: ModelConfig, owner: ModelOwner, clock: Cloc
         failure_advice=advice,
         next_restart_at=wall(snap.restart_at) if snap.state is State.BACKOFF else None,
         desired=snap.desired.value,
+    )
+
+
+# The state a model of several replicas shows: that of its most alive replica.
+STATE_RANK = (
+    State.HEALTHY,
+    State.STARTING,
+    State.UNHEALTHY,
+    State.STOPPING,
+    State.BACKOFF,
+    State.FAILED,
+    State.STOPPED,
+)
+
+
+def replica_status(replica: Replica, status: ModelStatus) -> ReplicaStatus:
+    return ReplicaStatus(
+        index=replica.index,
+        port=replica.cfg.ports[0] if replica.cfg.ports else None,
+        state=status.state,
+        pid=status.pid,
+        is_healthy=status.is_healthy,
+        restart_count=status.restart_count,
+        last_exit_code=status.last_exit_code,
+        failure_cause=status.failure_cause,
+        in_flight=replica.in_flight,
+        draining=replica.draining,
+    )
+
+
+def model_status(model_id: str, cfg: ModelConfig, replicas: list[Replica], clock: Clock, offset: float) -> ModelStatus:
+    """A model's status: its one replica's, or the replicas' together. FluidMCP's fields keep their meaning:
+    healthy while a replica is, the restart count summed; the lead replica (the first healthy one, else the
+    first running) speaks for the rest."""
+    own = [build_status(model_id, replica.cfg, replica.owner, clock, offset) for replica in replicas]
+    listed = tuple(replica_status(r, s) for r, s in zip(replicas, own, strict=True))
+    if len(own) == 1:
+        return replace(own[0], replicas=listed)
+    lead = next((s for s in own if s.is_healthy), None) or next((s for s in own if s.is_running), own[0])
+    failed = next((s for s in own if s.failure_cause is not None), lead)
+    restarts_at = [s.next_restart_at for s in own if s.next_restart_at is not None]
+    return replace(
+        lead,
+        state=min((s.state for s in own), key=STATE_RANK.index),
+        is_running=any(s.is_running for s in own),
+        is_healthy=any(s.is_healthy for s in own),
+        restart_count=sum(s.restart_count for s in own),
+        last_restart_time=max((s.last_restart_time for s in own if s.last_restart_time), default=None),
+        last_health_check_time=max((s.last_health_check_time for s in own if s.last_health_check_time), default=None),
+        has_cuda_oom=any(s.has_cuda_oom for s in own),
+        last_exit_code=failed.last_exit_code,
+        failure_cause=failed.failure_cause,
+        failure_advice=failed.failure_advice,
+        next_restart_at=min(restarts_at, default=None),
+        replicas=listed,
     )

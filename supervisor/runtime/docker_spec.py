@@ -63,8 +63,10 @@ def _port_and_protocol(port: str) -> tuple[int, str]:
 
 def container_name(model_id: str, run_number: int) -> str:
     """A readable, unique name: `docker ps` shows which model and run a container is."""
-    # The suffix keeps a leftover of an earlier supervisor life from blocking the name of a new run.
-    return f"llm-supervisor-{model_id}-{run_number}-{secrets.token_hex(3)}"
+    # The suffix keeps a leftover of an earlier supervisor life from blocking the name of a new run. A
+    # replica's name ("qwen#1") has a character Docker refuses in names; labels keep it as it is.
+    readable = model_id.replace("#", "-r")
+    return f"llm-supervisor-{readable}-{run_number}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from supervisor.core.views import TimelineEvent
 from supervisor.store.base import PersistedModel, RunRecord, StoreError
 
 JOURNAL_FILENAME: Final = "journal.sqlite3"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: events carry the replica they are about
 # Weeks of a flapping model's probe failures must not grow the file without bound.
 DEFAULT_MAX_EVENTS_PER_MODEL: Final = 10_000
 _PRUNE_EVERY: Final = 500
@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS events (
     kind     TEXT    NOT NULL,
     state    TEXT    NOT NULL,
     detail   TEXT,
-    reason   TEXT
+    reason   TEXT,
+    replica  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_by_model ON events (model_id, seq);
 CREATE TABLE IF NOT EXISTS models (
@@ -61,12 +62,15 @@ CREATE TABLE IF NOT EXISTS models (
 
 
 _EVENTS_SQL = (
-    "SELECT seq, time, model_id, kind, state, detail, reason FROM events WHERE model_id = ? AND seq > ? ORDER BY seq"
+    "SELECT seq, time, model_id, kind, state, detail, reason, replica FROM events "
+    "WHERE model_id = ? AND seq > ? ORDER BY seq"
 )
 _NEWEST_EVENTS_SQL = (
-    "SELECT * FROM (SELECT seq, time, model_id, kind, state, detail, reason FROM events "
+    "SELECT * FROM (SELECT seq, time, model_id, kind, state, detail, reason, replica FROM events "
     "WHERE model_id = ? AND seq > ? ORDER BY seq DESC LIMIT ?) ORDER BY seq"
 )
+# Each step takes a journal of the version before it to the next; a new journal runs none of them.
+_MIGRATIONS: Final = {1: "ALTER TABLE events ADD COLUMN replica INTEGER NOT NULL DEFAULT 0"}
 
 
 class JournalError(Exception):
@@ -110,7 +114,10 @@ class Journal:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=2000")
-            conn.executescript(_SCHEMA)
+            if version == 0:
+                conn.executescript(_SCHEMA)
+            for step in range(version or SCHEMA_VERSION, SCHEMA_VERSION):
+                conn.execute(_MIGRATIONS[step])
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path}: cannot open the journal: {exc}") from exc
@@ -120,7 +127,8 @@ class Journal:
         """Record one timeline event (its seq is the caller's, global across models)."""
         with self._lock, _writing():
             self._conn.execute(
-                "INSERT INTO events (seq, time, model_id, kind, state, detail, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (seq, time, model_id, kind, state, detail, reason, replica) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.seq,
                     event.time,
@@ -129,6 +137,7 @@ class Journal:
                     str(event.state),
                     event.detail,
                     event.reason,
+                    event.replica,
                 ),
             )
             self._appends_since_prune += 1
@@ -168,8 +177,9 @@ class Journal:
                 state=State(state),
                 detail=detail,
                 reason=reason,
+                replica=replica,
             )
-            for seq, time, mid, kind, state, detail, reason in rows
+            for seq, time, mid, kind, state, detail, reason, replica in rows
         ]
 
     def last_seq(self) -> int:

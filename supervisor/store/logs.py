@@ -32,7 +32,8 @@ from supervisor.store.redact import Redactor
 log = logging.getLogger(__name__)
 
 SUPERVISOR_STREAM = "------"
-_MODEL_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A model id, or a replica of one ("qwen#1"): never a path, so a name cannot reach outside the log folder.
+_MODEL_ID = re.compile(r"[A-Za-z0-9._-]{1,64}(#[0-9]{1,4})?")
 
 
 def log_path(log_dir: str | Path, model_id: str, index: int = 0) -> Path:

@@ -148,7 +148,7 @@ class FakeSupervisor:
         self.emit(model_id, EventKind.STOPPED, State.STOPPED)
         return ActionResult(True, f"stop of '{model_id}' begun", self.status(model_id))
 
-    async def restart_model(self, model_id: str) -> ActionResult:
+    async def restart_model(self, model_id: str, replica: int | None = None, rolling: bool = False) -> ActionResult:
         self.status(model_id)
         self.calls.append(("restart", model_id))
         if refused := self._refused(model_id):

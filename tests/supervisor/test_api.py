@@ -133,7 +133,7 @@ async def test_events_since_and_limit(sup: FakeSupervisor) -> None:
         after = (await client.get("/api/llm/models/qwen/events?since=1")).json()
         newest = (await client.get("/api/llm/models/qwen/events?limit=1")).json()
     assert [e["seq"] for e in everything] == [1, 3, 4]
-    assert set(everything[0]) == {"seq", "time", "model_id", "kind", "state", "detail", "reason"}
+    assert set(everything[0]) == {"seq", "time", "model_id", "kind", "state", "detail", "reason", "replica"}
     assert [e["kind"] for e in after] == ["healthy", "exited"]
     assert newest == [everything[-1]]
     assert newest[0]["detail"] == "exit code 1"
