@@ -1,8 +1,10 @@
 """Carrying out fault steps: signals, fake-vllm's /admin/faults, net toxics, API calls, supervisor kills.
 
-`runnable(step, ctx)` says up front whether a step can run against this target (and why not), so a scenario
-is refused before anything is touched rather than half-run. `perform(step, ctx)` does it and returns a
-message for the journal plus, for steps with a `for`, the coroutine that puts things back.
+`action(step)` is the one place that tells the step types apart: it binds a step to what it needs of the
+target and to the code that carries it out. From that, `runnable(step, ctx)` says up front whether a step
+can run against this target (and why not), so a scenario is refused before anything is touched rather than
+half-run; `perform(step, ctx)` does it and returns a message for the journal plus, for steps with a `for`,
+the coroutine that puts things back.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal, assert_never
 from urllib.parse import urlsplit
 
 import httpx
@@ -20,17 +24,19 @@ from chaos.netproxy import FaultProxy, Toxic
 from chaos.observer import Observer
 from chaos.scenario import Scenario
 from chaos.steps import (
-    PROCESS_ACTIONS,
     ApiStep,
     EngineDeadStep,
     FaultStep,
     HangStep,
     KillStep,
     NetStep,
+    NoneStep,
     OomStep,
+    ProcessRef,
     SignalStep,
     Step,
     SupervisorStep,
+    step_model,
 )
 from chaos.target import SupervisorProcess
 
@@ -41,7 +47,17 @@ class ActionError(Exception):
     """A step that could not be carried out (the supervisor refused nothing: the harness could not act)."""
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """What of a target the harness can touch besides the management API, which every target has."""
+
+    processes: bool = False  # the models' pids are processes on this host that the harness may signal
+    own_supervisor: bool = False  # the harness started the supervisor, so it can start it again
+    proxied: frozenset[str] = frozenset()  # models behind the harness's TCP fault proxy
+    admin: frozenset[str] = frozenset()  # models whose fake-vllm /admin/faults the harness can reach
+
+
+@dataclass(frozen=True)
 class Context:
     client: httpx.AsyncClient  # carries the API's auth header
     api_url: str
@@ -52,6 +68,15 @@ class Context:
     proxies: dict[str, FaultProxy] = field(default_factory=dict)
     server_urls: dict[str, str] = field(default_factory=dict)  # fake-vllm's own URL per model (local)
 
+    @property
+    def reach(self) -> Reach:
+        return Reach(
+            processes=self.allow_process_actions,
+            own_supervisor=self.supervisor is not None,
+            proxied=frozenset(self.proxies),
+            admin=frozenset(self.server_urls),
+        )
+
 
 def remote_allows_process_actions(scenario: Scenario, url: str) -> bool:
     """Process actions against `--supervisor URL`: only when the scenario allows them and the supervisor is on
@@ -59,36 +84,89 @@ def remote_allows_process_actions(scenario: Scenario, url: str) -> bool:
     return scenario.remote.allow_process_actions and urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
 
 
+# --- one dispatch over the step types -----------------------------------------------------------------
+
+# What a step needs of the target beyond the management API ("anywhere": nothing more).
+Need = Literal["anywhere", "processes", "own_supervisor", "fault_proxy", "admin_faults"]
+Performer = Callable[[Context], Awaitable[tuple[str, Revert | None]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A step bound to what it needs of the target and to the code that carries it out."""
+
+    needs: Need
+    run: Performer
+
+
+def action(step: Step) -> Action:
+    """The one dispatch from a step to what it needs and how it is done: runnable() and perform() start here."""
+    match step:
+        case NoneStep():
+            return Action("anywhere", _nothing)
+        case SignalStep():
+            return Action("processes", partial(_signal, step.target, signal.Signals[step.signal]))
+        case KillStep():
+            return Action("processes", partial(_signal, step.target, signal.SIGKILL))
+        case HangStep():
+            return Action("processes", partial(_hang, step))
+        case OomStep():
+            return Action("admin_faults", partial(_post_faults, step.target.model, {"oom": "after:0"}))
+        case EngineDeadStep():
+            body = {"engine_dead_after": 0, "engine_dead_exit_after": step.exit_after}
+            return Action("admin_faults", partial(_post_faults, step.target.model, body))
+        case FaultStep():
+            return Action("admin_faults", partial(_post_faults, step.target.model, dict(step.set)))
+        case NetStep():
+            return Action("fault_proxy", partial(_net, step))
+        case ApiStep():
+            return Action("anywhere", partial(_api, step))
+        case SupervisorStep():
+            return Action("own_supervisor", partial(_supervisor, step))
+        case _:
+            assert_never(step)
+
+
+def refusal(step: Step, reach: Reach) -> str | None:
+    """None when the step can run with this reach; otherwise the reason it cannot."""
+    needs = action(step).needs
+    match needs:
+        case "anywhere":
+            return None
+        case "processes":
+            if reach.processes:
+                return None
+            return f"process actions need remote.allow_process_actions and a supervisor on this host ({step.action})"
+        case "own_supervisor":
+            if reach.own_supervisor:
+                return None
+            return "the supervisor step needs a local target (the harness must be able to start it again)"
+        case "fault_proxy":
+            if step_model(step) in reach.proxied:
+                return None
+            return "net faults need the fault proxy between supervisor and server, which only a local target has"
+        case "admin_faults":
+            if step_model(step) in reach.admin:
+                return None
+            return f"fake-vllm's /admin/faults is reachable only for a local target ({step.action})"
+        case _:
+            assert_never(needs)
+
+
 def runnable(step: Step, ctx: Context) -> str | None:
     """None when the step can run here; otherwise the reason it cannot."""
-    if isinstance(step, SupervisorStep) and ctx.supervisor is None:
-        return "the supervisor step needs a local target (the harness must be able to start it again)"
-    if step.action in PROCESS_ACTIONS and not ctx.allow_process_actions:
-        return f"{step.action}: process actions against a remote target need remote.allow_process_actions"
-    if isinstance(step, NetStep) and step.target.model not in ctx.proxies:
-        return "net faults need the fault proxy between supervisor and server, which only a local target has"
-    if isinstance(step, FaultStep | OomStep | EngineDeadStep) and step.target.model not in ctx.server_urls:
-        return f"{step.action}: fake-vllm's /admin/faults is reachable only for a local target"
-    return None
+    return refusal(step, ctx.reach)
 
 
 async def perform(step: Step, ctx: Context) -> tuple[str, Revert | None]:
     """Carry out one step; returns (what was done, how to undo it after `for` seconds, if it has one)."""
-    if isinstance(step, SignalStep | KillStep | HangStep):
-        return await _signal_step(step, ctx)
-    if isinstance(step, FaultStep):
-        return await _post_faults(ctx, step.target.model, dict(step.set)), None
-    if isinstance(step, OomStep):
-        return await _post_faults(ctx, step.target.model, {"oom": "after:0"}), None
-    if isinstance(step, EngineDeadStep):
-        body = {"engine_dead_after": 0, "engine_dead_exit_after": step.exit_after}
-        return await _post_faults(ctx, step.target.model, body), None
-    if isinstance(step, NetStep):
-        return _net(step, ctx)
-    if isinstance(step, ApiStep):
-        return await _api(step, ctx), None
-    if isinstance(step, SupervisorStep):
-        return await _supervisor(step, ctx), None
+    return await action(step).run(ctx)
+
+
+# --- the performers -----------------------------------------------------------------------------------
+
+
+async def _nothing(ctx: Context) -> tuple[str, Revert | None]:
     return "nothing (the server fails by itself)", None
 
 
@@ -103,30 +181,38 @@ async def current_pid(ctx: Context, model: str) -> int:
     return pid
 
 
-async def _signal_step(step: SignalStep | KillStep | HangStep, ctx: Context) -> tuple[str, Revert | None]:
-    pid = await current_pid(ctx, step.target.model)
-    if isinstance(step, SignalStep):
-        sig = signal.Signals[step.signal]
-    else:
-        sig = signal.SIGKILL if isinstance(step, KillStep) else signal.SIGSTOP
-    try:
-        done = procs.signal_process(pid, sig, group=step.target.group)
-    except (ProcessLookupError, PermissionError) as exc:
-        raise ActionError(f"could not signal {step.target.model} (pid {pid}): {exc}") from exc
-    if not isinstance(step, HangStep) or step.duration is None:
-        return f"{step.target.model}: {done}", None
-    group = step.target.group
+async def _signal(target: ProcessRef, sig: signal.Signals, ctx: Context) -> tuple[str, Revert | None]:
+    _, done = await _send(target, sig, ctx)
+    return done, None
+
+
+async def _hang(step: HangStep, ctx: Context) -> tuple[str, Revert | None]:
+    """SIGSTOP now; SIGCONT to the same pid when the `for` is over."""
+    pid, done = await _send(step.target, signal.SIGSTOP, ctx)
+    if step.duration is None:
+        return done, None
+    model, group = step.target.model, step.target.group
 
     async def resume() -> str:
         try:
-            return f"{step.target.model}: " + procs.signal_process(pid, signal.SIGCONT, group=group)
+            return f"{model}: " + procs.signal_process(pid, signal.SIGCONT, group=group)
         except ProcessLookupError:
-            return f"{step.target.model}: pid {pid} already gone, nothing to continue"
+            return f"{model}: pid {pid} already gone, nothing to continue"
 
-    return f"{step.target.model}: {done}", resume
+    return done, resume
 
 
-async def _post_faults(ctx: Context, model: str, body: Mapping[str, object]) -> str:
+async def _send(target: ProcessRef, sig: signal.Signals, ctx: Context) -> tuple[int, str]:
+    """Signal the model's current process (or its group); returns the pid and what was done."""
+    pid = await current_pid(ctx, target.model)
+    try:
+        done = procs.signal_process(pid, sig, group=target.group)
+    except (ProcessLookupError, PermissionError) as exc:
+        raise ActionError(f"could not signal {target.model} (pid {pid}): {exc}") from exc
+    return pid, f"{target.model}: {done}"
+
+
+async def _post_faults(model: str, body: Mapping[str, object], ctx: Context) -> tuple[str, Revert | None]:
     url = f"{ctx.server_urls[model]}/admin/faults"
     try:
         async with httpx.AsyncClient(timeout=5.0) as bare:  # the supervisor's token is not the fake's business
@@ -135,10 +221,10 @@ async def _post_faults(ctx: Context, model: str, body: Mapping[str, object]) -> 
         raise ActionError(f"POST {url} failed: {exc!r}") from exc
     if response.status_code >= 400:
         raise ActionError(f"POST {url} {body} answered {response.status_code}: {response.text[:200]}")
-    return f"{model}: POST /admin/faults {body}"
+    return f"{model}: POST /admin/faults {body}", None
 
 
-def _net(step: NetStep, ctx: Context) -> tuple[str, Revert | None]:
+async def _net(step: NetStep, ctx: Context) -> tuple[str, Revert | None]:
     proxy = ctx.proxies[step.target.model]
     toxic = Toxic(step.toxic, dict(step.attributes), step.stream)
     proxy.set_toxic(toxic)
@@ -153,7 +239,7 @@ def _net(step: NetStep, ctx: Context) -> tuple[str, Revert | None]:
     return done, clear
 
 
-async def _api(step: ApiStep, ctx: Context) -> str:
+async def _api(step: ApiStep, ctx: Context) -> tuple[str, Revert | None]:
     url = f"{ctx.api_url}/api/llm/models/{step.target.model}/{step.operation}"
     params = {"force": "true"} if step.force else {}
 
@@ -165,24 +251,22 @@ async def _api(step: ApiStep, ctx: Context) -> str:
 
     answers = await asyncio.gather(*(call() for _ in range(step.concurrent)))
     times = f" x{step.concurrent}" if step.concurrent > 1 else ""
-    return (
-        f"POST .../{step.target.model}/{step.operation}{times}"
-        + (" force" if step.force else "")
-        + f": {', '.join(answers)}"
-    )
+    force = " force" if step.force else ""
+    return f"POST .../{step.target.model}/{step.operation}{times}{force}: {', '.join(answers)}", None
 
 
-async def _supervisor(step: SupervisorStep, ctx: Context) -> str:
+async def _supervisor(step: SupervisorStep, ctx: Context) -> tuple[str, Revert | None]:
     supervisor = ctx.supervisor
-    assert supervisor is not None  # runnable() refused this step otherwise
+    assert supervisor is not None  # refusal() refused this step otherwise
     old = supervisor.process.pid if supervisor.process else None
     supervisor.send(signal.Signals[step.signal])
     if not await supervisor.wait(10.0):
         raise ActionError(f"the supervisor (pid {old}) did not exit after {step.signal}")
     if step.restart_after is None:
-        return f"{step.signal} to the supervisor (pid {old}); not restarted"
+        return f"{step.signal} to the supervisor (pid {old}); not restarted", None
     await asyncio.sleep(step.restart_after)  # the scenario's stated pause while no supervisor runs
     await supervisor.start()
     ctx.observer.resync()
     new = supervisor.process.pid if supervisor.process else None
-    return f"{step.signal} to the supervisor (pid {old}); started again after {step.restart_after:g}s (pid {new})"
+    again = f"started again after {step.restart_after:g}s (pid {new})"
+    return f"{step.signal} to the supervisor (pid {old}); {again}", None

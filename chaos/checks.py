@@ -1,17 +1,18 @@
 """Pure judging: a scenario's steady state and expectations over an `Observation` -> verdicts.
 
 No IO, no clock: the same recorded timeline always gets the same verdicts, which is how the unit tests feed
-this module timelines of supervisors with each PRIOR_ART defect. A failing verdict's message says what was
-seen, with times relative to the supervisor's start (`+3.20s`), so an operator can act on it without a replay.
-"""
+this module timelines of supervisors with each known supervision defect (docs/design/defects.md). A failing
+verdict's message says what was seen, with times relative to the supervisor's start (`+3.20s`), so an
+operator can act on it without a replay."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import assert_never
 
-from chaos.scenario import (
+from chaos.expectations import (
     ApiFields,
     BackoffDelays,
     EventsSeen,
@@ -19,11 +20,13 @@ from chaos.scenario import (
     FailureCause,
     Gap,
     Healthy,
+    NoOrphans,
     Restarts,
-    Scenario,
     StateIs,
     SteadyItem,
+    TimedExpectation,
 )
+from chaos.scenario import Scenario
 from chaos.timeline import Event, Observation
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -47,10 +50,16 @@ def judge(scenario: Scenario, obs: Observation) -> list[Verdict]:
     return verdicts + [judge_expectation(item, obs) for item in scenario.expect]
 
 
-def deadline(item: ExpectItem, obs: Observation) -> float:
+def deadline(spec: TimedExpectation, obs: Observation) -> float:
     """The last moment a timed expectation (healthy_within, state) can still be met."""
-    spec = getattr(item, item.kind)
-    return _reference(obs, getattr(spec, "since", "faults")) + float(spec.within)
+    match spec:
+        case Healthy():
+            since = spec.since
+        case StateIs():
+            since = "faults"  # a state is always awaited after the faults
+        case _:
+            assert_never(spec)
+    return _reference(obs, since) + spec.within
 
 
 def judge_steady(item: SteadyItem, obs: Observation) -> Verdict:
@@ -67,27 +76,30 @@ def judge_steady(item: SteadyItem, obs: Observation) -> Verdict:
 
 
 def judge_expectation(item: ExpectItem, obs: Observation) -> Verdict:
-    label = _label(item)
-    spec = getattr(item, item.kind)
-    if isinstance(spec, Healthy):
-        passed, message = _healthy_within(spec, obs)
-    elif isinstance(spec, Restarts):
-        passed, message = _restarts(spec, obs)
-    elif isinstance(spec, StateIs):
-        passed, message = _state(spec, obs)
-    elif isinstance(spec, BackoffDelays):
-        passed, message = _backoff(spec, obs)
-    elif isinstance(spec, FailureCause):
-        passed, message = _failure_cause(spec, obs)
-    elif isinstance(spec, ApiFields):
-        passed, message = _api(spec, obs)
-    elif isinstance(spec, EventsSeen):
-        passed, message = _events(spec, obs)
-    elif isinstance(spec, Gap):
-        passed, message = _gap(spec, obs)
-    else:
-        return _no_orphans(obs)
-    return Verdict(label, passed, message)
+    passed: bool | None
+    spec = item.expectation
+    match spec:
+        case Healthy():
+            passed, message = _healthy_within(spec, obs)
+        case Restarts():
+            passed, message = _restarts(spec, obs)
+        case StateIs():
+            passed, message = _state(spec, obs)
+        case BackoffDelays():
+            passed, message = _backoff(spec, obs)
+        case FailureCause():
+            passed, message = _failure_cause(spec, obs)
+        case NoOrphans():
+            passed, message = _no_orphans(obs)
+        case ApiFields():
+            passed, message = _api(spec, obs)
+        case EventsSeen():
+            passed, message = _events(spec, obs)
+        case Gap():
+            passed, message = _gap(spec, obs)
+        case _:
+            assert_never(spec)
+    return Verdict(_label(item), passed, message)
 
 
 # --- reading the timeline -----------------------------------------------------------------------------
@@ -131,9 +143,7 @@ def _rel(obs: Observation, t: float) -> str:
 
 
 def _label(item: ExpectItem) -> str:
-    spec = getattr(item, item.kind)
-    model = getattr(spec, "model", None)
-    return f"{item.kind}({model})" if model else item.kind
+    return f"{item.kind}({item.model})" if item.model else item.kind
 
 
 def _reference(obs: Observation, since: str = "faults") -> float:
@@ -338,10 +348,9 @@ def _gap(spec: Gap, obs: Observation) -> tuple[bool, str]:
     return True, f"{spec.model}: {spec.from_} -> {spec.to} took {gap:.2f}s"
 
 
-def _no_orphans(obs: Observation) -> Verdict:
-    label = "no_orphans"
+def _no_orphans(obs: Observation) -> tuple[bool | None, str]:
     if not obs.processes_visible:
-        return Verdict(label, None, "not judged: the model processes are not visible from this host")
+        return None, "not judged: the model processes are not visible from this host"
     ordered = sorted(obs.snapshots, key=lambda s: s.time)
     current = {s.model: s.fields.get("pid") for s in ordered}  # the last poll wins
     problems = [
@@ -363,9 +372,9 @@ def _no_orphans(obs: Observation) -> Verdict:
         ]
     problems += _stray_containers(obs, current)
     if problems:
-        return Verdict(label, False, "; ".join(problems[:12]))
+        return False, "; ".join(problems[:12])
     checked = " and the scenario's containers" if obs.containers_after_shutdown is not None else ""
-    return Verdict(label, True, f"{len(obs.sightings)} processes seen{checked}; none left behind")
+    return True, f"{len(obs.sightings)} processes seen{checked}; none left behind"
 
 
 def _stray_containers(obs: Observation, current: Mapping[str, object]) -> list[str]:

@@ -1,4 +1,4 @@
-"""`llm-chaos`: list, validate and run chaos scenarios (CONTRACT section 8).
+"""`llm-chaos`: list, validate and run chaos scenarios (docs/design/contract.md section 8).
 
 Exit codes: 0 every expectation held (skipped scenarios do not fail a run), 1 an expectation failed or a
 scenario could not be run (error), 2 invalid scenarios or usage. Progress lines go to stderr as it runs;

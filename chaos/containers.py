@@ -1,8 +1,9 @@
 """The containers of one scenario run, listed and removed through the Docker SDK.
 
-A scenario's containers are those labelled `llm-supervisor.model=<id>` (CONTRACT section 7: the supervisor
-labels each container with its model id) for one of its container models *and* carrying the run's marker
-in their environment (`LLM_CHAOS_RUN=<run id>`, which the harness writes into each model's `docker.env`).
+A scenario's containers are those labelled `llm-supervisor.model=<id>` (the supervisor labels each container
+with its model id: docs/design/contract.md section 7) for one of its container models *and* carrying the
+run's marker in their environment (`LLM_CHAOS_RUN=<run id>`, which the harness writes into each model's
+`docker.env`).
 Model ids such as `m1` repeat across scenarios and across people running them at once on one Docker host;
 the marker does not, so the harness never judges or removes somebody else's container.
 Blocking (the SDK is synchronous): call these in a thread from async code.

@@ -83,7 +83,7 @@ async def _watch(
     """
     settle = scenario.settle_for()
     obs = observer.observation(launched_at, steady_at=steady_at, faults_end=faults_end)
-    hard = max([faults_end + settle] + [checks.deadline(item, obs) for item in scenario.timed()])
+    hard = max([faults_end + settle] + [checks.deadline(spec, obs) for spec in scenario.timed()])
     if scenario.observe_at_most is not None:
         hard = faults_end + scenario.observe_at_most
     progress(f"observing until the expectations hold (at most {hard - time.time():.1f}s), then {settle:g}s")

@@ -74,7 +74,7 @@ class FakeServer:
         raise RuntimeError(f"fake-vllm on {self.url} was not healthy within {within:g}s")
 
     def set_faults(self, **faults: object) -> dict[str, Any]:
-        """POST /admin/faults (names with underscores, as in CONTRACT section 6)."""
+        """POST /admin/faults (fault names with underscores, as in docs/design/contract.md section 6)."""
         response = httpx.post(f"{self.url}/admin/faults", json=faults, timeout=5.0)
         response.raise_for_status()
         result: dict[str, Any] = response.json()

@@ -1,9 +1,9 @@
 """Watches a supervisor from outside: polls its API (statuses, each model's events) and the processes.
 
-Only GETs are sent, and GETs never change a supervisor's state (CONTRACT section 4), so watching cannot
-change what is watched. Events come with the supervisor's own Unix times; statuses get the harness's receipt
-time. Processes are sighted through the `pid` the API reports (plus its descendants, which is how vLLM's
-engine children are found before a kill of their parent orphans them).
+Only GETs are sent, and GETs never change a supervisor's state, so watching cannot change what is watched.
+Events come with the supervisor's own Unix times; statuses get the harness's receipt time. Processes are
+sighted through the `pid` the API reports (plus its descendants, which is how vLLM's engine children are
+found before a kill of their parent orphans them).
 """
 
 from __future__ import annotations

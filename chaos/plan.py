@@ -6,10 +6,10 @@ deployment before letting the harness near it.
 
 from __future__ import annotations
 
-from chaos.actions import remote_allows_process_actions
+from chaos.actions import Reach, refusal, remote_allows_process_actions
 from chaos.runner import RunOptions, scenario_seed
 from chaos.scenario import Scenario
-from chaos.steps import PROCESS_ACTIONS, FaultStep, NetStep, Step
+from chaos.steps import Step
 from chaos.target import proxied_models
 
 
@@ -21,15 +21,8 @@ def describe_step(step: Step) -> str:
 
 def remote_refusal(step: Step, scenario: Scenario, url: str) -> str | None:
     """Why a step would be skipped against `url`, or None (the runner checks again, with the live API)."""
-    if step.action == "supervisor":
-        return "needs a local target"
-    if step.action in PROCESS_ACTIONS and not remote_allows_process_actions(scenario, url):
-        return "process actions need remote.allow_process_actions and a supervisor on this host"
-    if isinstance(step, NetStep):
-        return "net faults need the harness's proxy (local target only)"
-    if isinstance(step, FaultStep) or step.action in ("oom", "engine_dead"):
-        return "fake-vllm's /admin/faults is known only for a local target"
-    return None
+    # A remote target has no proxy of ours, no /admin/faults we know of, and a supervisor we did not start.
+    return refusal(step, Reach(processes=remote_allows_process_actions(scenario, url)))
 
 
 def describe_plan(scenario: Scenario, options: RunOptions, *, source: str = "") -> str:
@@ -53,12 +46,11 @@ def describe_plan(scenario: Scenario, options: RunOptions, *, source: str = "") 
     for item in scenario.steady_state:
         lines.append(f"  steady state: {item.healthy.model} healthy within {item.healthy.within:g}s of start")
     for step in sorted(scenario.faults, key=lambda s: s.at):
-        refusal = remote_refusal(step, scenario, options.supervisor_url) if options.supervisor_url else None
-        skip = f"  [would be SKIPPED: {refusal}]" if refusal else ""
+        why = remote_refusal(step, scenario, options.supervisor_url) if options.supervisor_url else None
+        skip = f"  [would be SKIPPED: {why}]" if why else ""
         lines.append(f"  at +{step.at:g}s: {describe_step(step)}{skip}")
     for expectation in scenario.expect:
-        spec = getattr(expectation, expectation.kind)
-        body = spec if isinstance(spec, bool) else spec.model_dump(by_alias=True, exclude_none=True)
+        body = expectation.model_dump(by_alias=True, exclude_none=True)[expectation.kind]
         lines.append(f"  expect {expectation.kind}: {body}")
     for step in scenario.cleanup:
         lines.append(f"  cleanup: {describe_step(step)}")

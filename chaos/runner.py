@@ -234,7 +234,7 @@ async def _run_remote(scenario: Scenario, options: RunOptions, result: ScenarioR
 def _stop_grace(scenario: Scenario) -> float:
     """How long the supervisor may take to stop every model: the longest stop_timeout plus slack."""
     timeouts = [m.stop_timeout for m in scenario.target.models.values()] if scenario.target else []
-    # A model that sets none gets the supervisor's default stop_timeout, 30 s (CONTRACT section 2).
+    # A model that sets none gets the supervisor's default stop_timeout, 30 s (docs/design/contract.md section 2).
     return max((30.0 if t is None else t for t in timeouts), default=30.0) + 10
 
 
@@ -249,6 +249,6 @@ def _models(scenario: Scenario) -> list[str]:
     if scenario.target is not None:
         return sorted(scenario.target.models)
     names = {s.healthy.model for s in scenario.steady_state}
-    names |= {m for e in scenario.expect for m in e.models()}
+    names |= {m for e in scenario.expect if (m := e.model)}
     names |= {m for s in scenario.faults if (m := step_model(s))}
     return sorted(names)

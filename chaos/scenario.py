@@ -1,11 +1,12 @@
-"""The strict scenario model (CONTRACT section 8) and its loader.
+"""The strict scenario model (docs/design/contract.md section 8) and its loader.
 
 A scenario is data an operator reviews like a short story: what runs (`target`), what "fine" looks like
 before anything breaks (`steady_state`), what breaks and when (`faults`), what the supervisor must do about it
 (`expect`), and what to put back afterwards (`cleanup`). Every model is frozen and forbids unknown keys, so a
 typo fails loudly with its key path (`faults.0.signal.signal: ...`) instead of silently testing nothing.
 
-Fault steps are a tagged union on `action`; expectations are one-key mappings (`- restarts: {...}`).
+Fault steps (steps.py) are a tagged union on `action`; expectations (expectations.py) are one-key mappings
+(`- restarts: {...}`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
-from chaos.steps import ModelId, Scalar, Seconds, Step, Strict, step_end, step_model
+from chaos.expectations import ExpectItem, SteadyItem, TimedExpectation
+from chaos.steps import ModelId, Seconds, Step, Strict, step_end, step_model
 
 
 class ScenarioError(Exception):
@@ -54,10 +56,10 @@ NULLABLE_KEYS = frozenset({"max_restarts", "restart_window", "docker"})
 
 
 class ModelSpec(Strict):
-    """One fake server and the supervisor keys (CONTRACT section 2) the scenario sets for it.
+    """One fake server and the supervisor keys (docs/design/contract.md section 2) the scenario sets for it.
 
     Keys left out are not written, so the supervisor's own defaults apply. `runtime: docker` runs the fake in
-    a container of the fake-vLLM image (CONTRACT section 7) instead of as a process on this host.
+    a container of the fake-vLLM image (docs/design/contract.md section 7) instead of as a process on this host.
     """
 
     fake_vllm: list[str] = []
@@ -112,100 +114,6 @@ class Remote(Strict):
     allow_process_actions: bool = False
 
 
-# --- steady state and expectations --------------------------------------------------------------------
-
-
-class Healthy(Strict):
-    model: ModelId
-    within: Annotated[float, Field(gt=0)]
-    since: Literal["start", "faults"] = "faults"
-
-
-class SteadyItem(Strict):
-    healthy: Healthy
-
-
-class Restarts(Strict):
-    model: ModelId
-    count: Annotated[int, Field(ge=0)] | None = None
-    min: Annotated[int, Field(ge=0)] | None = None
-    max: Annotated[int, Field(ge=0)] | None = None
-
-    @model_validator(mode="after")
-    def _one_bound(self) -> Restarts:
-        if self.count is None and self.min is None and self.max is None:
-            raise ValueError("give count, or min and/or max")
-        if self.count is not None and (self.min is not None or self.max is not None):
-            raise ValueError("give count, or min/max, not both")
-        return self
-
-
-class StateIs(Strict):
-    model: ModelId
-    is_: Literal["stopped", "starting", "healthy", "unhealthy", "backoff", "stopping", "failed"] = Field(alias="is")
-    within: Annotated[float, Field(gt=0)]
-    stays: bool = False  # once reached, never left until the end of the observation
-
-
-class BackoffDelays(Strict):
-    model: ModelId
-    delays: list[Seconds] = Field(min_length=1)
-    tolerance: Seconds = 0.3
-
-
-class FailureCause(Strict):
-    model: ModelId
-    is_: Literal["crash", "unhealthy", "oom", "port_in_use", "engine_dead", "startup_timeout"] = Field(alias="is")
-    advice_contains: str | None = None
-
-
-class ApiFields(Strict):
-    model: ModelId
-    fields: dict[str, Scalar] = Field(min_length=1)
-
-
-class EventsSeen(Strict):
-    model: ModelId
-    include: list[str] = []  # these kinds appear, in this order (other events may come between)
-    exclude: list[str] = []  # these kinds never appear after the steady state
-
-
-class Gap(Strict):
-    model: ModelId
-    from_: str = Field(alias="from")
-    to: str
-    seconds: Seconds
-    tolerance: Seconds = 0.3
-
-
-class ExpectItem(Strict):
-    """One expectation; exactly one key is set."""
-
-    healthy_within: Healthy | None = None
-    restarts: Restarts | None = None
-    state: StateIs | None = None
-    backoff_delays: BackoffDelays | None = None
-    failure_cause: FailureCause | None = None
-    no_orphans: Literal[True] | None = None
-    api: ApiFields | None = None
-    events: EventsSeen | None = None
-    gap: Gap | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> ExpectItem:
-        if len(self.model_fields_set) != 1:
-            raise ValueError(f"one expectation per item, got {sorted(self.model_fields_set) or 'none'}")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(iter(self.model_fields_set))
-
-    def models(self) -> list[str]:
-        model = getattr(getattr(self, self.kind), "model", None)
-        return [model] if isinstance(model, str) else []
-
-
 class Scenario(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,79}$")]
     story: Annotated[str, Field(min_length=1)]
@@ -230,7 +138,7 @@ class Scenario(Strict):
         ]
         refs += [(f"faults.{i}", step_model(s)) for i, s in enumerate(self.faults)]
         refs += [(f"cleanup.{i}", step_model(s)) for i, s in enumerate(self.cleanup)]
-        refs += [(f"expect.{i}", m) for i, e in enumerate(self.expect) for m in e.models()]
+        refs += [(f"expect.{i}", e.model) for i, e in enumerate(self.expect)]
         for where, model in refs:
             if model is not None and model not in known:
                 raise ValueError(f"{where}: unknown model {model!r} (target has {sorted(known)})")
@@ -252,9 +160,9 @@ class Scenario(Strict):
         """Seconds watched after every timed expectation (`within`) has been met: `duration`, default 2."""
         return 2.0 if self.duration is None else self.duration
 
-    def timed(self) -> list[ExpectItem]:
+    def timed(self) -> list[TimedExpectation]:
         """The expectations with a `within`: the observation lasts until they are met or their time is up."""
-        return [e for e in self.expect if e.kind in ("healthy_within", "state")]
+        return [spec for e in self.expect if isinstance(spec := e.expectation, TimedExpectation)]
 
 
 # --- loading ------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ TCP fault proxy the harness placed between the supervisor and the server; `api` 
 from __future__ import annotations
 
 import signal as _signal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -136,7 +136,8 @@ class SupervisorStep(_Step):
     _check_signal = field_validator("signal")(signal_name)
 
 
-Step = Annotated[
+# The members, plain: what `match` narrows and what the tests enumerate. `Step` adds the tag for pydantic.
+AnyStep = (
     NoneStep
     | SignalStep
     | KillStep
@@ -146,18 +147,32 @@ Step = Annotated[
     | FaultStep
     | NetStep
     | ApiStep
-    | SupervisorStep,
-    Field(discriminator="action"),
-]
-PROCESS_ACTIONS = frozenset({"signal", "kill", "hang", "supervisor"})
+    | SupervisorStep
+)
+Step = Annotated[AnyStep, Field(discriminator="action")]
 
 
 def step_model(step: Step) -> str | None:
-    target = getattr(step, "target", None)
-    return target.model if target is not None else None
+    """The model a step acts on; None for steps that act on no one model."""
+    match step:
+        case SignalStep() | KillStep() | HangStep():  # a process of the model
+            return step.target.model
+        case OomStep() | EngineDeadStep() | FaultStep() | NetStep() | ApiStep():  # the model itself
+            return step.target.model
+        case NoneStep() | SupervisorStep():
+            return None
+        case _:
+            assert_never(step)
 
 
 def step_end(step: Step) -> float:
     """Seconds after the steady state at which the step's effect is over (its `for`, when it has one)."""
-    duration = getattr(step, "duration", None)
-    return step.at + (duration or 0.0)
+    match step:
+        case HangStep() | NetStep():
+            return step.at + (step.duration or 0.0)
+        case NoneStep() | SignalStep() | KillStep() | OomStep() | EngineDeadStep() | FaultStep() | ApiStep():
+            return step.at
+        case SupervisorStep():
+            return step.at  # restart_after is a pause inside the step, not an effect that lasts past it
+        case _:
+            assert_never(step)

@@ -114,7 +114,7 @@ def plan_local(scenario: Scenario, workdir: Path, *, docker_image: str = FAKE_VL
 
 
 def build_config(scenario: Scenario, plan: LocalPlan, seed: int) -> dict[str, Any]:
-    """The CONTRACT section 2 config (JSON) for the scenario's target."""
+    """The supervisor's config (JSON, docs/design/contract.md section 2) for the scenario's target."""
     assert scenario.target is not None
     models: dict[str, Any] = {}
     for index, (model, spec) in enumerate(scenario.target.models.items()):
@@ -144,7 +144,7 @@ def build_config(scenario: Scenario, plan: LocalPlan, seed: int) -> dict[str, An
 
 
 def _container_entry(model: str, spec: ModelSpec, plan: LocalPlan, flags: list[str]) -> dict[str, Any]:
-    """The keys that make a model a container (CONTRACT section 7) of the fake-vLLM image.
+    """The keys that make a model a container of the fake-vLLM image (docs/design/contract.md section 7).
 
     The image's launcher is `fake-vllm`; it listens on all of the container's interfaces (its own network
     namespace) and the engine publishes that port on 127.0.0.1 only. The run marker in the container's

@@ -1,8 +1,9 @@
-"""The judging catches each PRIOR_ART supervision defect: a defective supervisor's timeline fails, with a
+"""The judging catches each known supervision defect: a defective supervisor's timeline fails, with a
 message that says what went wrong, while a correct supervisor's timeline of the same story passes.
 
-PRIOR_ART 6 (reading status changed it) and 10 (models added later) have no timeline signature through the
-management API: 6 is covered by the API's own tests, and this API has no way to add a model at runtime.
+A test named `test_<n>_...` is about item n of docs/design/defects.md. Items 6 (reading status changed it)
+and 10 (models added later were never watched) have no timeline signature through the management API: 6 is
+covered by the API's own tests, and this API has no way to add a model at runtime.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def verdict_of(item: dict[str, Any], obs: Observation) -> tuple[bool | None, str
 
 
 def test_1_probing_v1_health_never_becomes_healthy() -> None:
-    """PRIOR_ART 1: a supervisor probing /v1/health (404) never sees the model healthy; the steady state fails."""
+    """A supervisor probing /v1/health (404) never sees the model healthy; the steady state fails."""
     bad = observation(
         [ev(0.5, "spawned", "starting", "run 1")]
         + [ev(0.5 + i, "probe_failed", "starting", "HTTP 404 from /v1/health") for i in range(9)],
@@ -40,7 +41,7 @@ def test_1_probing_v1_health_never_becomes_healthy() -> None:
 
 
 def test_2_no_startup_grace_kills_a_loading_model() -> None:
-    """PRIOR_ART 2: a loading model declared unhealthy and restarted fails `restarts 0` and `exclude unhealthy`."""
+    """A loading model declared unhealthy and restarted fails `restarts 0` and `exclude unhealthy`."""
     bad = observation(
         [
             ev(0.5, "spawned", "starting", "run 1"),
@@ -77,7 +78,7 @@ def test_2_no_startup_grace_kills_a_loading_model() -> None:
 
 
 def test_3_instant_crashes_never_counted_restart_forever() -> None:
-    """PRIOR_ART 3: instant crashes never counted -> never failed, too many restarts, restart_count 0."""
+    """Instant crashes never counted -> never failed, too many restarts, restart_count 0."""
     loop = []
     for i in range(10):
         t = 0.5 + i * 0.4
@@ -103,7 +104,7 @@ def test_3_instant_crashes_never_counted_restart_forever() -> None:
 
 
 def test_4_exit_code_zero_not_restarted() -> None:
-    """PRIOR_ART 4: an engine death ending in exit 0 left stopped fails `restarts 1`, naming the exit 0."""
+    """An engine death ending in exit 0 left stopped fails `restarts 1`, naming the exit 0."""
     bad = observation(
         [ev(0.5, "spawned", "starting"), ev(1, "healthy", "healthy"), ev(3, "exited", "stopped", "exit code 0")],
         [snap(6, state="stopped", restart_count=0)],
@@ -118,7 +119,7 @@ def test_4_exit_code_zero_not_restarted() -> None:
 
 
 def test_5_only_the_parent_killed_leaves_orphans() -> None:
-    """PRIOR_ART 5: engine children of the killed run still alive next to the new run fail `no_orphans`."""
+    """Engine children of the killed run still alive next to the new run fail `no_orphans`."""
     seen = [sighting(100, 100), sighting(101, 100, name="VLLM::EngineCore"), sighting(200, 200)]
     snaps = [snap(1, pid=100), snap(5, pid=200)]
     bad = observation([], snaps, sightings=seen, alive=[101, 200], overlaps=[(3.0, (100, 200))])
@@ -142,7 +143,7 @@ def test_5_processes_surviving_shutdown_are_orphans() -> None:
 
 
 def test_7_double_restart_starts_two_runs() -> None:
-    """PRIOR_ART 7: a manual restart during an automatic one spawning twice fails `restarts 1`."""
+    """A manual restart during an automatic one spawning twice fails `restarts 1`."""
     bad = observation(
         [
             ev(0.5, "spawned", "starting"),
@@ -160,7 +161,7 @@ def test_7_double_restart_starts_two_runs() -> None:
 
 
 def test_8_blocked_event_loop_delays_another_models_recovery() -> None:
-    """PRIOR_ART 8: a model restarted only after another's long backoff fails its `healthy_within`."""
+    """A model restarted only after another's long backoff fails its `healthy_within`."""
     bad = observation(
         [
             ev(0.5, "spawned", "starting", model="fast"),
@@ -189,7 +190,7 @@ def test_8_blocked_event_loop_delays_another_models_recovery() -> None:
 
 
 def test_9_stop_did_not_stick() -> None:
-    """PRIOR_ART 9: an `always` model started again after a manual stop fails `state stopped stays`."""
+    """An `always` model started again after a manual stop fails `state stopped stays`."""
     bad = observation(
         [
             ev(0.5, "spawned", "starting"),
@@ -208,7 +209,7 @@ def test_9_stop_did_not_stick() -> None:
 
 
 def test_9_force_stop_counted_as_crash() -> None:
-    """PRIOR_ART 9: a force stop recorded as a crash fails `api failure_cause null`."""
+    """A force stop recorded as a crash fails `api failure_cause null`."""
     bad = observation(
         [
             ev(0.5, "spawned", "starting"),
@@ -225,7 +226,7 @@ def test_9_force_stop_counted_as_crash() -> None:
 
 
 def test_11_stale_oom_flag() -> None:
-    """PRIOR_ART 11: has_cuda_oom still true after the model recovered fails `api has_cuda_oom false`."""
+    """A `has_cuda_oom` still true after the model recovered fails `api has_cuda_oom false`."""
     bad = observation(
         [],
         [
@@ -239,7 +240,7 @@ def test_11_stale_oom_flag() -> None:
 
 
 def test_13_max_restarts_zero_treated_as_unlimited() -> None:
-    """PRIOR_ART 13: `max_restarts: 0` restarting anyway fails `restarts 0` and `state failed`."""
+    """`max_restarts: 0` restarting anyway fails `restarts 0` and `state failed`."""
     bad = observation(
         [
             ev(0.5, "spawned", "starting"),
@@ -257,7 +258,7 @@ def test_13_max_restarts_zero_treated_as_unlimited() -> None:
 
 
 def test_14_backoff_never_reset() -> None:
-    """PRIOR_ART 14: a backoff that keeps growing after long health fails `backoff_delays [0.5, 0.5]`."""
+    """A backoff that keeps growing after long health fails `backoff_delays [0.5, 0.5]`."""
     bad = observation(crash_loop([0.5, 2.0], failed=False))
     good = observation(crash_loop([0.5, 0.5], failed=False))
     item = {"backoff_delays": {"model": "m1", "delays": [0.5, 0.5], "tolerance": 0.3}}

@@ -14,6 +14,7 @@ import pytest
 
 from chaos import cli
 from chaos.cli import main
+from chaos.scenario import load_scenario, scenario_files
 
 STOP_STICKS = {
     "name": "stop-sticks",
@@ -36,7 +37,9 @@ def test_list_and_validate_the_catalogue(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["list", str(root)]) == 0
     listing = capsys.readouterr().out
     assert "crash-loop-reaches-failed" in listing
-    assert "PRIOR_ART 3" in listing
+    stories = [" ".join(load_scenario(f).story.split()) for f in scenario_files([root])]
+    assert stories
+    assert all(story in listing for story in stories)
     assert main(["validate", str(root)]) == 0
 
 

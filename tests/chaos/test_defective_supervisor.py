@@ -1,8 +1,8 @@
 """The catalogue catches real defects in a real supervisor process, not only in recorded timelines.
 
-Each test runs one catalogue scenario against this project's supervisor with one PRIOR_ART defect patched
-in (through `--supervisor-cmd`, the way a team holds another supervisor to the catalogue) and expects the
-run to fail with a verdict that names the problem.
+Each test runs one catalogue scenario against this project's supervisor with one known supervision defect
+(docs/design/defects.md) patched in (through `--supervisor-cmd`, the way a team holds another supervisor to
+the catalogue) and expects the run to fail with a verdict that names the problem.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ CATALOGUE = Path(__file__).resolve().parents[2] / "scenarios"
 DEFECTS = {
     # supervisord's kind of backoff: it never grows.
     "constant-backoff": (
-        "from supervisor import policy\npolicy.Backoff.base_delay = lambda self, attempt: self.initial\n"
+        "from supervisor.core import policy\npolicy.Backoff.base_delay = lambda self, attempt: self.initial\n"
     ),
-    # PRIOR_ART 5: only the parent is signalled, and nobody waits for the rest of the group.
+    # Only the parent is signalled, and nobody waits for the rest of the group (its engine children live on).
     "parent-only-kill": (
         "import os\nfrom supervisor.runtime import process\n"
         "process.ProcessRun._signal_group = lambda self, sig: os.kill(self._pgid, sig)\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chaos.scenario import ExpectItem, SteadyItem
+from chaos.expectations import ExpectItem, SteadyItem
 from chaos.timeline import Event, Observation, Overlap, Sighting, Snapshot
 
 T0 = 1_700_000_000.0
