@@ -5,16 +5,23 @@ Why it is built this way:
   every child it forks (vLLM's EngineCore, tensor-parallel workers) is in that group. Stop signals go to the
   group (PRIOR_ART 5). Limit, shared by every pgid-based supervisor: a descendant that calls `setsid()` or
   `setpgid()` itself leaves the group and escapes the group signals.
-- stdout and stderr are pipes *we* create and read with `loop.add_reader`, not asyncio's subprocess pipes.
-  On Python 3.11 `Process.wait()` only returns once every pipe has reached EOF, and vLLM's engine children
-  inherit the pipes: the leader's death would go unseen for as long as an orphan lives. With our own pipes
-  the transport owns none, so `wait()` returns the moment the leader is reaped (no polling).
+- The leader is started with a plain `subprocess.Popen` (vfork + exec, ~0.3 ms) and its exit is awaited through
+  a pidfd registered with `loop.add_reader`: the loop wakes the moment the leader dies, and reaps it there.
+  asyncio's `create_subprocess_exec` took 1-4 ms more per start on the 2-core dev machine (a transport, and on
+  3.11 a watcher thread per child that wakes the loop through its self-pipe): most of what a crash -> respawn
+  cost us besides the new process's own start-up (bench/bench_respawn.py). Where the kernel has no pidfd
+  (before Linux 5.3) a thread waits for the exit without reaping it and hands it to the loop.
+- stdout and stderr are pipes *we* create and read with `loop.add_reader`. vLLM's engine children inherit the
+  pipes, so the pipes say nothing about the leader: its exit is seen through the pidfd however long an
+  orphan keeps them open.
 - When the leader exits we drain whatever it wrote before dying before reporting the exit, so that the
   line explaining a crash (a CUDA OOM traceback) reaches the sink before the exit does.
-- "Gone" means no process of the group is alive. Zombies count as gone: they hold no memory or GPU, and
+- "Gone" means no process of the group is alive. Each live member is watched through its own pidfd, so the
+  last death is seen at once rather than at the next poll; a timer backs that up for what a pidfd cannot
+  show (a process that joins the group after the scan). Zombies count as gone: they hold no memory or GPU, and
   orphans are reaped by init (or a subreaper), never by us. We deliberately do not make the supervisor a
   child subreaper (PR_SET_CHILD_SUBREAPER): it would make every orphan of the whole process ours to reap,
-  and reaping with waitpid(-1) races asyncio's own child watcher, which then reports wrong exit codes.
+  and reaping with waitpid(-1) would race the reaping of each leader, which would then see wrong exit codes.
 """
 
 from __future__ import annotations
@@ -24,11 +31,15 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
+import threading
+import time
 from collections.abc import Mapping, Sequence
 
 import psutil
 
-from supervisor.runtime.base import ExitStatus, LineSink, SpawnError, Stream
+from supervisor.core.states import ExitStatus
+from supervisor.runtime.base import LineSink, SpawnError, Stream
 from supervisor.runtime.lines import LineSplitter
 
 log = logging.getLogger(__name__)
@@ -40,12 +51,16 @@ RUN_MARKER_ENV = "LLM_SUPERVISOR_RUN"
 # psutil derives create_time from boot time plus start ticks; boot time can move by up to a second when the
 # wall clock is adjusted, so two readings of the same process may differ slightly.
 _CREATE_TIME_TOLERANCE = 1.0
+# The kernel counts a process's start in these ticks (USER_HZ) since boot.
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-# There is no notification when a non-child process dies, so "the group is gone" is polled. A scan costs
-# well under a millisecond (one getpgid syscall per pid); starting fast and backing off keeps quick exits
-# quick and long stops cheap.
+# The group is scanned again whenever a watched member dies. Between deaths a scan is also due after a while,
+# for what no pidfd shows: a process that joined the group after the last scan. Where a member could not be
+# watched (no pidfd support) the scans start fast and back off, which keeps quick exits quick and long stops
+# cheap; a scan costs well under a millisecond (one getpgid syscall per pid).
 _GONE_POLL_FIRST = 0.005
 _GONE_POLL_MAX = 0.05
+_GONE_RESCAN_WATCHED = 0.5
 
 # Small reads keep one chatty process from holding the event loop for long in a single callback.
 _READ_SIZE = 32 * 1024
@@ -107,15 +122,21 @@ class LineReader:
 class ProcessRun:
     """One running process group, created by `ProcessRuntime.spawn`."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, create_time: float, readers: list[LineReader]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], create_time: float, readers: list[LineReader]) -> None:
         self._proc = proc
         self._pgid = proc.pid  # start_new_session: the leader leads its own group
         self._ident = f"{proc.pid}:{create_time:.2f}"
         self._readers = readers
         self._group_gone = False
-        loop = asyncio.get_running_loop()
-        self._exit: asyncio.Future[ExitStatus] = loop.create_future()
-        self._watcher = loop.create_task(self._watch_exit(), name=f"wait-exit-{proc.pid}")
+        self._loop = asyncio.get_running_loop()
+        self._exit: asyncio.Future[ExitStatus] = self._loop.create_future()
+        self._pidfd: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(proc.pid)
+        except OSError:  # a kernel before 5.3 (ENOSYS); the child exists until we reap it
+            threading.Thread(target=self._wait_in_thread, name=f"wait-exit-{proc.pid}", daemon=True).start()
+        else:
+            self._loop.add_reader(self._pidfd, self._reap)
 
     @property
     def pid(self) -> int | None:
@@ -125,8 +146,22 @@ class ProcessRun:
     def ident(self) -> str:
         return self._ident
 
-    async def _watch_exit(self) -> None:
-        code = await self._proc.wait()
+    def _wait_in_thread(self) -> None:
+        # WNOWAIT: only the loop reaps, in `_reap`, so the exit status is read in one place.
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOWAIT)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._reap)
+
+    def _reap(self) -> None:
+        """Called on the loop when the leader has exited: reap it, deliver its last words, report the exit."""
+        code = self._proc.poll()  # waitpid(WNOHANG); sets returncode, so Popen has nothing left to reap
+        if code is None or self._exit.done():
+            return
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
         # Everything the leader wrote is in the pipes now; deliver it before anyone hears of the exit.
         for reader in self._readers:
             reader.drain()
@@ -179,10 +214,13 @@ class ProcessRuntime:
     async def spawn(self, model_id: str, run_number: int, sink: LineSink) -> ProcessRun:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        before = _boot_tick()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
+            # argv is the operator's configured command, never a shell line. Popen blocks the loop only until the
+            # child has exec'd (vfork), as asyncio's own spawn does.
+            proc = subprocess.Popen(  # noqa: S603, ASYNC220
+                self.argv,
+                stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
                 cwd=self.cwd,
@@ -199,8 +237,12 @@ class ProcessRuntime:
             # The child holds its own copies; ours must go or we would never see EOF.
             for fd in (out_w, err_w):
                 os.close(fd)
+        # The child's start is stamped in whole ticks during Popen. If no tick began meanwhile, that tick is the
+        # one psutil will read; asking /proc/<pid>/stat now would stall the loop until the child's exec is over
+        # (1-4 ms here).
+        create_time = _create_time_at(before) if _boot_tick() == before else _create_time(proc.pid)
         readers = [LineReader(out_r, Stream.STDOUT, sink), LineReader(err_r, Stream.STDERR, sink)]
-        return ProcessRun(proc, _create_time(proc.pid), readers)
+        return ProcessRun(proc, create_time, readers)
 
 
 def run_marker(model_id: str, run_number: int) -> str:
@@ -217,6 +259,16 @@ def _describe_spawn_error(argv: Sequence[str], cwd: str | None, exc: OSError) ->
     if isinstance(exc, PermissionError):
         return f"cannot start {command!r}: {argv[0]!r} is not executable (permission denied)"
     return f"cannot start {command!r}: {exc.strerror or exc}"
+
+
+def _boot_tick() -> int:
+    """Now, in the clock ticks since boot in which /proc/<pid>/stat gives a process's start."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) * _CLOCK_TICKS // 1_000_000_000
+
+
+def _create_time_at(tick: int) -> float:
+    """psutil's create_time of a process that started in `tick` (boot time + start ticks, computed alike)."""
+    return tick / _CLOCK_TICKS + psutil.boot_time()
 
 
 def _create_time(pid: int) -> float:
@@ -254,9 +306,40 @@ def live_group_members(pgid: int) -> list[int]:
 async def wait_group_gone(pgid: int) -> None:
     """Return once no live process of the group remains (bound it with `asyncio.timeout`)."""
     interval = _GONE_POLL_FIRST
-    while live_group_members(pgid):
-        await asyncio.sleep(interval)
-        interval = min(interval * 2, _GONE_POLL_MAX)
+    while members := live_group_members(pgid):
+        one_exited = await _until_one_exits(members, interval)
+        # After a death the next one may follow at once; while nothing moves, look less and less often.
+        interval = _GONE_POLL_FIRST if one_exited else min(interval * 2, _GONE_POLL_MAX)
+
+
+async def _until_one_exits(pids: list[int], interval: float) -> bool:
+    """Wait until one of `pids` exits; True if one did. Gives up after `interval`, or after
+    _GONE_RESCAN_WATCHED when every one of them is watched through a pidfd."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+    pidfds: list[int] = []
+
+    def wake() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    try:
+        for pid in pids:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                return True  # gone (reaped) since the scan
+            except OSError:  # no pidfd support: the interval bounds the wait
+                continue
+            pidfds.append(pidfd)
+            loop.add_reader(pidfd, wake)
+        timeout = _GONE_RESCAN_WATCHED if len(pidfds) == len(pids) else interval
+        await asyncio.wait([exited], timeout=timeout)
+        return exited.done()
+    finally:
+        for pidfd in pidfds:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
 
 
 async def _group_gone_within(pgid: int, seconds: float) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import itertools
 import os
 import signal
 import subprocess
@@ -15,7 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.runtime.base import ExitStatus, SpawnError, Stream
+from supervisor.core.states import ExitStatus
+from supervisor.runtime import process
+from supervisor.runtime.base import SpawnError, Stream
 from supervisor.runtime.process import RUN_MARKER_ENV, LineReader, ProcessRun, ProcessRuntime, stop_leftover
 
 pytestmark = pytest.mark.usefixtures("no_process_left")
@@ -127,6 +131,70 @@ async def test_grandchild_ignoring_sigterm_is_killed_and_waited_for(wait_until: 
     assert grandchild.is_running()
 
     run.kill()
+    await asyncio.wait_for(gone, 10)
+    assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
+
+
+async def test_leader_is_reaped_by_the_time_its_exit_is_reported() -> None:
+    """No zombie is left for anyone else to reap: the exit status was collected when the exit was reported."""
+    run = await spawn_python("import os; os._exit(5)", Lines())
+    assert await asyncio.wait_for(run.wait_exit(), 10) == ExitStatus(code=5)
+    assert run.pid is not None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(run.pid, os.WNOHANG)
+    await run.wait_gone()
+
+
+async def test_concurrent_runs_each_report_their_own_exit() -> None:
+    """Several runs exiting at about the same time: each exit is reported once, with its own code."""
+    runs = [await spawn_python(f"import os; os._exit({code})", Lines()) for code in range(5)]
+    statuses = await asyncio.wait_for(asyncio.gather(*(run.wait_exit() for run in runs)), 10)
+    assert statuses == [ExitStatus(code=code) for code in range(5)]
+    await asyncio.gather(*(run.wait_gone() for run in runs))
+
+
+async def test_without_pidfd_exits_and_group_ends_are_still_seen(
+    monkeypatch: pytest.MonkeyPatch, wait_until: WaitUntil
+) -> None:
+    """On a kernel without pidfd_open the exit is awaited by a thread and the group's end is polled."""
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    sink = Lines()
+    run = await spawn_python("import os, time; print(time.time(), flush=True); os._exit(4)", sink)
+    assert await asyncio.wait_for(run.wait_exit(), 10) == ExitStatus(code=4)
+    assert time.time() - float(sink.texts()[0]) < EXIT_TOLERANCE
+    await asyncio.wait_for(run.wait_gone(), 10)
+
+    sink = Lines()
+    after = "import os; os._exit(0)"
+    run = await spawn_python(GRANDCHILD_IGNORING_SIGTERM.replace("{after}", after), sink)
+    assert await asyncio.wait_for(run.wait_exit(), 10) == ExitStatus(code=0)
+    await wait_until(lambda: sink.has("grandchild ready"), 10)
+    grandchild = psutil.Process(int(sink.value_after("grandchild pid ")))
+    run.kill()
+    await asyncio.wait_for(run.wait_gone(), 10)
+    assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
+
+
+async def test_the_end_of_an_orphaned_member_wakes_wait_gone(
+    monkeypatch: pytest.MonkeyPatch, wait_until: WaitUntil
+) -> None:
+    """The last member's death is seen through its pidfd: with every rescan timer an hour long, it still is."""
+    for name in ("_GONE_POLL_FIRST", "_GONE_POLL_MAX", "_GONE_RESCAN_WATCHED"):
+        monkeypatch.setattr(process, name, 3600.0)
+    sink = Lines()
+    after = "import os; os._exit(0)"
+    run = await spawn_python(GRANDCHILD_IGNORING_SIGTERM.replace("{after}", after), sink)
+    assert await asyncio.wait_for(run.wait_exit(), 10) == ExitStatus(code=0)
+    await wait_until(lambda: sink.has("grandchild ready"), 10)
+    grandchild = psutil.Process(int(sink.value_after("grandchild pid ")))
+    gone = asyncio.ensure_future(run.wait_gone())
+    done, _ = await asyncio.wait({gone}, timeout=0.2)
+    assert not done, "wait_gone returned while the grandchild was alive"
+    grandchild.kill()
     await asyncio.wait_for(gone, 10)
     assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
 
@@ -286,6 +354,20 @@ async def test_cwd_is_used(tmp_path: Path) -> None:
 
 async def test_ident_is_pid_and_create_time() -> None:
     """The ident names the pid and its start time, so a reused pid can be told apart."""
+    run = await spawn_python("import time; time.sleep(120)", Lines())
+    assert run.pid is not None
+    pid_text, create_text = run.ident.split(":")
+    assert int(pid_text) == run.pid
+    assert abs(float(create_text) - psutil.Process(run.pid).create_time()) < 0.01
+    await stop(run)
+
+
+async def test_ident_is_read_from_proc_when_a_clock_tick_passes_during_the_spawn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The start tick is known from the clock unless a tick began during Popen; then /proc says, to the same ident."""
+    ticks = itertools.count(10**9)
+    monkeypatch.setattr(process, "_boot_tick", lambda: next(ticks))
     run = await spawn_python("import time; time.sleep(120)", Lines())
     assert run.pid is not None
     pid_text, create_text = run.ident.split(":")
