@@ -24,9 +24,10 @@ import uvicorn
 
 from supervisor.api.app import create_app
 from supervisor.api.auth import token_from_env
-from supervisor.config.schema import Config
+from supervisor.config.schema import Config, GatewaySettings
 from supervisor.core.states import EventKind
 from supervisor.core.views import TimelineEvent
+from supervisor.gateway.service import Gateway
 from supervisor.loop.fleet import Fleet
 from supervisor.store.journal import JOURNAL_FILENAME, Journal, JournalError
 
@@ -120,11 +121,31 @@ def lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
+def gateway_key(settings: GatewaySettings) -> str | None:
+    """The key clients must send to the gateway; refuse a named variable that is unset, and an open gateway
+    beyond this machine."""
+    key = None
+    if settings.api_key_env is not None:
+        key = token_from_env(settings.api_key_env)
+        if key is None:
+            raise StartupError(
+                f"supervisor.gateway.api_key_env names ${settings.api_key_env}, which is unset or empty: "
+                "set it to the key clients must send, or remove api_key_env"
+            )
+    if key is None and not is_loopback(settings.host):
+        raise StartupError(
+            f"refusing to serve the gateway on {settings.host} without an API key: anyone who can reach it "
+            "could use your GPUs. Set supervisor.gateway.api_key_env, or listen on 127.0.0.1."
+        )
+    return key
+
+
 async def serve(config: Config, host: str, port: int, out: TextIO = sys.stderr) -> int:
     """Run until SIGTERM/SIGINT, then stop every model and return 0. Raises StartupError before starting."""
     token_env = config.supervisor.token_env
     token = token_from_env(token_env)
     check_bind(host, token, token_env)
+    key = gateway_key(config.supervisor.gateway) if config.supervisor.gateway else None
     # Each resource is released on every way out, a later one failing to open included; last opened, first
     # closed, so the journal is closed before the lock lets another supervisor open it.
     with contextlib.ExitStack() as release:
@@ -137,13 +158,17 @@ async def serve(config: Config, host: str, port: int, out: TextIO = sys.stderr) 
         except JournalError as exc:
             raise StartupError(str(exc)) from exc
         release.callback(journal.close)
-        return await _serve(config, journal, sock, token, out)
+        return await _serve(config, journal, sock, token=token, key=key, out=out)
 
 
-async def _serve(config: Config, journal: Journal, sock: socket.socket, token: str | None, out: TextIO) -> int:
+async def _serve(
+    config: Config, journal: Journal, sock: socket.socket, *, token: str | None, key: str | None, out: TextIO
+) -> int:
     supervisor = Fleet(config, store=journal)
     supervisor.add_observer(EventPrinter(out))
     app = create_app(supervisor, token=token)
+    settings = config.supervisor.gateway
+    gateway = None if settings is None else Gateway(supervisor, settings, app.state.metrics.registry, key)
     server = _OwnSignalsServer(
         uvicorn.Config(
             app,
@@ -164,13 +189,23 @@ async def _serve(config: Config, journal: Journal, sock: socket.socket, token: s
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"llm-supervisor: API and dashboard at http://{shown}:{port}/", flush=True)
+        if gateway is not None and settings is not None:
+            try:
+                gw_host, gw_port = await gateway.start(settings.host, settings.port)
+            except OSError as exc:
+                raise StartupError(f"cannot serve the gateway on {settings.host}:{settings.port}: {exc}") from exc
+            gw_shown = f"[{gw_host}]" if ":" in gw_host else gw_host
+            print(f"llm-supervisor: OpenAI-compatible gateway at http://{gw_shown}:{gw_port}/v1", flush=True)
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         print("llm-supervisor: stopping every model", file=out, flush=True)
     finally:
-        # Models first, while the API still answers, so an operator can watch them stop; on every path,
-        # a failed start or a crashed server included, so no model outlives us.
+        # The gateway stops taking requests first; then the models, while the API still answers, so an
+        # operator can watch them stop; on every path, a failed start or a crashed server included, so no
+        # model outlives us.
+        if gateway is not None:
+            await gateway.close()
         await supervisor.shutdown()
         server.should_exit = True
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from supervisor.config.schema import Config, ModelConfig
@@ -181,6 +181,10 @@ class Fleet:
 
     def model_ids(self) -> list[str]:
         return list(self._models)
+
+    def models(self) -> Mapping[str, SupervisedModel]:
+        """Every supervised model by id (a live view: models added later appear in it)."""
+        return self._models
 
     def model(self, model_id: str) -> SupervisedModel:
         try:

@@ -40,6 +40,9 @@ class Replica:
     draining: bool = False  # out of routing while a rolling restart lets it finish what it has
     in_flight: int = 0  # requests the gateway has on it
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # When a request to it last made progress (an output byte), or began while none was in flight
+    # (monotonic); the gateway's stall watch compares it with progress_timeout.
+    progress_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -50,9 +53,14 @@ class Replica:
         snap = self.owner.snapshot
         return snap.state is State.HEALTHY and snap.live and not self.draining
 
-    def started_request(self) -> None:
+    def started_request(self, now: float) -> None:
+        if self.in_flight == 0:
+            self.progress_at = now
         self.in_flight += 1
         self.idle.clear()
+
+    def progressed(self, now: float) -> None:
+        self.progress_at = now
 
     def finished_request(self) -> None:
         self.in_flight -= 1

@@ -1,0 +1,76 @@
+"""A real fleet of fake-vllm processes behind a real gateway on a loopback port, and a client for it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from supervisor.config.schema import parse_config
+from supervisor.gateway.service import Gateway
+from supervisor.loop.fleet import Fleet
+from tests.e2e.conftest import FAKE_VLLM, fake_model, free_port, no_leftovers, wait_until  # noqa: F401
+
+__all__ = ["FAKE_VLLM", "fake_model", "free_port", "no_leftovers", "wait_until"]
+
+
+@dataclass
+class Served:
+    fleet: Fleet
+    gateway: Gateway
+    client: httpx.AsyncClient
+    registry: CollectorRegistry
+    url: str
+
+
+def replicated(count: int = 2, *flags: str, **keys: Any) -> dict[str, Any]:
+    """A model of `count` fake-vllm replicas on free ports, with short timings suited to tests."""
+    entry = fake_model(*flags, **keys)
+    entry["args"] = ["serve", "test-model", "--port", "{port}", *flags]
+    entry["endpoints"] = {"base_url": "http://127.0.0.1:{port}/v1"}
+    entry["replicas"] = count
+    entry["ports"] = [free_port() for _ in range(count)]
+    return entry
+
+
+Serve = Callable[..., Any]
+
+
+@pytest.fixture
+def serve(tmp_path: Path, no_leftovers: None) -> Serve:  # noqa: F811
+    """`async with serve({"m": {...}}, gateway={...}) as s:` runs a fleet and its gateway, and stops both."""
+
+    @asynccontextmanager
+    async def run(
+        models: dict[str, dict[str, Any]], gateway: dict[str, Any] | None = None, api_key: str | None = None
+    ) -> AsyncIterator[Served]:
+        settings = {"port": 0, "hold_timeout": 20, **(gateway or {})}
+        config = parse_config(
+            {"supervisor": {"state_dir": str(tmp_path / "state"), "gateway": settings}, "llmModels": models}, "test"
+        )
+        fleet = Fleet(config)
+        registry = CollectorRegistry()
+        assert config.supervisor.gateway is not None
+        gw = Gateway(fleet, config.supervisor.gateway, registry, api_key)
+        await fleet.start()
+        host, port = await gw.start("127.0.0.1", 0)
+        url = f"http://{host}:{port}"
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                yield Served(fleet, gw, client, registry, url)
+        finally:
+            await gw.close()
+            await asyncio.wait_for(fleet.shutdown(), 30)
+
+    return run
+
+
+def healthy(fleet: Fleet, model_id: str, replicas: int = 1) -> bool:
+    return sum(r.is_healthy for r in fleet.status(model_id).replicas) >= replicas

@@ -1,0 +1,158 @@
+"""A crash, hang or restart is not a failed request: the gateway holds, retries, falls back honestly, and
+never ends a stream silently. Real fake-vllm processes, real HTTP, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+
+import httpx
+import pytest
+
+from supervisor.core.states import Cause, EventKind
+from tests.gateway.conftest import Serve, fake_model, healthy, replicated, wait_until
+
+pytestmark = pytest.mark.slow
+
+COMPLETION = {"prompt": "hi", "max_tokens": 4}
+
+
+async def load(client: httpx.AsyncClient, model: str, stop: asyncio.Event, results: list[int], **extra: object) -> None:
+    """Send non-streamed completions one after another until told to stop; keep every status."""
+    while not stop.is_set():
+        response = await client.post("/v1/completions", json={"model": model, **COMPLETION, **extra})
+        results.append(response.status_code)
+
+
+def pid_of(s: object, model: str, replica: int = 0) -> int:
+    pid = s.fleet.status(model).replicas[replica].pid  # type: ignore[attr-defined]
+    assert pid is not None
+    return int(pid)
+
+
+async def test_kill_9_of_either_replica_under_load_fails_no_request(serve: Serve) -> None:
+    """Two replicas, four clients: kill -9 of one, then of the other once it is back; every request succeeds."""
+    async with serve({"q": replicated(2, "--ttft", "0.02")}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q", 2), 20, "both replicas healthy")
+        stop, results = asyncio.Event(), []
+        clients = [asyncio.ensure_future(load(s.client, "q", stop, results)) for _ in range(4)]
+        for replica in (0, 1):
+            await wait_until(lambda: len(results) > 20, 10, "requests flowing")
+            victim = pid_of(s, "q", replica)
+            os.kill(victim, signal.SIGKILL)
+            await wait_until(lambda r=replica, v=victim: healthy(s.fleet, "q", 2) and pid_of(s, "q", r) != v, 20, "back")
+        stop.set()
+        await asyncio.gather(*clients)
+    assert len(results) > 40
+    assert set(results) == {200}
+
+
+async def test_one_replica_restarting_within_hold_timeout_fails_no_request(serve: Serve) -> None:
+    """One replica, killed: requests arriving while it is down wait for the new run and are answered."""
+    async with serve({"q": fake_model("--startup-delay", "0.5", restart_delay=0.3)}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q"), 20, "q healthy")
+        stop, results = asyncio.Event(), []
+        clients = [asyncio.ensure_future(load(s.client, "q", stop, results)) for _ in range(3)]
+        await wait_until(lambda: len(results) > 5, 10, "requests flowing")
+        victim = pid_of(s, "q")
+        os.kill(victim, signal.SIGKILL)
+        await wait_until(lambda: healthy(s.fleet, "q") and pid_of(s, "q") != victim, 20, "q back")
+        done = len(results)
+        await wait_until(lambda: len(results) > done + 5, 10, "requests flowing again")
+        stop.set()
+        await asyncio.gather(*clients)
+        held = [m for m in s.registry.collect() if m.name == "llm_supervisor_gateway_held_seconds"]
+    assert set(results) == {200}
+    assert any(x.name.endswith("_count") and x.value > 0 for x in held[0].samples)
+
+
+async def test_a_rolling_restart_fails_no_request_streamed_or_not(serve: Serve) -> None:
+    """Under load of streamed and non-streamed requests, a rolling restart of two replicas fails none."""
+    async with serve({"q": replicated(2, "--itl", "0.01")}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q", 2), 20, "both replicas healthy")
+        before = [pid_of(s, "q", 0), pid_of(s, "q", 1)]
+        stop, plain, streamed = asyncio.Event(), [], []
+        clients = [asyncio.ensure_future(load(s.client, "q", stop, plain)) for _ in range(2)]
+        clients += [asyncio.ensure_future(load(s.client, "q", stop, streamed, stream=True)) for _ in range(2)]
+        await wait_until(lambda: len(plain) > 5 and len(streamed) > 5, 10, "requests flowing")
+        assert (await s.fleet.restart_model("q", rolling=True)).accepted
+        model = s.fleet.model("q")
+        await wait_until(lambda: not model.rolling, 60, "the rolling restart to end")
+        stop.set()
+        await asyncio.gather(*clients)
+        after = [pid_of(s, "q", 0), pid_of(s, "q", 1)]
+    assert before[0] != after[0]
+    assert before[1] != after[1]
+    assert set(plain) == {200}
+    assert set(streamed) == {200}
+
+
+async def test_a_stream_cut_after_bytes_went_out_ends_with_an_error_event_and_done(serve: Serve) -> None:
+    """kill -9 of the server mid-stream: the client gets the chunks sent so far, an error event, then [DONE]."""
+    async with serve({"q": fake_model("--itl", "0.05")}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q"), 20, "q healthy")
+        body = {"model": "q", "prompt": "hi", "max_tokens": 200, "stream": True}
+        lines: list[str] = []
+        async with s.client.stream("POST", "/v1/completions", json=body) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+                if len(lines) == 3:
+                    os.kill(pid_of(s, "q"), signal.SIGKILL)
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2].removeprefix("data: "))["error"]
+    assert "stream broke" in error["message"]
+    assert error["code"] == 502
+    assert len(lines) < 200
+
+
+async def test_a_fallback_answers_honestly_while_the_model_has_no_ready_replica(serve: Serve) -> None:
+    """qwen stopped, fallback tiny ready: tiny answers, and the headers, body and metric say so."""
+    models = {"qwen": fake_model(fallback="tiny"), "tiny": fake_model()}
+    models["tiny"]["args"] = [a if a != "test-model" else "tiny-model" for a in models["tiny"]["args"]]
+    async with serve(models) as s:
+        await wait_until(lambda: healthy(s.fleet, "qwen") and healthy(s.fleet, "tiny"), 20, "both healthy")
+        await s.fleet.stop_model("qwen")
+        response = await s.client.post("/v1/completions", json={"model": "qwen", **COMPLETION})
+        fallbacks = [m for m in s.registry.collect() if m.name == "llm_supervisor_gateway_fallbacks"]
+    assert response.status_code == 200, response.text
+    assert response.headers["x-llm-supervisor-model"] == "tiny"
+    assert response.headers["x-llm-supervisor-fallback"] == "no ready replica of qwen"
+    assert response.json()["model"] == "tiny-model"
+    counted = {tuple(x.labels.values()): x.value for x in fallbacks[0].samples if x.name.endswith("_total")}
+    assert counted == {("qwen", "tiny"): 1.0}
+
+
+async def test_a_model_in_backoff_past_hold_timeout_is_503_with_retry_after(serve: Serve) -> None:
+    """A crash loop with a long backoff: the request waits hold_timeout, then gets 503 and Retry-After."""
+    entry = fake_model("--crash-after", "0.3", restart_delay=30, max_restarts=None)
+    async with serve({"q": entry}, gateway={"hold_timeout": 0.5}) as s:
+        await wait_until(lambda: s.fleet.status("q").state.value == "backoff", 20, "q in backoff")
+        response = await s.client.post("/v1/completions", json={"model": "q", **COMPLETION})
+    assert response.status_code == 503
+    assert "no ready replica after 0.5 s" in response.json()["error"]["message"]
+    assert 1 <= int(response.headers["retry-after"]) <= 30
+
+
+async def test_a_stalled_replica_is_restarted_within_progress_timeout(serve: Serve) -> None:
+    """/health says 200 but no token comes: the request in flight shows the stall, cause stalled, restart."""
+    entry = fake_model("--stall-after", "0", progress_timeout=1.0)
+    async with serve({"q": entry}, gateway={"hold_timeout": 3}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q"), 20, "q healthy")
+        victim = pid_of(s, "q")
+        request = asyncio.ensure_future(s.client.post("/v1/completions", json={"model": "q", **COMPLETION}))
+        await wait_until(lambda: pid_of_or_none(s, "q") not in (None, victim), 15, "a new run")
+        events = s.fleet.events("q")
+        request.cancel()
+    unhealthy = [e for e in events if e.kind is EventKind.UNHEALTHY]
+    assert unhealthy[0].reason == Cause.STALLED.value
+    assert "no output for 1s" in (unhealthy[0].detail or "")
+    spawned = [e for e in events if e.kind is EventKind.SPAWNED]
+    assert spawned[-1].time - unhealthy[0].time < 5
+
+
+def pid_of_or_none(s: object, model: str) -> int | None:
+    return s.fleet.status(model).replicas[0].pid  # type: ignore[attr-defined, no-any-return]
