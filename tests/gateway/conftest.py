@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from supervisor.config.schema import parse_config
 from supervisor.gateway.service import Gateway
 from supervisor.loop.fleet import Fleet
-from tests.e2e.conftest import FAKE_VLLM, fake_model, free_port, no_leftovers, wait_until  # noqa: F401
+from tests.e2e.conftest import FAKE_VLLM, fake_model, free_port, no_leftovers, wait_until
 
 __all__ = ["FAKE_VLLM", "fake_model", "free_port", "no_leftovers", "wait_until"]
 
@@ -44,7 +44,7 @@ Serve = Callable[..., Any]
 
 
 @pytest.fixture
-def serve(tmp_path: Path, no_leftovers: None) -> Serve:  # noqa: F811
+def serve(tmp_path: Path, no_leftovers: None) -> Serve:
     """`async with serve({"m": {...}}, gateway={...}) as s:` runs a fleet and its gateway, and stops both."""
 
     @asynccontextmanager

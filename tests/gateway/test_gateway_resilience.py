@@ -42,7 +42,9 @@ async def test_kill_9_of_either_replica_under_load_fails_no_request(serve: Serve
             await wait_until(lambda: len(results) > 20, 10, "requests flowing")
             victim = pid_of(s, "q", replica)
             os.kill(victim, signal.SIGKILL)
-            await wait_until(lambda r=replica, v=victim: healthy(s.fleet, "q", 2) and pid_of(s, "q", r) != v, 20, "back")
+            await wait_until(
+                lambda r=replica, v=victim: healthy(s.fleet, "q", 2) and pid_of(s, "q", r) != v, 20, "replica back"
+            )
         stop.set()
         await asyncio.gather(*clients)
     assert len(results) > 40
