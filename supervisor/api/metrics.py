@@ -52,13 +52,23 @@ class _StatusGauges(Collector):
         uptime = GaugeMetricFamily(
             f"{PREFIX}_uptime_seconds", "Seconds since the current run was spawned (0 when none)", labels=["model"]
         )
+        replica_up = GaugeMetricFamily(
+            f"{PREFIX}_replica_up", "1 while the replica's run is alive", labels=["model", "replica"]
+        )
+        replica_healthy = GaugeMetricFamily(
+            f"{PREFIX}_replica_healthy", "1 while the replica passes its health probes", labels=["model", "replica"]
+        )
         for status in self._supervisor.statuses():
             for candidate in State:
                 state.add_metric([status.id, candidate.value], 1.0 if status.state == candidate else 0.0)
             up.add_metric([status.id], 1.0 if status.is_running else 0.0)
             healthy.add_metric([status.id], 1.0 if status.is_healthy else 0.0)
             uptime.add_metric([status.id], status.uptime_seconds or 0.0)
-        return [state, up, healthy, uptime]
+            for replica in status.replicas:
+                labels = [status.id, str(replica.index)]
+                replica_up.add_metric(labels, 1.0 if replica.pid is not None else 0.0)
+                replica_healthy.add_metric(labels, 1.0 if replica.is_healthy else 0.0)
+        return [state, up, healthy, uptime, replica_up, replica_healthy]
 
 
 class Metrics:

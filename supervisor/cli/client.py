@@ -92,11 +92,15 @@ class SupervisorClient:
         params = {"force": "true" if force else "false"}
         return dict(self._request("POST", f"/api/llm/models/{model_id}/stop", params=params))
 
-    def restart(self, model_id: str) -> dict[str, Any]:
-        return dict(self._request("POST", f"/api/llm/models/{model_id}/restart"))
+    def restart(self, model_id: str, replica: int | None = None, rolling: bool = False) -> dict[str, Any]:
+        params: dict[str, str | int] = {"rolling": "true"} if rolling else {}
+        if replica is not None:
+            params["replica"] = replica
+        return dict(self._request("POST", f"/api/llm/models/{model_id}/restart", params=params))
 
-    def logs(self, model_id: str, lines: int) -> dict[str, Any]:
-        return dict(self._request("GET", f"/api/llm/models/{model_id}/logs", params={"lines": lines}))
+    def logs(self, model_id: str, lines: int, replica: int = 0) -> dict[str, Any]:
+        params = {"lines": lines, "replica": replica}
+        return dict(self._request("GET", f"/api/llm/models/{model_id}/logs", params=params))
 
     def events(self, model_id: str, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         params: dict[str, int] = {"since": since}
@@ -104,13 +108,13 @@ class SupervisorClient:
             params["limit"] = limit
         return list(self._request("GET", f"/api/llm/models/{model_id}/events", params=params))
 
-    def follow_logs(self, model_id: str, lines: int) -> Iterator[str]:
+    def follow_logs(self, model_id: str, lines: int, replica: int = 0) -> Iterator[str]:
         """Yield the newest `lines` lines and then each new one, until the server closes the stream."""
         path = f"/api/llm/models/{model_id}/logs/stream"
         try:
             # No read timeout: a quiet model may write nothing for hours.
             with self._http.stream(
-                "GET", path, params={"lines": lines}, timeout=httpx.Timeout(10.0, read=None)
+                "GET", path, params={"lines": lines, "replica": replica}, timeout=httpx.Timeout(10.0, read=None)
             ) as response:
                 if not response.is_success:
                     response.read()

@@ -45,20 +45,39 @@ def _restarts(m: dict[str, Any]) -> str:
 
 
 def models_table(models: list[dict[str, Any]]) -> str:
+    """One row per model; a model of several replicas is followed by one indented row per replica."""
     headers = ("ID", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "CAUSE")
-    rows = [
-        (
-            m["id"],
-            m["state"],
-            str(m["pid"]) if m.get("pid") is not None else "-",
-            duration(m.get("uptime_seconds")),
-            _restarts(m),
-            "ok" if m["is_healthy"] else (m.get("health_message") or "-"),
-            m.get("failure_cause") or "-",
+    rows: list[tuple[str, ...]] = []
+    for m in models:
+        rows.append(
+            (
+                m["id"],
+                m["state"],
+                str(m["pid"]) if m.get("pid") is not None else "-",
+                duration(m.get("uptime_seconds")),
+                _restarts(m),
+                "ok" if m["is_healthy"] else (m.get("health_message") or "-"),
+                m.get("failure_cause") or "-",
+            )
         )
-        for m in models
-    ]
+        replicas = m.get("replicas") or []
+        if len(replicas) > 1:
+            rows += [_replica_row(r) for r in replicas]
     return table(headers, rows)
+
+
+def _replica_row(r: dict[str, Any]) -> tuple[str, ...]:
+    port = f":{r['port']}" if r.get("port") is not None else ""
+    routing = " draining" if r.get("draining") else ""
+    return (
+        f"  #{r['index']}{port}",
+        r["state"] + routing,
+        str(r["pid"]) if r.get("pid") is not None else "-",
+        "",
+        str(r["restart_count"]),
+        ("ok" if r["is_healthy"] else "-") + (f" ({r['in_flight']} in flight)" if r.get("in_flight") else ""),
+        r.get("failure_cause") or "-",
+    )
 
 
 def model_detail(m: dict[str, Any]) -> str:
@@ -80,6 +99,13 @@ def model_detail(m: dict[str, Any]) -> str:
     ]
     if m.get("failure_advice"):
         fields.append(("advice", m["failure_advice"]))
+    replicas = m.get("replicas") or []
+    for r in replicas if len(replicas) > 1 else []:
+        state = r["state"] + (", draining" if r.get("draining") else "")
+        pid = r["pid"] if r.get("pid") is not None else "-"
+        fields.append(
+            (f"replica {r['index']}", f"{state}, port {r.get('port')}, pid {pid}, restarts {r['restart_count']}")
+        )
     width = max(len(k) for k, _ in fields)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in fields)
 
@@ -91,5 +117,7 @@ def events_table(events: list[dict[str, Any]]) -> str:
         detail = e.get("detail") or ""
         if e.get("reason"):
             detail = f"{detail} [reason: {e['reason']}]".strip()
+        if e.get("replica"):
+            detail = f"[replica {e['replica']}] {detail}".strip()
         rows.append((str(e["seq"]), clock(e["time"]), e["kind"], e["state"], detail or "-"))
     return table(headers, rows)

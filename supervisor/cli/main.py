@@ -51,8 +51,14 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", parents=[client], help="every model's status, or one model's in detail")
     st.add_argument("id", nargs="?")
-    for name, text in (("start", "start a model"), ("restart", "restart a model now")):
-        sub.add_parser(name, parents=[client], help=text).add_argument("id")
+    sub.add_parser("start", parents=[client], help="start a model").add_argument("id")
+    restart = sub.add_parser("restart", parents=[client], help="restart a model now")
+    restart.add_argument("id")
+    which = restart.add_mutually_exclusive_group()
+    which.add_argument("--replica", type=int, help="restart only this replica (0, 1, ...)")
+    which.add_argument(
+        "--rolling", action="store_true", help="one replica at a time, each out of the gateway's routing until healthy"
+    )
     stop = sub.add_parser("stop", parents=[client], help="stop a model; it stays stopped until `start`")
     stop.add_argument("id")
     stop.add_argument("--force", action="store_true", help="SIGKILL at once instead of SIGTERM first")
@@ -60,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("id")
     logs.add_argument("-n", "--lines", type=int, default=100, help="how many lines (1-10000, default 100)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
+    logs.add_argument("--replica", type=int, default=0, help="which replica's log (default 0)")
     ev = sub.add_parser("events", parents=[client], help="a model's event timeline")
     ev.add_argument("id")
     ev.add_argument("--since", type=int, default=0, help="only events after this seq")
@@ -97,17 +104,23 @@ def _client_command(args: argparse.Namespace, client: SupervisorClient) -> int:
             _emit(args, client.model(args.id), cli_format.model_detail)
         else:
             _emit(args, client.models(), lambda d: cli_format.models_table(d["models"]))
-    elif cmd in ("start", "restart"):
-        _emit(args, getattr(client, cmd)(args.id), lambda d: d["message"])
+    elif cmd == "start":
+        _emit(args, client.start(args.id), lambda d: d["message"])
+    elif cmd == "restart":
+        _emit(args, client.restart(args.id, replica=args.replica, rolling=args.rolling), lambda d: d["message"])
     elif cmd == "stop":
         _emit(args, client.stop(args.id, force=args.force), lambda d: d["message"])
     elif cmd == "events":
         _emit(args, client.events(args.id, args.since, args.limit), cli_format.events_table)
     elif cmd == "logs" and args.follow:
-        for line in client.follow_logs(args.id, args.lines):
+        for line in client.follow_logs(args.id, args.lines, replica=args.replica):
             print(json.dumps({"line": line}) if args.json else line, flush=True)
     elif cmd == "logs":
-        _emit(args, client.logs(args.id, args.lines), lambda d: "\n".join(x.rstrip("\n") for x in d["lines"]))
+        _emit(
+            args,
+            client.logs(args.id, args.lines, replica=args.replica),
+            lambda d: "\n".join(x.rstrip("\n") for x in d["lines"]),
+        )
     return OK
 
 

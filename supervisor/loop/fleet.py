@@ -31,6 +31,7 @@ from supervisor.core.machine_types import (
 )
 from supervisor.core.states import EventKind, State
 from supervisor.core.views import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
+from supervisor.loop.inference import InferenceProber
 from supervisor.loop.leftovers import stop_leftovers
 from supervisor.loop.model import Replica, SupervisedModel, unit_name
 from supervisor.loop.observer import Observer
@@ -139,6 +140,9 @@ class Fleet:
         task = asyncio.get_running_loop().create_task(owner.serve(), name=f"model:{unit}")
         task.add_done_callback(self._owner_ended)
         self._tasks.append(task)
+        if cfg.inference_probe is not None and root is not None:
+            prober = InferenceProber(owner, root, cfg.inference_probe, self.clock)
+            self._tasks.append(asyncio.get_running_loop().create_task(prober.run(), name=f"inference-probe:{unit}"))
         return Replica(index, cfg, owner)
 
     def _units(self) -> dict[str, ModelOwner]:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from supervisor.api.app import create_app
+from supervisor.api.metrics import Metrics
 from supervisor.core.states import EventKind, State
 from supervisor.loop.fleet import Fleet, UnknownReplica
 from tests.e2e.conftest import FAKE_VLLM, Supervised, free_port, wait_until
@@ -145,3 +146,21 @@ async def test_the_api_restarts_one_replica_and_reads_its_log(supervised: Superv
             assert (missing.status_code, missing.json()["detail"]) == (404, "model 'q' has no replica 2")
             both = await client.post("/api/llm/models/q/restart", params={"replica": 0, "rolling": "true"})
             assert both.status_code == 400
+
+
+async def test_metrics_show_each_replica(supervised: Supervised) -> None:
+    """/metrics has up and healthy gauges per replica, and they follow a replica that is stopped by a crash."""
+    async with supervised({"q": replicated(max_restarts=0)}) as sup:
+        await wait_until(lambda: all_healthy(sup), 20, "both replicas healthy")
+        metrics = Metrics(sup)
+        text = metrics.render().decode()
+        assert 'llm_supervisor_replica_healthy{model="q",replica="0"} 1.0' in text
+        assert 'llm_supervisor_replica_healthy{model="q",replica="1"} 1.0' in text
+        second = pids(sup)[1]
+        assert second is not None
+        os.kill(second, signal.SIGKILL)
+        await wait_until(lambda: sup.status("q").replicas[1].state is State.FAILED, 20, "replica 1 failed")
+        text = metrics.render().decode()
+        assert 'llm_supervisor_replica_up{model="q",replica="1"} 0.0' in text
+        assert 'llm_supervisor_replica_healthy{model="q",replica="0"} 1.0' in text
+        assert sup.status("q").is_healthy

@@ -66,6 +66,7 @@ class FakeSupervisor:
         self._observers: list[Observer] = []
         self._log_dir = log_dir
         self.calls: list[tuple[str, str]] = []  # (action, model_id), to prove GETs call no action
+        self.restart_options: list[tuple[int | None, bool]] = []  # (replica, rolling) of each restart
         self.probes = 0
         self.refuse_next: str | None = None
 
@@ -151,6 +152,7 @@ class FakeSupervisor:
     async def restart_model(self, model_id: str, replica: int | None = None, rolling: bool = False) -> ActionResult:
         self.status(model_id)
         self.calls.append(("restart", model_id))
+        self.restart_options.append((replica, rolling))
         if refused := self._refused(model_id):
             return refused
         count = self._statuses[model_id].restart_count + 1

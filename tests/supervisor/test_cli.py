@@ -13,6 +13,7 @@ from fakes import FakeSupervisor
 
 from supervisor.api.app import create_app
 from supervisor.api.ratelimit import ActionRateLimiter
+from supervisor.cli import format as cli_format
 from supervisor.cli import main as cli
 from supervisor.core.states import Cause, EventKind, State
 
@@ -180,3 +181,40 @@ def test_validate_reports_every_problem(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert "llmModels.qwen.restart_polcy: unknown key" in err
     assert "llmModels.llama.max_restarts" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "options"), [([], (None, False)), (["--replica", "1"], (1, False)), (["--rolling"], (None, True))]
+)
+def test_restart_passes_replica_and_rolling_to_the_api(
+    sup: FakeSupervisor, url: str, flags: list[str], options: tuple[int | None, bool]
+) -> None:
+    """`restart ID [--replica N | --rolling]` asks the API for exactly that restart."""
+    assert cli.main(["restart", "qwen", "--url", url, *flags]) == 0
+    assert sup.restart_options == [options]
+
+
+def test_restart_refuses_replica_and_rolling_together(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """One replica and a rolling restart of all cannot both be meant: usage error, exit 2, nothing sent."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["restart", "qwen", "--url", url, "--replica", "0", "--rolling"])
+    assert exited.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_model_of_several_replicas_lists_each_under_it() -> None:
+    """The status table shows a replicated model's row, then one indented row per replica."""
+    model = {
+        "id": "q", "state": "healthy", "pid": 11, "uptime_seconds": 5, "restart_count": 1, "max_restarts": 3,
+        "is_healthy": True, "failure_cause": None,
+        "replicas": [
+            {"index": 0, "port": 8001, "state": "healthy", "pid": 11, "is_healthy": True, "restart_count": 0,
+             "failure_cause": None, "in_flight": 2, "draining": False},
+            {"index": 1, "port": 8002, "state": "starting", "pid": 12, "is_healthy": False, "restart_count": 1,
+             "failure_cause": "crash", "in_flight": 0, "draining": True},
+        ],
+    }  # fmt: skip
+    lines = cli_format.models_table([model]).splitlines()
+    assert lines[1].split()[:2] == ["q", "healthy"]
+    assert lines[2].split() == ["#0:8001", "healthy", "11", "0", "ok", "(2", "in", "flight)", "-"]
+    assert lines[3].split() == ["#1:8002", "starting", "draining", "12", "1", "-", "crash"]
