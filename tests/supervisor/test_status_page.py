@@ -19,6 +19,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from supervisor.api.app import create_app
 from supervisor.core.states import Cause, State
+from supervisor.core.views import ReplicaStatus
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -124,3 +125,23 @@ def test_page_asks_for_token_then_shows_models_and_stop_works(browser: WebDriver
         # A refused action shows the supervisor's reason.
         _click(browser, 'button[data-action="stop"][data-model="qwen"]')
         _wait_text(browser, "#message", "already stopped")
+
+
+def test_page_lists_replicas_and_restarts_one(browser: WebDriver, tmp_path: Path) -> None:
+    """A model of two replicas shows a row per replica (state, draining, in flight); its button restarts that one."""
+    sup = FakeSupervisor(["qwen"], tmp_path / "logs")
+    replicas = (
+        ReplicaStatus(0, 8001, State.HEALTHY, 11, True, 0, None, None, 3, False),
+        ReplicaStatus(1, 8002, State.STARTING, 12, False, 1, 1, Cause.CRASH, 0, True),
+    )
+    sup.set_status("qwen", State.HEALTHY, replicas=replicas)
+    with serve_in_thread(create_app(sup, token=None)) as url:
+        browser.get(url + "/")
+        _wait_text(browser, "tr.replica:nth-of-type(2) .id", "replica 0 :8001")
+        _wait_text(browser, "tr.replica:nth-of-type(2) .health", "ok, 3 in flight")
+        _wait_text(browser, "tr.replica:nth-of-type(3) .state", "starting")
+        _wait_text(browser, "tr.replica:nth-of-type(3) .muted", "(draining)")
+        _wait_text(browser, "tr.replica:nth-of-type(3) .cause", "crash")
+        _click(browser, 'button[data-action="restart"][data-replica="1"]')
+        _wait_text(browser, "#message", "restart of 'qwen' begun")
+        assert sup.restart_options == [(1, False)]

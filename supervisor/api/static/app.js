@@ -102,9 +102,42 @@ function modelRow(model) {
   return row;
 }
 
+// A model of several replicas shows one row per replica under its own, each with its own restart.
+function replicaRows(model) {
+  if (!model.replicas || model.replicas.length < 2) return [];
+  return model.replicas.map((replica) => {
+    const row = el("tr", null, "replica");
+    const port = replica.port === null ? "" : ` :${replica.port}`;
+    const stateCell = el("td");
+    stateCell.append(el("span", replica.state, `state state-${replica.state}`));
+    if (replica.draining) stateCell.append(el("span", " (draining)", "muted"));
+    const health = (replica.is_healthy ? "ok" : "-") + (replica.in_flight ? `, ${replica.in_flight} in flight` : "");
+    const restart = el("button", "restart");
+    restart.type = "button";
+    restart.dataset.action = "restart";
+    restart.dataset.replica = String(replica.index);
+    restart.addEventListener("click", (event) => {
+      event.stopPropagation();
+      act("restart", model.id, `?replica=${replica.index}`);
+    });
+    const actions = el("td");
+    actions.append(restart);
+    row.append(
+      el("td", `replica ${replica.index}${port}`, "id"),
+      stateCell,
+      el("td", replica.pid === null ? "-" : `pid ${replica.pid}`, "uptime"),
+      el("td", String(replica.restart_count), "restarts"),
+      el("td", health, "health"),
+      el("td", replica.failure_cause || "-", "cause"),
+      actions,
+    );
+    return row;
+  });
+}
+
 function renderModels(models) {
   const body = document.querySelector("#models tbody");
-  body.replaceChildren(...models.map(modelRow));
+  body.replaceChildren(...models.flatMap((model) => [modelRow(model), ...replicaRows(model)]));
   if (models.length === 0) {
     const row = el("tr");
     row.append(el("td", "No models configured."));
@@ -125,7 +158,7 @@ async function renderDetails() {
   timelines.set(selected, { lastSeq: events.length ? events[events.length - 1].seq : known.lastSeq, events });
   document.getElementById("details-id").textContent = selected;
   document.getElementById("events").replaceChildren(...events.slice().reverse().map((e) => {
-    let text = `${clock(e.time)}  ${e.kind} → ${e.state}`;
+    let text = `${clock(e.time)}  ${e.replica ? `[replica ${e.replica}] ` : ""}${e.kind} → ${e.state}`;
     if (e.detail) text += ` (${e.detail})`;
     if (e.reason) text += ` [${e.reason}]`;
     return el("li", text, `event event-${e.kind}`);
@@ -156,9 +189,9 @@ async function refresh() {
   }
 }
 
-async function act(action, id) {
+async function act(action, id, query = "") {
   try {
-    const result = await api("POST", `/api/llm/models/${encodeURIComponent(id)}/${action}`);
+    const result = await api("POST", `/api/llm/models/${encodeURIComponent(id)}/${action}${query}`);
     showMessage(result.message, false);
   } catch (error) {
     if (!(error instanceof NeedToken)) showMessage(`${action} ${id}: ${error.message}`, true);
