@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--exit-signal", type=_typed(faults.exit_signal, "exit_signal"))
     fault.add_argument("--oom", type=_typed(faults.oom, "oom"), metavar="{startup,after:S}")
     fault.add_argument("--hang-after", type=_typed(faults.seconds, "hang_after"))
+    fault.add_argument("--stall-after", type=_typed(faults.seconds, "stall_after"))
     fault.add_argument("--engine-dead-after", type=_typed(faults.seconds, "engine_dead_after"))
     fault.add_argument("--engine-dead-exit-after", type=_exit_after, default=5.0, metavar="{S,never}")
     fault.add_argument("--health-flap", type=_typed(faults.probability, "health_flap"), default=0.0)
@@ -213,6 +214,7 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         exit_signal=args.exit_signal,
         oom=oom if oom != "startup" else None,
         hang_after=args.hang_after,
+        stall_after=args.stall_after,
         engine_dead_after=args.engine_dead_after,
         engine_dead_exit_after=args.engine_dead_exit_after,
         health_flap=args.health_flap,

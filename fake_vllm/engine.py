@@ -3,8 +3,8 @@
 Text is a function of (--seed, the request's seed, the prompt, the choice index): the same request to a
 server started with the same seed returns the same words, and nothing else moves it. Requests beyond
 ``--max-num-seqs`` wait for a slot, so ``vllm:num_requests_waiting`` is real. ``checkpoint`` is the
-server's hook between steps: it blocks forever while the server hangs and raises EngineDead once the engine
-is dead, so faults reach requests already in flight.
+server's hook between steps: it blocks forever while the server hangs or the engine stalls and raises
+EngineDead once the engine is dead, so faults reach requests already in flight.
 """
 
 from __future__ import annotations

@@ -148,6 +148,7 @@ class Faults:
     exit_signal: str | None = None
     oom: str | None = None
     hang_after: float | None = None
+    stall_after: float | None = None
     engine_dead_after: float | None = None
     engine_dead_exit_after: float | None = 5.0
     health_flap: float = 0.0
@@ -170,6 +171,7 @@ PARSERS: dict[str, Callable[[str, object], object]] = {
     "exit_signal": exit_signal,
     "oom": oom,
     "hang_after": seconds,
+    "stall_after": seconds,
     "engine_dead_after": seconds,
     "engine_dead_exit_after": seconds,
     "health_flap": probability,
@@ -186,6 +188,7 @@ NULLABLE = frozenset(
         "exit_signal",
         "oom",
         "hang_after",
+        "stall_after",
         "engine_dead_after",
         "engine_dead_exit_after",
     }

@@ -120,9 +120,20 @@ class Metrics:
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
+    stale: str | None = None
+
+    def freeze(self) -> None:
+        """From now on ``render`` repeats what it renders now, stale, whatever the engine counts later.
+
+        vLLM's API server sets these from the stats its engine sends; an engine that stops sending leaves the
+        last values in place, however many requests arrive or wait meanwhile.
+        """
+        self.stale = self.render()
 
     def render(self) -> str:
-        """The Prometheus text exposition (version 0.0.4)."""
+        """The Prometheus text exposition (version 0.0.4); the frozen text after ``freeze``."""
+        if self.stale is not None:
+            return self.stale
         labels = f'engine="0",model_name="{_escape(self.model_name)}"'
         out: list[str] = []
 

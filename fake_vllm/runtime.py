@@ -25,6 +25,7 @@ class Phase(Enum):
 
     LOADING = "loading"
     READY = "ready"
+    STALLED = "stalled"
     HUNG = "hung"
     ENGINE_DEAD = "engine_dead"
     STOPPING = "stopping"
@@ -49,7 +50,7 @@ class Stats:
 
 
 class Runtime:
-    """Faults as set now, the engine, the counters, and the fault state (hung, engine dead)."""
+    """Faults as set now, the engine, the counters, and the fault state (hung, stalled, engine dead)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -73,6 +74,11 @@ class Runtime:
         return self.phase is Phase.HUNG
 
     @property
+    def is_stalled(self) -> bool:
+        """Whether the engine has stopped producing tokens while the API server still answers."""
+        return self.phase is Phase.STALLED
+
+    @property
     def is_engine_dead(self) -> bool:
         """Whether the engine has died (health 503, generation 500)."""
         return self.phase is Phase.ENGINE_DEAD
@@ -87,8 +93,10 @@ class Runtime:
             await asyncio.get_running_loop().create_future()
 
     async def checkpoint(self) -> None:
-        """Between engine steps: hang with the server, fail once the engine is dead."""
+        """Between engine steps: hang with the server, wait forever once stalled, fail once the engine is dead."""
         await self.gate()
+        if self.is_stalled:
+            await asyncio.get_running_loop().create_future()
         if self.is_engine_dead:
             raise EngineDead
 

@@ -187,6 +187,7 @@ class Lifecycle:
         actions: dict[str, tuple[float | None, Callable[[], object]]] = {
             "crash_after": (f.crash_after, lambda: self._crash("crash_after")),
             "hang_after": (f.hang_after, self._hang),
+            "stall_after": (f.stall_after, self._stall),
             "engine_dead_after": (f.engine_dead_after, self._engine_dead),
             "oom": (float(f.oom.removeprefix("after:")) if f.oom else None, self._oom),
         }
@@ -227,6 +228,14 @@ class Lifecycle:
     def _hang(self) -> None:
         self.rt.phase = Phase.HUNG
         self.rt.record("hang")
+
+    def _stall(self) -> None:
+        # Like an EngineCore that was SIGSTOPped: the API server answers, the engine never steps again.
+        if self.rt.phase is not Phase.READY:
+            return
+        self.rt.phase = Phase.STALLED
+        self.rt.metrics.freeze()
+        self.rt.record("stall")
 
     def _engine_dead(self) -> None:
         if self.rt.phase is not Phase.READY:
