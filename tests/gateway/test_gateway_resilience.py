@@ -158,3 +158,30 @@ async def test_a_stalled_replica_is_restarted_within_progress_timeout(serve: Ser
 
 def pid_of_or_none(s: object, model: str) -> int | None:
     return s.fleet.status(model).replicas[0].pid  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_request_metrics_count_codes_retries_and_time(serve: Serve) -> None:
+    """Per model: requests by code, durations and first bytes observed once each, retries by reason."""
+    async with serve({"q": replicated(2)}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q", 2), 20, "both replicas healthy")
+        for _ in range(3):
+            assert (await s.client.post("/v1/completions", json={"model": "q", **COMPLETION})).status_code == 200
+        # Replica 0's server dies without its run having been seen to end: the next request to it is refused.
+        s.fleet.model("q").replicas[1].in_flight += 100  # steer the next request to replica 0
+        os.kill(pid_of(s, "q", 0), signal.SIGKILL)
+        response = await s.client.post("/v1/completions", json={"model": "q", **COMPLETION})
+        s.fleet.model("q").replicas[1].in_flight -= 100
+        await s.client.post("/v1/completions", json={"model": "nope"})
+        samples = {
+            (x.name, tuple(sorted(x.labels.items()))): x.value
+            for family in s.registry.collect()
+            for x in family.samples
+            if x.name.startswith("llm_supervisor_gateway")
+        }
+    assert response.status_code == 200
+    assert samples[("llm_supervisor_gateway_requests_total", (("code", "200"), ("model", "q")))] == 4
+    assert samples[("llm_supervisor_gateway_request_duration_seconds_count", (("model", "q"),))] == 4
+    assert samples[("llm_supervisor_gateway_time_to_first_byte_seconds_count", (("model", "q"),))] == 4
+    retries = {k[1]: v for k, v in samples.items() if k[0] == "llm_supervisor_gateway_retries_total"}
+    assert sum(retries.values()) >= 1
+    assert samples[("llm_supervisor_gateway_in_flight", (("model", "q"),))] == 0
