@@ -52,7 +52,7 @@ async def test_hang_is_detected_and_restarted(supervised: Supervised) -> None:
 
 
 async def test_prior_art_2_slow_start_is_not_killed(supervised: Supervised) -> None:
-    """A model that loads for 2 s (port refused meanwhile) becomes healthy in one run (PRIOR_ART 2)."""
+    """A model that loads for 2 s (port refused meanwhile) becomes healthy in one run (docs/design/defects.md #2)."""
     async with supervised({"m": fake_model("--startup-delay", "2", startup_timeout=15)}) as sup:
         await wait_until(lambda: sup.status("m").state is State.HEALTHY, 20, "healthy")
         events = sup.events("m")
@@ -86,7 +86,7 @@ async def test_prior_art_3_instant_crash_is_counted(supervised: Supervised) -> N
 
 
 async def test_prior_art_4_exit_zero_after_engine_death_is_restarted(supervised: Supervised) -> None:
-    """vLLM exits 0 after its engine dies; on-failure restarts it and names the cause (PRIOR_ART 4)."""
+    """vLLM exits 0 after its engine dies; on-failure restarts it and names the cause (docs/design/defects.md #4)."""
     # Probes slower than the watchdog, so the exit (not the 503s) is what the supervisor sees first.
     model = fake_model("--engine-dead-after", "0.3", "--engine-dead-exit-after", "0.2", health_check_interval=5)
     async with supervised({"m": model}) as sup:
@@ -97,7 +97,7 @@ async def test_prior_art_4_exit_zero_after_engine_death_is_restarted(supervised:
 
 
 async def test_prior_art_5_grandchild_ignoring_sigterm_is_killed(supervised: Supervised, tmp_path: Path) -> None:
-    """Stop reaches a grandchild that ignores SIGTERM: SIGKILL to the group after stop_timeout (PRIOR_ART 5)."""
+    """Stop reaches a grandchild ignoring SIGTERM: SIGKILL to the group at stop_timeout (docs/design/defects.md #5)."""
     pid_file = tmp_path / "grandchild.pid"
     # The grandchild writes its pid only once it ignores SIGTERM, so the stop cannot win a start-up race.
     grandchild_code = (
@@ -120,7 +120,7 @@ async def test_prior_art_5_grandchild_ignoring_sigterm_is_killed(supervised: Sup
 
 
 async def test_orphaned_engine_children_are_reaped_before_the_next_run(supervised: Supervised) -> None:
-    """After a SIGKILL of the server, its engine children are killed before a new run starts (PRIOR_ART 5)."""
+    """After a SIGKILL of the server, its engine children die before a new run starts (docs/design/defects.md #5)."""
     async with supervised({"m": fake_model("--engine-children", "2")}) as sup:
         await wait_until(lambda: sup.status("m").state is State.HEALTHY, 20, "healthy")
         pid = sup.status("m").pid
@@ -133,7 +133,7 @@ async def test_orphaned_engine_children_are_reaped_before_the_next_run(supervise
 
 
 async def test_prior_art_1_base_url_ending_in_v1_probes_the_root(supervised: Supervised) -> None:
-    """base_url http://host:port/v1 is probed at /health on the root and the model is healthy (PRIOR_ART 1)."""
+    """A base_url ending in /v1 is probed at the root's /health; the model is healthy (docs/design/defects.md #1)."""
     async with supervised({"m": fake_model()}) as sup:
         await wait_until(lambda: sup.status("m").state is State.HEALTHY, 20, "healthy")
         await asyncio.sleep(0.5)  # several liveness periods: it must stay healthy, not flap on a 404
@@ -142,7 +142,7 @@ async def test_prior_art_1_base_url_ending_in_v1_probes_the_root(supervised: Sup
 
 
 async def test_prior_art_8_one_models_backoff_never_stalls_another(supervised: Supervised) -> None:
-    """While one model waits out a 30 s backoff, the other's probes keep their 0.2 s period (PRIOR_ART 8)."""
+    """While one model waits out a 30 s backoff, the other is still probed every 0.2 s (docs/design/defects.md #8)."""
     probes: list[float] = []
 
     class Count:
@@ -165,7 +165,7 @@ async def test_prior_art_8_one_models_backoff_never_stalls_another(supervised: S
 
 
 async def test_prior_art_10_a_model_added_later_is_watched(supervised: Supervised) -> None:
-    """A model added after start-up is restarted when it crashes, like the first ones (PRIOR_ART 10)."""
+    """A model added after start-up is restarted when it crashes, like the first ones (docs/design/defects.md #10)."""
     from supervisor.config.schema import parse_config
 
     late = parse_config({"llmModels": {"late": script_model("raise SystemExit(1)", max_restarts=1)}}, "t")
@@ -176,7 +176,7 @@ async def test_prior_art_10_a_model_added_later_is_watched(supervised: Supervise
 
 
 async def test_prior_art_11_oom_flag_belongs_to_one_run(supervised: Supervised, tmp_path: Path) -> None:
-    """The CUDA OOM flag of a crashed run is gone once the next run starts (PRIOR_ART 11)."""
+    """The CUDA OOM flag of a crashed run is gone once the next run starts (docs/design/defects.md #11)."""
     marker = tmp_path / "first-run-done"
     code = (
         "import os, sys, time\n"
@@ -195,7 +195,7 @@ async def test_prior_art_11_oom_flag_belongs_to_one_run(supervised: Supervised, 
 
 
 async def test_prior_art_12_stdout_and_stderr_are_both_logged(supervised: Supervised) -> None:
-    """Lines on stdout (where vLLM logs) and stderr both reach the model's log, in order (PRIOR_ART 12)."""
+    """stdout (where vLLM logs) and stderr both reach the model's log, in order (docs/design/defects.md #12)."""
     code = (
         "import sys; print('to stdout', flush=True); print('to stderr', file=sys.stderr, flush=True); "
         "import time; time.sleep(600)"
@@ -213,7 +213,7 @@ async def test_prior_art_12_stdout_and_stderr_are_both_logged(supervised: Superv
 
 
 async def test_prior_art_13_health_check_interval_is_per_model(supervised: Supervised) -> None:
-    """Each model is probed at its own health_check_interval (PRIOR_ART 13)."""
+    """Each model is probed at its own health_check_interval (docs/design/defects.md #13)."""
     probes: dict[str, list[float]] = {"fast": [], "slow": []}
 
     class Count:
@@ -235,7 +235,7 @@ async def test_prior_art_13_health_check_interval_is_per_model(supervised: Super
 
 
 async def test_prior_art_14_backoff_resets_after_stable_health(supervised: Supervised) -> None:
-    """A server healthy longer than backoff_reset_after restarts after the first delay again (PRIOR_ART 14)."""
+    """A server healthy past backoff_reset_after restarts after the first delay again (docs/design/defects.md #14)."""
     model = fake_model("--crash-after", "1.0", restart_delay=0.2, backoff_reset_after=0.5, max_restarts=None)
     async with supervised({"m": model}) as sup:
         await wait_until(lambda: len(kinds(sup.events("m"), EventKind.BACKOFF)) >= 3, 30, "three restarts")
@@ -244,7 +244,7 @@ async def test_prior_art_14_backoff_resets_after_stable_health(supervised: Super
 
 
 async def test_prior_art_14_start_of_failed_model_gets_a_fresh_budget(supervised: Supervised) -> None:
-    """An operator's start of a failed model begins a fresh restart budget (PRIOR_ART 14)."""
+    """An operator's start of a failed model begins a fresh restart budget (docs/design/defects.md #14)."""
     model = script_model("raise SystemExit(1)", max_restarts=1, restart_window=None, restart_delay=0.05)
     async with supervised({"m": model}) as sup:
         await wait_until(lambda: sup.status("m").state is State.FAILED, 10, "failed")

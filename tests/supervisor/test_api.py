@@ -158,7 +158,7 @@ async def test_health_check_runs_one_probe(sup: FakeSupervisor) -> None:
 
 
 async def test_prior_art_6_get_endpoints_never_probe_or_act(sup: FakeSupervisor) -> None:
-    """Polling every GET path (as a dashboard does) runs no probe and calls no action (PRIOR_ART 6)."""
+    """Polling every GET path (as a dashboard does) runs no probe and calls no action (docs/design/defects.md #6)."""
     sup.emit("qwen", EventKind.SPAWNED, State.STARTING)
     before = sup.statuses()
     async with asgi_client(create_app(sup, token=None)) as client:
@@ -287,7 +287,7 @@ def test_response_models_have_the_fields_of_the_values_they_copy() -> None:
 
 
 async def test_openapi_documents_every_contract_path(sup: FakeSupervisor) -> None:
-    """/openapi.json lists every CONTRACT section 4 path with its method and the ModelStatus schema."""
+    """/openapi.json lists each path of docs/design/contract.md section 4, its method, and the ModelStatus schema."""
     async with asgi_client(create_app(sup, token=TOKEN)) as client:
         doc = (await client.get("/openapi.json")).json()
     expected = {

@@ -71,7 +71,7 @@ async def kinds(client: httpx.AsyncClient, model_id: str) -> list[str]:
 
 @pytest.mark.parametrize("rate_limit", [1000, 10])
 async def test_prior_art_7_fifty_simultaneous_restarts_make_one_new_run(tmp_path: Path, rate_limit: int) -> None:
-    """50 concurrent POST restart calls end with exactly one new run, and one process (PRIOR_ART 7);
+    """50 concurrent POST restart calls end with exactly one new run, and one process (docs/design/defects.md #7);
     with the default limit of 10 a minute, the other 40 are answered 429."""
     model = fake_model()
     async with running(tmp_path, {"m": model}, rate_limit) as client:
@@ -91,7 +91,7 @@ async def test_prior_art_7_fifty_simultaneous_restarts_make_one_new_run(tmp_path
 
 
 async def test_prior_art_9_stop_sticks_even_under_always_until_start(tmp_path: Path) -> None:
-    """After stop, `always` does not restart the model; start brings it back (PRIOR_ART 9)."""
+    """After stop, `always` does not restart the model; start brings it back (docs/design/defects.md #9)."""
     model = fake_model(restart_policy="always")
     async with running(tmp_path, {"m": model}) as client:
         await wait_for(client, "m", healthy)

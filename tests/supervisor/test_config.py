@@ -74,7 +74,7 @@ DEFAULTS: list[tuple[str, object]] = [
 
 @pytest.mark.parametrize(("key", "default"), DEFAULTS)
 def test_model_key_defaults_to_the_contract_value(key: str, default: object) -> None:
-    """A model that names only its command gets CONTRACT section 2's default for every other key."""
+    """A model that names only its command gets the documented default for every other key."""
     assert getattr(model(), key) == default
 
 
@@ -126,7 +126,7 @@ def test_model_key_is_parsed(key: str, value: object, expected: object) -> None:
 
 @pytest.mark.parametrize("policy", ["no", "on-failure", "always", "unless-stopped"])
 def test_every_restart_policy_is_accepted(policy: str) -> None:
-    """The four restart policies of CONTRACT section 2 are accepted."""
+    """The four documented restart policies are accepted."""
     assert model(restart_policy=policy).restart_policy == policy
 
 
@@ -214,7 +214,7 @@ def test_empty_model_list_is_valid() -> None:
     ],
 )
 def test_prior_art_1_probes_go_to_the_server_root(base_url: str | None, root: str | None) -> None:
-    """PRIOR_ART 1: a base_url ending in /v1 yields the server root, so /health is not probed as /v1/health."""
+    """A base_url ending in /v1 yields the server root, never /v1, for the probe (docs/design/defects.md #1)."""
     assert model(endpoints={"base_url": base_url}).probe_root_url == root
 
 

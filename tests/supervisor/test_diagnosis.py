@@ -273,7 +273,7 @@ def test_has_cuda_oom_follows_memory_findings(finding: str, has_oom: bool) -> No
 
 
 def test_prior_art_11_a_new_run_starts_without_the_old_oom() -> None:
-    """PRIOR_ART 11: an OOM of one run does not mark the next run, which starts with a new RunDiagnosis."""
+    """An OOM of one run does not mark the next, which starts with a new RunDiagnosis (docs/design/defects.md #11)."""
     crashed = RunDiagnosis()
     crashed.observe(line_for("cuda_oom"))
     recovered = RunDiagnosis()

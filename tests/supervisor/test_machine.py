@@ -1,6 +1,6 @@
 """The per-model state machine, driven event by event with explicit `now` values (a virtual clock).
 
-Every delay is asserted exactly. Regression tests for PRIOR_ART items carry the item's number in their name.
+Every delay is asserted exactly. Regression tests for an item of docs/design/defects.md carry its number in their name.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ CRASH = ExitStatus(1)
 
 
 def make_settings(**overrides: object) -> Settings:
-    """The contract's defaults (CONTRACT section 2), with overrides."""
+    """The documented defaults (docs/design/contract.md section 2), with overrides."""
     values: dict[str, object] = {
         "restart_policy": RestartPolicy.ON_FAILURE,
         "success_exit_codes": frozenset(),
@@ -184,7 +184,7 @@ def test_jittered_schedule_is_seeded_and_bounded() -> None:
 
 @pytest.mark.parametrize(("healthy_for", "third_delay"), [(599.999, 20), (600, 5), (5000, 5)])
 def test_backoff_resets_after_backoff_reset_after_healthy_seconds(healthy_for: float, third_delay: float) -> None:
-    """A run healthy for backoff_reset_after seconds earns the first delay again (PRIOR_ART 14)."""
+    """A run healthy for backoff_reset_after seconds earns the first delay again (docs/design/defects.md #14)."""
     d = driver(budget=Budget(None, None))
     d.boot()
     d.healthy()
@@ -255,7 +255,7 @@ def test_null_window_counts_the_whole_life() -> None:
 
 
 def test_null_max_restarts_is_unlimited() -> None:
-    """max_restarts null: a crash loop is restarted for ever, never failed (PRIOR_ART 13)."""
+    """max_restarts null: a crash loop is restarted for ever, never failed (docs/design/defects.md #13)."""
     d = driver(has_probe=False, backoff=Backoff(1, 1, 1), budget=Budget(None, 600))
     d.boot()
     for _ in range(200):
@@ -489,7 +489,7 @@ def test_exit_cause_comes_from_the_diagnosis() -> None:
 
 
 def test_crash_reaps_the_orphaned_group() -> None:
-    """When the main process dies by itself, the rest of its group is killed at once (PRIOR_ART 5)."""
+    """When the main process dies by itself, the rest of its group is killed at once (docs/design/defects.md #5)."""
     d = driver()
     d.boot()
     step = d.feed(Exited(1, CRASH), 3)
@@ -815,7 +815,7 @@ def test_request_during_backoff_spawns_now(request_event: Event) -> None:
 
 
 def test_restart_of_a_live_model_waits_for_the_group() -> None:
-    """An operator restart stops the run and starts the next only once the old group is gone (PRIOR_ART 5)."""
+    """An operator restart stops the run and starts the next once the old group is gone (docs/design/defects.md #5)."""
     d = driver()
     d.boot()
     d.healthy()

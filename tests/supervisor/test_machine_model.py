@@ -139,7 +139,7 @@ class MachineModel(RuleBasedStateMachine):
         elif isinstance(event, StartRequested | RestartRequested):
             self.stopped_by_operator = self.shutting_down = False
             if before.state in (State.STOPPED, State.FAILED):
-                self.decisions = []  # an operator's start begins a fresh budget (PRIOR_ART 14)
+                self.decisions = []  # an operator's start begins a fresh budget (docs/design/defects.md #14)
         elif isinstance(event, ShutdownRequested):
             self.shutting_down = True
         elif isinstance(event, Boot):
@@ -152,15 +152,15 @@ class MachineModel(RuleBasedStateMachine):
             case Spawn():
                 assert self.pending_spawn is None, "two spawns at once"
                 assert self.process is None, "two live runs"
-                assert self.group is None, "spawned while the previous group is alive (PRIOR_ART 5)"
-                assert not self.stopped_by_operator, "restarted after an operator stop (PRIOR_ART 9)"
+                assert self.group is None, "spawned while the previous group is alive (docs/design/defects.md #5)"
+                assert not self.stopped_by_operator, "restarted after an operator stop (docs/design/defects.md #9)"
                 assert not self.shutting_down, "restarted during supervisor shutdown"
                 assert action.run == self.snap.run == self.last_run + 1
                 if action.reason not in (None, "manual"):
                     policy = self.config.restart_policy
                     assert policy is not RestartPolicy.NO, "policy `no` restarted automatically"
                     assert not (policy is RestartPolicy.ON_FAILURE and action.reason == "exit"), "clean exit restarted"
-                assert not self.snap.has_cuda_oom, "stale OOM flag (PRIOR_ART 11)"
+                assert not self.snap.has_cuda_oom, "stale OOM flag (docs/design/defects.md #11)"
                 assert self.snap.run_cause is None, "stale diagnosis of the last run"
                 self.last_run = action.run
                 self.pending_spawn = action.run

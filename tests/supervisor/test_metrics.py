@@ -35,7 +35,7 @@ def _scrape(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], fl
 
 
 def test_every_contract_name_exists_before_any_event(sup: FakeSupervisor) -> None:
-    """Every CONTRACT section 5 series exists at scrape one, counters at 0, for every model."""
+    """Every series of docs/design/contract.md section 5 exists at scrape one, counters at 0, for every model."""
     parsed = _scrape(Metrics(sup))
     names = {name for name, _ in parsed}
     for name in CONTRACT_NAMES - {"llm_supervisor_health_check_duration_seconds"}:
@@ -103,7 +103,7 @@ def test_probes_count_and_fill_the_histogram(sup: FakeSupervisor) -> None:
 
 
 def test_models_added_later_get_series(sup: FakeSupervisor) -> None:
-    """A model that appears after the metrics were built is exported too (PRIOR_ART 10)."""
+    """A model that appears after the metrics were built is exported too (docs/design/defects.md #10)."""
     metrics = Metrics(sup)
     sup.set_status("late", State.STARTING)
     parsed = _scrape(metrics)

@@ -187,7 +187,7 @@ async def test_hang_is_found_after_threshold_probes_and_restarted(make: Callable
 
 
 async def test_slow_start_is_probed_until_healthy_and_not_killed(make: Callable[..., Harness]) -> None:
-    """A model that loads for 300 s is probed every second and never killed (PRIOR_ART 2)."""
+    """A model that loads for 300 s is probed every second and never killed (docs/design/defects.md #2)."""
     h = make(healthy=lambda t: t >= 300)
     await h.clock.advance(400)
     assert h.times(EventKind.HEALTHY) == [300]
@@ -219,7 +219,7 @@ async def test_ignored_sigterm_is_followed_by_sigkill_after_stop_timeout(make: C
 
 
 async def test_stop_sticks_under_always(make: Callable[..., Harness]) -> None:
-    """After an operator's stop, `always` starts nothing until the next start (PRIOR_ART 9)."""
+    """After an operator's stop, `always` starts nothing until the next start (docs/design/defects.md #9)."""
     h = make(restart_policy=RestartPolicy.ALWAYS)
     await h.clock.advance(5)
     await h.owner.request(StopRequested(force=True))
@@ -231,7 +231,7 @@ async def test_stop_sticks_under_always(make: Callable[..., Harness]) -> None:
 
 
 async def test_many_concurrent_restarts_make_one_new_run(make: Callable[..., Harness]) -> None:
-    """Fifty restart requests sent at once end with exactly one new run (PRIOR_ART 7)."""
+    """Fifty restart requests sent at once end with exactly one new run (docs/design/defects.md #7)."""
     h = make()
     await h.clock.advance(5)
     replies = await asyncio.gather(*(h.owner.request(RestartRequested()) for _ in range(50)))
@@ -241,7 +241,7 @@ async def test_many_concurrent_restarts_make_one_new_run(make: Callable[..., Har
 
 
 async def test_spawn_failure_is_counted_until_the_budget_is_spent(make: Callable[..., Harness]) -> None:
-    """A command that cannot start is retried on the schedule and ends failed (PRIOR_ART 3)."""
+    """A command that cannot start is retried on the schedule and ends failed (docs/design/defects.md #3)."""
     h = make(budget=Budget(2, None))
     h.runtime.fail_spawn = True
     await h.clock.advance(100)
@@ -250,7 +250,7 @@ async def test_spawn_failure_is_counted_until_the_budget_is_spent(make: Callable
 
 
 async def test_restart_waits_for_the_old_group(make: Callable[..., Harness]) -> None:
-    """With orphans still alive after the leader's exit, the next run waits until they are gone (PRIOR_ART 5)."""
+    """Orphans alive after the leader's exit: the next run waits until they are gone (docs/design/defects.md #5)."""
     h = make(backoff=Backoff(0, 2, 300, 0, 600))
     await h.clock.advance(2)
     run = h.runtime.runs[0]
@@ -265,7 +265,7 @@ async def test_restart_waits_for_the_old_group(make: Callable[..., Harness]) -> 
 
 
 async def test_output_finding_sets_cuda_oom_for_this_run_only(make: Callable[..., Harness]) -> None:
-    """A CUDA OOM line marks the run; the next run starts with the flag cleared (PRIOR_ART 11)."""
+    """A CUDA OOM line marks the run; the next run starts with the flag cleared (docs/design/defects.md #11)."""
     h = make()
     await h.clock.advance(1)
     h.runtime.runs[0].sink(Stream.STDERR, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.")
