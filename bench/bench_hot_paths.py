@@ -18,8 +18,8 @@ from supervisor.core.diagnosis import RunDiagnosis, classify_line
 from supervisor.core.states import EventKind, State
 from supervisor.core.views import TimelineEvent
 from supervisor.runtime.base import Stream
-from supervisor.store.journal import Journal
 from supervisor.store.base import PersistedModel
+from supervisor.store.journal import Journal
 from supervisor.store.logs import LogWriter
 from supervisor.store.redact import Redactor
 
