@@ -17,14 +17,15 @@ The rules, in order:
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import hmac
 import json
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from supervisor.config.schema import GatewaySettings
@@ -34,6 +35,8 @@ from supervisor.gateway.metrics import GatewayMetrics
 from supervisor.gateway.names import ServedNames
 from supervisor.gateway.upstream import Answer, BrokenBody, NoResponse, Pool
 from supervisor.loop.model import Replica, SupervisedModel
+
+T = TypeVar("T")
 
 JSON = [(b"content-type", b"application/json")]
 # Not passed on in either direction: they describe one connection, not the message.
@@ -171,62 +174,73 @@ class Forwarder:
         return min(ready, key=lambda r: r.in_flight, default=None)
 
     async def _attempt(self, journey: Journey, replica: Replica) -> Response | None:
-        """Send the request to one replica: its answer, or None to try again elsewhere."""
+        """Send the request to one replica: its answer, or None to try again elsewhere.
+
+        With `progress_timeout`, no wait on the server (for the head, the body, or the first chunk of a
+        stream) lasts longer than that: a hung server fails the request over instead of holding it."""
         run = (replica.index, replica.owner.snapshot.run)
+        limit = journey.target.cfg.progress_timeout
         pool = self.pool(replica)
         name = self._names.first(journey.target.id) or await self._names.learn(journey.target.id, pool)
         body = json.dumps({**journey.payload, "model": name} if name else journey.payload).encode()
+        headers = [(b"host", pool.host.encode()), *journey.headers]
         replica.started_request(self._clock())
         handed_on = False
         try:
-            try:
-                answer = await pool.request(
-                    "POST", journey.path, [(b"host", pool.host.encode()), *journey.headers], body
-                )
-            except NoResponse as exc:
-                self._retry_elsewhere(journey, run, exc.reason, str(exc))
-                return None
+            answer = await _within(limit, pool.request("POST", journey.path, headers, body))
             if answer.status >= 500 and self._another_ready(journey, run):
-                await _drain(answer)
+                await _within(limit, _read_all(answer.chunks()))
                 self._retry_elsewhere(journey, run, f"http_{answer.status}", f"HTTP {answer.status}")
                 return None
-            headers = self._answer_headers(journey, answer)
             if not journey.streaming or answer.status != 200:
-                try:
-                    body = await answer.read()
-                except BrokenBody as exc:
-                    self._retry_elsewhere(journey, run, "broken", str(exc))
-                    return None
+                content = await _within(limit, _read_all(answer.chunks()))
                 replica.progressed(self._clock())
-                return Response(answer.status, headers, body)
+                return Response(answer.status, self._answer_headers(journey, answer), content)
             chunks = answer.chunks()
             try:
-                first = await anext(
-                    chunks
-                )  # the head waits for the first chunk, so a stream broken before it is retried
-            except (BrokenBody, StopAsyncIteration) as exc:
+                # The head waits for the first chunk, so a stream that breaks before it is retried.
+                first = await _within(limit, anext(chunks))
+            except BaseException:
                 await chunks.aclose()
-                self._retry_elsewhere(journey, run, "broken", str(exc) or "the stream ended before any data")
-                return None
+                raise
             replica.progressed(self._clock())
             handed_on = True
-            return Response(answer.status, headers, stream=self._relay(journey, replica, first, chunks))
+            stream = self._relay(journey, replica, first, chunks)
+            return Response(answer.status, self._answer_headers(journey, answer), stream=stream)
+        except NoResponse as exc:
+            self._retry_elsewhere(journey, run, exc.reason, str(exc))
+        except BrokenBody as exc:
+            self._retry_elsewhere(journey, run, "broken", str(exc))
+        except StopAsyncIteration:
+            self._retry_elsewhere(journey, run, "broken", "the stream ended before any data")
+        except TimeoutError:
+            self._retry_elsewhere(journey, run, "timeout", f"no answer within progress_timeout ({limit:g}s)")
         finally:
             if not handed_on:
                 replica.finished_request()
+        return None
 
     async def _relay(
         self, journey: Journey, replica: Replica, first: bytes, chunks: AsyncGenerator[bytes, None]
     ) -> AsyncGenerator[bytes, None]:
+        limit = journey.target.cfg.progress_timeout
         try:
             yield first
-            try:
-                async for chunk in chunks:
-                    replica.progressed(self._clock())
-                    yield chunk
-            except BrokenBody as exc:
-                # Bytes already reached the client: it cannot be retried, and must not look complete.
-                yield error_event(f"the model server's stream broke: {exc}", 502)
+            while True:
+                # Bytes already reached the client: a broken or stalled stream cannot be retried, and
+                # must not look complete.
+                try:
+                    chunk = await _within(limit, anext(chunks))
+                except StopAsyncIteration:
+                    return
+                except BrokenBody as exc:
+                    yield error_event(f"the model server's stream broke: {exc}", 502)
+                    return
+                except TimeoutError:
+                    yield error_event(f"the model server sent nothing for {limit:g}s (progress_timeout)", 504)
+                    return
+                replica.progressed(self._clock())
+                yield chunk
         finally:
             await chunks.aclose()
             replica.finished_request()
@@ -313,9 +327,17 @@ def _seconds_to_restart(model: SupervisedModel, now: float) -> float | None:
     return min(due) - now if due else None
 
 
-async def _drain(answer: Answer) -> None:
-    with contextlib.suppress(BrokenBody):
-        await answer.read()
+async def _read_all(chunks: AsyncGenerator[bytes, None]) -> bytes:
+    """A whole body; closing the generator on any way out drops a connection whose answer was cut off."""
+    try:
+        return b"".join([chunk async for chunk in chunks])
+    finally:
+        await chunks.aclose()
+
+
+async def _within(limit: float | None, awaitable: Awaitable[T]) -> T:
+    """Await, for at most `limit` seconds when one is set (TimeoutError past it)."""
+    return await (awaitable if limit is None else asyncio.wait_for(awaitable, limit))
 
 
 def _error(status: int, message: str, param: str | None = None) -> Response:

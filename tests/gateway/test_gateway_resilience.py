@@ -185,3 +185,50 @@ async def test_request_metrics_count_codes_retries_and_time(serve: Serve) -> Non
     retries = {k[1]: v for k, v in samples.items() if k[0] == "llm_supervisor_gateway_retries_total"}
     assert sum(retries.values()) >= 1
     assert samples[("llm_supervisor_gateway_in_flight", (("model", "q"),))] == 0
+
+
+async def test_a_hung_replica_never_holds_a_request_past_progress_timeout(serve: Serve) -> None:
+    """No restart policy to rescue it: requests to the stalled replica fail over after progress_timeout,
+    and a stream it stalls mid-way ends with an error event and [DONE] instead of hanging."""
+    # Generous for a loaded 2-core machine: a slow first token must not read as a stall.
+    entry = replicated(2, "--itl", "0.05", restart_policy="no", progress_timeout=2.0)
+    async with serve({"q": entry}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q", 2), 20, "both replicas healthy")
+        port = entry["ports"][0]
+        async with httpx.AsyncClient() as admin:
+            stall = await admin.post(f"http://127.0.0.1:{port}/admin/faults", json={"stall_after": 0})
+            assert stall.status_code == 200
+        answers = [await s.client.post("/v1/completions", json={"model": "q", **COMPLETION}) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200] * 4
+        s.fleet.model("q").replicas[1].in_flight += 100  # steer the stream to the stalled replica 0
+        lines: list[str] = []
+        body = {"model": "q", "prompt": "hi", "max_tokens": 50, "stream": True}
+        started = asyncio.get_running_loop().time()
+        async with s.client.stream("POST", "/v1/completions", json=body) as response:
+            status = response.status_code
+            lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+        waited = asyncio.get_running_loop().time() - started
+        s.fleet.model("q").replicas[1].in_flight -= 100
+    assert status == 200  # served by replica 1 after replica 0's run failed the attempt
+    assert lines[-1] == "data: [DONE]"
+    assert waited < 15
+
+
+async def test_a_stream_that_stalls_mid_way_ends_with_an_error_event(serve: Serve) -> None:
+    """Tokens flow, then the engine stalls: after progress_timeout the client gets an error event and [DONE]."""
+    entry = fake_model("--itl", "0.05", restart_policy="no", progress_timeout=2.0)
+    async with serve({"q": entry}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q"), 20, "q healthy")
+        port = entry["args"][entry["args"].index("--port") + 1]
+        body = {"model": "q", "prompt": "hi", "max_tokens": 200, "stream": True}
+        lines: list[str] = []
+        async with s.client.stream("POST", "/v1/completions", json=body) as response, httpx.AsyncClient() as admin:
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+                if len(lines) == 3:
+                    await admin.post(f"http://127.0.0.1:{port}/admin/faults", json={"stall_after": 0})
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2].removeprefix("data: "))["error"]
+    assert (error["code"], "sent nothing for 2s" in error["message"]) == (504, True)
+    assert len(lines) < 200
