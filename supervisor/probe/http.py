@@ -1,41 +1,20 @@
-"""HTTP health probe of one model server; returns a result and never raises.
+"""The former httpx health probe, kept only until the fleet uses `HttpProbe` (supervisor.probe.client).
 
-A probe asks the server root's `/health` (vLLM answers 200, or 503 once its engine is dead). A server
-without `/health` (404) is asked `GET /v1/models` instead. The root is used even when the configured
-base_url ends in `/v1`: probing `{base_url}/health` meant `/v1/health`, a 404 on vLLM, and every model
-restart-looped (PRIOR_ART 1). `timeout` bounds the whole probe, fallback included, because the caller
-schedules the next probe from it.
+Same questions and the same messages as `HttpProbe`, on a caller's httpx client. `ProbeResult` and
+`server_root` moved to supervisor.probe.result and are re-exported here for the modules that import them
+from this path. Delete this module once nothing calls `probe`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import httpx
 
-HEALTH_PATH = "/health"
-FALLBACK_PATH = "/v1/models"
+from supervisor.probe.result import FALLBACK_PATH, HEALTH_PATH, ProbeResult, server_root
 
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """The outcome of one probe. `message` says why it failed, in words for an operator (None when ok)."""
-
-    ok: bool
-    message: str | None
-    status_code: int | None
-    duration: float
-    url: str
-
-
-def server_root(root_url: str) -> str:
-    """The server root of a base URL: no trailing slash, no trailing `/v1`."""
-    root = root_url.rstrip("/")
-    if root.endswith("/v1"):
-        root = root[: -len("/v1")]
-    return root
+__all__ = ["ProbeResult", "probe", "server_root"]
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
