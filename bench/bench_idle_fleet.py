@@ -33,7 +33,6 @@ from pathlib import Path
 
 import psutil
 
-import supervisor.loop.probes
 from supervisor.config.schema import parse_config
 from supervisor.core.states import State
 from supervisor.loop.fleet import Fleet
@@ -175,37 +174,11 @@ class ProbeCounter:
         self.probes[0] += 1
 
 
-class HttpProbes:
-    """Stands in for the fleet's httpx-based ProbeClients until the fleet builds HttpProbe itself."""
-
-    def __init__(self) -> None:
-        self._probes: dict[str, HttpProbe] = {}
-
-    def prober(self, model_id: str, root: str) -> HttpProbe:
-        if model_id not in self._probes:
-            self._probes[model_id] = HttpProbe(root)
-        return self._probes[model_id]
-
-    async def aclose(self) -> None:
-        await asyncio.gather(*(probe.aclose() for probe in self._probes.values()))
-
-
-def fleet_probe_client(fleet: Fleet) -> str:
-    """Make sure the fleet probes with HttpProbe; say how."""
-    if hasattr(supervisor.loop.probes, "HttpProbe"):
-        return "HttpProbe, as the fleet builds it"
-    if not hasattr(fleet, "_probes"):
-        raise SystemExit("the fleet keeps its probes elsewhere now: update fleet_probe_client()")
-    fleet._probes = HttpProbes()  # type: ignore[assignment]  # before any model is added
-    return "HttpProbe, swapped in by this bench (the fleet still builds httpx probes)"
-
-
 async def measure(models: int, seconds: float, profile: str | None, alone: bool) -> None:
     ports = free_ports(models)
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_config({"supervisor": {"state_dir": tmp}, "llmModels": fleet_config(ports)}, "bench")
         fleet = Fleet(config)
-        how = fleet_probe_client(fleet)
         counter = ProbeCounter()
         fleet.add_observer(counter)
         await fleet.start()
@@ -213,7 +186,7 @@ async def measure(models: int, seconds: float, profile: str | None, alone: bool)
             began = time.monotonic()
             while not all(s.state is State.HEALTHY for s in fleet.statuses()):
                 await asyncio.sleep(0.5)
-            print(f"{models} models healthy after {time.monotonic() - began:.1f} s; probes: {how}")
+            print(f"{models} models healthy after {time.monotonic() - began:.1f} s")
             profiler = cProfile.Profile(time.process_time) if profile else None  # CPU, not waits
             with measured(counter.probes) as usage:
                 if profiler:

@@ -40,7 +40,7 @@ from supervisor.core.machine_types import (
     next_deadline,
 )
 from supervisor.core.states import Cause, State
-from supervisor.probe.http import ProbeResult
+from supervisor.probe import ProbeResult
 from supervisor.runtime.base import Run, Runtime, SpawnError, Stream
 
 log = logging.getLogger(__name__)

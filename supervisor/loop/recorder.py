@@ -18,7 +18,7 @@ from supervisor.loop.model import parse_unit
 from supervisor.loop.observer import Observer
 from supervisor.loop.owner import RunView
 from supervisor.loop.persistence import persisted_state
-from supervisor.probe.http import ProbeResult
+from supervisor.probe import ProbeResult
 from supervisor.runtime.base import Stream
 from supervisor.store.base import PersistedModel, Store, StoreError
 from supervisor.store.logs import LogWriter

@@ -28,7 +28,7 @@ from supervisor.core.policy import Backoff, Budget, RestartPolicy
 from supervisor.core.states import EventKind, ExitStatus, State
 from supervisor.loop.owner import ModelOwner, RunView
 from supervisor.loop.status_view import CONTAINER_OOM_ADVICE, build_status
-from supervisor.probe.http import ProbeResult
+from supervisor.probe import ProbeResult
 from supervisor.runtime.base import LineSink, SpawnError, Stream
 from tests.supervisor.test_machine import make_settings
 
