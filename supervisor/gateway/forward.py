@@ -81,6 +81,7 @@ class Forwarder:
         metrics: GatewayMetrics,
         names: ServedNames,
         api_key: str | None,
+        on_stall: Callable[[Replica, str], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._models = models
@@ -88,6 +89,7 @@ class Forwarder:
         self._metrics = metrics
         self._names = names
         self._api_key = api_key
+        self._on_stall = on_stall  # a request saw no progress for progress_timeout: tell the replica's owner
         self._clock = clock
         self._pools: dict[tuple[str, int, bool], Pool] = {}
 
@@ -214,7 +216,9 @@ class Forwarder:
         except StopAsyncIteration:
             self._retry_elsewhere(journey, run, "broken", "the stream ended before any data")
         except TimeoutError:
-            self._retry_elsewhere(journey, run, "timeout", f"no answer within progress_timeout ({limit:g}s)")
+            detail = f"no output for {limit:g}s from a request in flight"
+            self._on_stall(replica, detail)
+            self._retry_elsewhere(journey, run, "timeout", detail)
         finally:
             if not handed_on:
                 replica.finished_request()
@@ -237,6 +241,7 @@ class Forwarder:
                     yield error_event(f"the model server's stream broke: {exc}", 502)
                     return
                 except TimeoutError:
+                    self._on_stall(replica, f"no output for {limit:g}s from a request in flight")
                     yield error_event(f"the model server sent nothing for {limit:g}s (progress_timeout)", 504)
                     return
                 replica.progressed(self._clock())

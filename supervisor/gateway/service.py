@@ -24,6 +24,7 @@ from supervisor.gateway.http11 import HttpServer
 from supervisor.gateway.metrics import GatewayMetrics
 from supervisor.gateway.names import ServedNames
 from supervisor.loop.fleet import Fleet
+from supervisor.loop.model import Replica
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Gateway:
             metrics=GatewayMetrics(registry),
             names=self._names,
             api_key=api_key,
+            on_stall=self._report_stall,
         )
         self._server = HttpServer(self.forwarder.handle)
         self._tasks: set[asyncio.Task[object]] = set()
@@ -90,14 +92,19 @@ class Gateway:
             if limit is None:
                 continue
             for replica in model.replicas:
-                snap = replica.owner.snapshot
-                unit = replica.owner.model_id
-                stalled = replica.in_flight > 0 and snap.state is State.HEALTHY and now - replica.progress_at > limit
-                if stalled and self._stalls_reported.get(unit) != snap.run:
-                    self._stalls_reported[unit] = snap.run
-                    detail = f"no output for {limit:g}s from {replica.in_flight} request(s) in flight"
-                    log.warning("%s: %s", unit, detail)
-                    replica.owner.post(Stalled(snap.run, detail))
+                if replica.in_flight > 0 and now - replica.progress_at > limit:
+                    self._report_stall(
+                        replica, f"no output for {limit:g}s from {replica.in_flight} request(s) in flight"
+                    )
+
+    def _report_stall(self, replica: Replica, detail: str) -> None:
+        """Tell the replica's owner once per run; the machine decides what a stall means in its state."""
+        snap = replica.owner.snapshot
+        unit = replica.owner.model_id
+        if snap.state is State.HEALTHY and self._stalls_reported.get(unit) != snap.run:
+            self._stalls_reported[unit] = snap.run
+            log.warning("%s: %s", unit, detail)
+            replica.owner.post(Stalled(snap.run, detail))
 
     def _spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
