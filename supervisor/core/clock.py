@@ -10,7 +10,13 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from typing import Protocol
+
+
+class Timer(Protocol):
+    def cancel(self) -> object:
+        """Do not call the callback (no effect once it ran)."""
 
 
 class Clock(Protocol):
@@ -22,6 +28,9 @@ class Clock(Protocol):
 
     async def sleep_until(self, deadline: float) -> None:
         """Return once `now() >= deadline`."""
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
+        """Call `callback` from the event loop once `now() >= deadline`; no task is made for the wait."""
 
 
 class RealClock:
@@ -35,6 +44,10 @@ class RealClock:
         delay = deadline - self.now()
         if delay > 0:
             await asyncio.sleep(delay)
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
+        # The event loop's own clock is time.monotonic, the scale of `now()`.
+        return asyncio.get_running_loop().call_at(deadline, callback)
 
 
 class VirtualClock:
@@ -62,6 +75,16 @@ class VirtualClock:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._order), future))
         await future
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
+        """Like a sleeper: called when `advance` passes `deadline` (at once, on the loop, if it has passed)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda done: None if done.cancelled() else callback())
+        if deadline <= self._now:
+            future.set_result(None)
+        else:
+            heapq.heappush(self._sleepers, (deadline, next(self._order), future))
+        return future
 
     def next_deadline(self) -> float | None:
         """The earliest deadline anyone sleeps on, or None."""

@@ -320,6 +320,18 @@ class Machine:
         s = self.settings
         interval = s.startup_probe_interval if snap.state is State.STARTING else s.health_check_interval
         started = snap.probe_started_at if snap.probe_started_at is not None else now
+        if event.ok and snap.state is State.HEALTHY:
+            # The common case at rest, in one copy of the snapshot: a healthy model answered again.
+            return Step(
+                replace(
+                    snap,
+                    probe_in_flight=False,
+                    next_probe_at=max(now, started + interval),
+                    last_probe_at=now,
+                    health_message=None,
+                    consecutive_failures=0,
+                )
+            )
         snap = replace(
             snap,
             probe_in_flight=False,
@@ -328,8 +340,6 @@ class Machine:
             health_message=message,
         )
         if event.ok:
-            if snap.state is State.HEALTHY:
-                return Step(replace(snap, consecutive_failures=0))
             # edge: starting/unhealthy -> healthy
             snap = replace(
                 snap,

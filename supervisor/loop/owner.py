@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from supervisor.core.clock import Clock
+from supervisor.core.clock import Clock, Timer
 from supervisor.core.diagnosis import Finding, RunDiagnosis, classify_line
 from supervisor.core.machine import Machine
 from supervisor.core.machine_types import (
@@ -101,6 +101,8 @@ class ModelOwner:
         self._probe = probe
         self._reports = reports
         self._inbox: asyncio.Queue[_Request] = asyncio.Queue()
+        self._timer: Timer | None = None  # posts a Tick at the earliest deadline of the snapshot
+        self._timer_at: float | None = None
         self._helpers: set[asyncio.Task[None]] = set()
         self._settled = asyncio.Event()
         self._update_settled()
@@ -139,26 +141,31 @@ class ModelOwner:
                 if request and request.reply and not request.reply.done():
                     request.reply.set_result(reply or Reply(True, "done"))
         finally:
+            self._arm(None)
             for task in list(self._helpers):
                 task.cancel()
 
     async def _next(self, deadline: float | None) -> _Request | None:
+        """The next event, or None (a Tick) once `deadline` passed. The deadline is a timer callback that
+        posts a Tick, so a wait costs no task: at rest a model wakes only for its probes."""
         if not self._inbox.empty():
             return self._inbox.get_nowait()
         if deadline is not None and deadline <= self._clock.now():
             return None
-        getter = asyncio.ensure_future(self._inbox.get())
-        if deadline is None:
-            return await getter
-        sleeper = asyncio.ensure_future(self._clock.sleep_until(deadline))
-        try:
-            await asyncio.wait((getter, sleeper), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            if not getter.done():
-                getter.cancel()
-        # A get that completed alongside the timer still holds an item: never drop it.
-        return getter.result() if getter.done() and not getter.cancelled() else None
+        self._arm(deadline)
+        return await self._inbox.get()
+
+    def _arm(self, deadline: float | None) -> None:
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = None if deadline is None else self._clock.call_at(deadline, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer, self._timer_at = None, None
+        self.post(Tick())
 
     async def _apply(self, event: Event) -> Reply | None:
         if isinstance(event, Exited) and self.run is not None and self.run.number == event.run:

@@ -159,3 +159,35 @@ async def test_virtual_clock_refuses_to_go_backwards() -> None:
     await clock.advance(3)
     await task
     assert woke == [13.0]
+
+
+async def test_real_clock_calls_back_at_the_deadline_never_before() -> None:
+    """call_at runs the callback on the loop once now() passed the deadline; a cancelled one never runs."""
+    clock = RealClock()
+    called: list[float] = []
+    done = asyncio.Event()
+    deadline = clock.now() + 0.05
+    clock.call_at(deadline, lambda: (called.append(clock.now()), done.set()))
+    cancelled = clock.call_at(deadline, lambda: called.append(-1.0))
+    cancelled.cancel()
+    await asyncio.wait_for(done.wait(), 5)
+    await asyncio.sleep(0)
+    assert len(called) == 1
+    assert deadline <= called[0] < deadline + LATE_TOLERANCE
+
+
+async def test_virtual_clock_calls_back_when_advanced_past_the_deadline() -> None:
+    """Callbacks run in deadline order as advance() passes them; a past deadline runs at once; cancel stops one."""
+    clock = VirtualClock()
+    order: list[tuple[str, float]] = []
+    clock.call_at(3, lambda: order.append(("three", clock.now())))
+    clock.call_at(1, lambda: order.append(("one", clock.now())))
+    dropped = clock.call_at(2, lambda: order.append(("two", clock.now())))
+    dropped.cancel()
+    await clock.advance(0.5)
+    assert order == []
+    await clock.advance(5)
+    assert order == [("one", 1.0), ("three", 3.0)]
+    clock.call_at(1, lambda: order.append(("late", clock.now())))
+    await settle()
+    assert order[-1] == ("late", 5.5)
