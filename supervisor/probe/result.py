@@ -3,7 +3,7 @@
 A probe asks the server root's `/health` (vLLM answers 200, or 503 once its engine is dead). A server
 without `/health` (404) is asked `GET /v1/models` instead. The root is used even when the configured
 base_url ends in `/v1`: probing `{base_url}/health` meant `/v1/health`, a 404 on vLLM, and every model
-restart-looped (PRIOR_ART 1).
+restart-looped (docs/design/defects.md #1).
 """
 
 from __future__ import annotations

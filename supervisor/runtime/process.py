@@ -3,7 +3,7 @@
 Why it is built this way:
 - The leader starts in a new session (`start_new_session=True`), so its pid is also its process group id and
   every child it forks (vLLM's EngineCore, tensor-parallel workers) is in that group. Stop signals go to the
-  group (PRIOR_ART 5). Limit, shared by every pgid-based supervisor: a descendant that calls `setsid()` or
+  group (docs/design/defects.md #5). Limit, shared by every pgid-based supervisor: a descendant that calls `setsid()` or
   `setpgid()` itself leaves the group and escapes the group signals.
 - The leader is started with a plain `subprocess.Popen` (vfork + exec, ~0.3 ms) and its exit is awaited through
   a pidfd registered with `loop.add_reader`: the loop wakes the moment the leader dies, and reaps it there.

@@ -186,7 +186,7 @@ async def test_health_200_is_healthy() -> None:
 
 
 async def test_prior_art_1_health_url_built_wrong_never_probes_v1_health() -> None:
-    """PRIOR_ART 1: a base_url ending in /v1 is probed at the root /health, never /v1/health."""
+    """A base_url ending in /v1 is probed at the root /health, never /v1/health (docs/design/defects.md #1)."""
     async with HealthServer({"/health": (200, 0.0), "/v1/health": (404, 0.0)}) as server:
         for base_url in (f"{server.url}/v1", f"{server.url}/v1/", f"{server.url}/", server.url):
             result = await probe_once(base_url)
