@@ -232,3 +232,21 @@ async def test_a_stream_that_stalls_mid_way_ends_with_an_error_event(serve: Serv
     error = json.loads(lines[-2].removeprefix("data: "))["error"]
     assert (error["code"], "sent nothing for 2s" in error["message"]) == (504, True)
     assert len(lines) < 200
+
+
+async def test_retries_are_bounded_by_max_attempts(serve: Serve) -> None:
+    """Three replicas that all fail with 500: one request makes exactly max_attempts tries, each on another
+    replica, then the last 500 is passed through (no retry storm on a fleet that is already failing)."""
+    entry = replicated(3, "--error-rate", "1.0")
+    async with serve({"q": entry}, gateway={"max_attempts": 2}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q", 3), 20, "three replicas healthy")
+        response = await s.client.post("/v1/completions", json={"model": "q", **COMPLETION})
+        async with httpx.AsyncClient() as admin:
+            counts = [
+                (await admin.get(f"http://127.0.0.1:{port}/admin/stats")).json()["injected"]["request_errors"]
+                for port in entry["ports"]
+            ]
+    assert response.status_code == 500
+    assert "injected request failure" in response.json()["error"]["message"]
+    assert sum(counts) == 2
+    assert max(counts) == 1  # the second try went to another replica
