@@ -29,6 +29,7 @@ from supervisor.core.states import EventKind
 from supervisor.core.views import TimelineEvent
 from supervisor.gateway.service import Gateway
 from supervisor.loop.fleet import Fleet
+from supervisor.loop.model import unit_name
 from supervisor.store.journal import JOURNAL_FILENAME, Journal, JournalError
 
 LOCK_FILENAME = "supervisor.lock"
@@ -52,12 +53,12 @@ class EventPrinter:
 
     def on_event(self, event: TimelineEvent) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.time))
-        line = f"{stamp} {event.model_id}: {event.kind}"
+        line = f"{stamp} {unit_name(event.model_id, event.replica)}: {event.kind}"
         if event.state.value != event.kind.value:  # "healthy -> healthy" says nothing twice
             line += f" -> {event.state}"
         if event.detail:
-            unit = " s" if event.kind is EventKind.BACKOFF else ""  # the backoff detail is a delay in seconds
-            line += f" ({event.detail}{unit})"
+            seconds = " s" if event.kind is EventKind.BACKOFF else ""  # the backoff detail is a delay in seconds
+            line += f" ({event.detail}{seconds})"
         if event.reason:
             line += f" [reason: {event.reason}]"
         print(line, file=self._out, flush=True)
