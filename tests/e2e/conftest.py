@@ -48,6 +48,16 @@ def fake_model(*flags: str, **keys: Any) -> dict[str, Any]:
     return entry
 
 
+def replicated(count: int = 2, *flags: str, **keys: Any) -> dict[str, Any]:
+    """A model of `count` fake-vllm replicas on free ports ("{port}" in args and base_url), timed like fake_model."""
+    entry = fake_model(*flags, **keys)
+    entry["args"] = ["serve", "test-model", "--port", "{port}", *flags]
+    entry["endpoints"] = {"base_url": "http://127.0.0.1:{port}/v1"}
+    entry["replicas"] = count
+    entry["ports"] = [free_port() for _ in range(count)]
+    return entry
+
+
 def script_model(code: str, **keys: Any) -> dict[str, Any]:
     """A model entry running a small Python program (process liveness only: no endpoint)."""
     entry: dict[str, Any] = {"command": sys.executable, "args": ["-c", code], "restart_delay": 0.1, "stop_timeout": 2}

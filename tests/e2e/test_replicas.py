@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
 
 import httpx
 import pytest
@@ -13,29 +12,9 @@ from supervisor.api.app import create_app
 from supervisor.api.metrics import Metrics
 from supervisor.core.states import EventKind, State
 from supervisor.loop.fleet import Fleet, UnknownReplica
-from tests.e2e.conftest import FAKE_VLLM, Supervised, free_port, wait_until
+from tests.e2e.conftest import Supervised, replicated, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def replicated(count: int = 2, **keys: Any) -> dict[str, Any]:
-    ports = [free_port() for _ in range(count)]
-    entry: dict[str, Any] = {
-        "command": FAKE_VLLM,
-        "args": ["serve", "test-model", "--port", "{port}"],
-        "endpoints": {"base_url": "http://127.0.0.1:{port}/v1"},
-        "replicas": count,
-        "ports": ports,
-        "restart_delay": 0.2,
-        "health_check_interval": 0.2,
-        "health_check_timeout": 0.5,
-        "health_failure_threshold": 2,
-        "startup_probe_interval": 0.1,
-        "startup_timeout": 20,
-        "stop_timeout": 3,
-    }
-    entry.update(keys)
-    return entry
 
 
 def pids(sup: Fleet) -> list[int | None]:

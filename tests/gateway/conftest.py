@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry
 from supervisor.config.schema import parse_config
 from supervisor.gateway.service import Gateway
 from supervisor.loop.fleet import Fleet
-from tests.e2e.conftest import FAKE_VLLM, fake_model, free_port, no_leftovers, wait_until
+from tests.e2e.conftest import FAKE_VLLM, fake_model, free_port, no_leftovers, replicated, wait_until
 
-__all__ = ["FAKE_VLLM", "fake_model", "free_port", "no_leftovers", "wait_until"]
+__all__ = ["FAKE_VLLM", "fake_model", "free_port", "no_leftovers", "replicated", "wait_until"]
 
 
 @dataclass
@@ -28,16 +28,6 @@ class Served:
     client: httpx.AsyncClient
     registry: CollectorRegistry
     url: str
-
-
-def replicated(count: int = 2, *flags: str, **keys: Any) -> dict[str, Any]:
-    """A model of `count` fake-vllm replicas on free ports, with short timings suited to tests."""
-    entry = fake_model(*flags, **keys)
-    entry["args"] = ["serve", "test-model", "--port", "{port}", *flags]
-    entry["endpoints"] = {"base_url": "http://127.0.0.1:{port}/v1"}
-    entry["replicas"] = count
-    entry["ports"] = [free_port() for _ in range(count)]
-    return entry
 
 
 Serve = Callable[..., Any]
