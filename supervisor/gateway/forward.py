@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import math
 import time
 import uuid
@@ -37,6 +38,8 @@ from supervisor.gateway.upstream import Answer, BrokenBody, NoResponse, Pool
 from supervisor.loop.model import Replica, SupervisedModel
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 JSON = [(b"content-type", b"application/json")]
 # Not passed on in either direction: they describe one connection, not the message.
@@ -107,7 +110,11 @@ class Forwarder:
 
     async def handle(self, request: Request) -> Response:
         request_id = (request.header(b"x-request-id") or uuid.uuid4().hex.encode()).decode(errors="replace")
-        answered = await self._answer(request, request_id)
+        try:
+            answered = await self._answer(request, request_id)
+        except Exception:  # a bug must cost one request an error, never the connection or the gateway
+            log.exception("gateway: request %s failed", request_id)
+            answered = _error(500, f"internal error in the gateway (request {request_id}); see the supervisor's log")
         answered.headers.append((b"x-request-id", request_id.encode()))
         return answered
 
@@ -140,6 +147,9 @@ class Forwarder:
         self._metrics.in_flight.labels(model.id).inc()
         try:
             response = await self._route(journey)
+        except BaseException:
+            self._metrics.in_flight.labels(model.id).dec()
+            raise
         finally:
             if journey.held:
                 self._metrics.held.labels(model.id).observe(journey.held)

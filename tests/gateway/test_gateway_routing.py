@@ -119,3 +119,23 @@ async def test_a_stopped_model_is_503_at_once_with_no_retry_after(serve: Serve) 
     assert response.status_code == 503
     assert "qwen is stopped: start it" in response.json()["error"]["message"]
     assert "retry-after" not in response.headers
+
+
+async def test_a_bug_costs_one_request_a_500_never_the_gateway(serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception inside routing answers that request 500 in vLLM's shape; the next request is served."""
+    async with serve({"qwen": fake_model()}) as s:
+        await wait_until(lambda: healthy(s.fleet, "qwen"), 20, "qwen healthy")
+        forwarder = s.gateway.forwarder
+        real_route = forwarder._route
+
+        async def broken(journey: object) -> object:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(forwarder, "_route", broken)
+        failed = await s.client.post("/v1/completions", json={"model": "qwen", "prompt": "hi"})
+        monkeypatch.setattr(forwarder, "_route", real_route)
+        served = await s.client.post("/v1/completions", json={"model": "qwen", "prompt": "hi"})
+    assert failed.status_code == 500
+    assert "internal error in the gateway" in failed.json()["error"]["message"]
+    assert failed.headers["x-request-id"] in failed.json()["error"]["message"]
+    assert served.status_code == 200
