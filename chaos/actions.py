@@ -29,6 +29,7 @@ from chaos.steps import (
     FaultStep,
     HangStep,
     KillStep,
+    ModelRef,
     NetStep,
     NoneStep,
     OomStep,
@@ -38,7 +39,7 @@ from chaos.steps import (
     SupervisorStep,
     step_model,
 )
-from chaos.target import SupervisorProcess
+from chaos.target import SupervisorProcess, Unit
 
 Revert = Callable[[], Awaitable[str]]
 
@@ -65,16 +66,18 @@ class Context:
     local: bool  # the harness started the target itself
     allow_process_actions: bool  # local, or the scenario's remote.allow_process_actions
     supervisor: SupervisorProcess | None = None
-    proxies: dict[str, FaultProxy] = field(default_factory=dict)
-    server_urls: dict[str, str] = field(default_factory=dict)  # fake-vllm's own URL per model (local)
+    proxies: dict[Unit, FaultProxy] = field(default_factory=dict)  # per (model, replica)
+    server_urls: dict[Unit, str] = field(default_factory=dict)  # fake-vllm's own URL per (model, replica), local
+    gateway_url: str | None = None  # the OpenAI-compatible gateway the scenario's `load` goes through
+    gateway_headers: dict[str, str] = field(default_factory=dict)  # its API key, when it wants one
 
     @property
     def reach(self) -> Reach:
         return Reach(
             processes=self.allow_process_actions,
             own_supervisor=self.supervisor is not None,
-            proxied=frozenset(self.proxies),
-            admin=frozenset(self.server_urls),
+            proxied=frozenset(model for model, _ in self.proxies),
+            admin=frozenset(model for model, _ in self.server_urls),
         )
 
 
@@ -111,12 +114,12 @@ def action(step: Step) -> Action:
         case HangStep():
             return Action("processes", partial(_hang, step))
         case OomStep():
-            return Action("admin_faults", partial(_post_faults, step.target.model, {"oom": "after:0"}))
+            return Action("admin_faults", partial(_post_faults, step.target, {"oom": "after:0"}))
         case EngineDeadStep():
             body = {"engine_dead_after": 0, "engine_dead_exit_after": step.exit_after}
-            return Action("admin_faults", partial(_post_faults, step.target.model, body))
+            return Action("admin_faults", partial(_post_faults, step.target, body))
         case FaultStep():
-            return Action("admin_faults", partial(_post_faults, step.target.model, dict(step.set)))
+            return Action("admin_faults", partial(_post_faults, step.target, dict(step.set)))
         case NetStep():
             return Action("fault_proxy", partial(_net, step))
         case ApiStep():
@@ -170,14 +173,23 @@ async def _nothing(ctx: Context) -> tuple[str, Revert | None]:
     return "nothing (the server fails by itself)", None
 
 
-async def current_pid(ctx: Context, model: str) -> int:
+async def current_pid(ctx: Context, model: str, replica: int | None = None) -> int:
+    """The model's `pid` (its lead replica's), or one replica's from the status's `replicas` list."""
     response = await ctx.client.get(f"{ctx.api_url}/api/llm/models/{model}")
     response.raise_for_status()
-    pid = response.json().get("pid")
+    status = response.json()
+    who = model if replica is None else f"{model} replica {replica}"
+    if replica is None:
+        pid = status.get("pid")
+    else:
+        listed = status.get("replicas") or []
+        if replica >= len(listed):
+            raise ActionError(f"{model} lists {len(listed)} replicas in its status; there is no replica {replica}")
+        pid = listed[replica].get("pid")
     if not isinstance(pid, int):
-        raise ActionError(f"{model} has no running process to signal (pid {pid!r})")
+        raise ActionError(f"{who} has no running process to signal (pid {pid!r})")
     if not procs.is_local_pid(pid):
-        raise ActionError(f"{model}'s pid {pid} is not a process on this host")
+        raise ActionError(f"{who}'s pid {pid} is not a process on this host")
     return pid
 
 
@@ -191,29 +203,42 @@ async def _hang(step: HangStep, ctx: Context) -> tuple[str, Revert | None]:
     pid, done = await _send(step.target, signal.SIGSTOP, ctx)
     if step.duration is None:
         return done, None
-    model, group = step.target.model, step.target.group
+    who, group = _who(step.target.model, step.target.replica), step.target.group
 
     async def resume() -> str:
         try:
-            return f"{model}: " + procs.signal_process(pid, signal.SIGCONT, group=group)
+            return f"{who}: " + procs.signal_process(pid, signal.SIGCONT, group=group)
         except ProcessLookupError:
-            return f"{model}: pid {pid} already gone, nothing to continue"
+            return f"{who}: pid {pid} already gone, nothing to continue"
 
     return done, resume
 
 
 async def _send(target: ProcessRef, sig: signal.Signals, ctx: Context) -> tuple[int, str]:
     """Signal the model's current process (or its group); returns the pid and what was done."""
-    pid = await current_pid(ctx, target.model)
+    pid = await current_pid(ctx, target.model, target.replica)
+    who = _who(target.model, target.replica)
     try:
         done = procs.signal_process(pid, sig, group=target.group)
     except (ProcessLookupError, PermissionError) as exc:
-        raise ActionError(f"could not signal {target.model} (pid {pid}): {exc}") from exc
-    return pid, f"{target.model}: {done}"
+        raise ActionError(f"could not signal {who} (pid {pid}): {exc}") from exc
+    return pid, f"{who}: {done}"
 
 
-async def _post_faults(model: str, body: Mapping[str, object], ctx: Context) -> tuple[str, Revert | None]:
-    url = f"{ctx.server_urls[model]}/admin/faults"
+def _who(model: str, replica: int | None) -> str:
+    return model if replica is None else f"{model} replica {replica}"
+
+
+def _unit(target: ModelRef) -> Unit:
+    """The server a fault on the server itself goes to: the named replica, else replica 0."""
+    return target.model, target.replica or 0
+
+
+async def _post_faults(target: ModelRef, body: Mapping[str, object], ctx: Context) -> tuple[str, Revert | None]:
+    unit = _unit(target)
+    if unit not in ctx.server_urls:
+        raise ActionError(f"{_who(*unit)} has no server of the harness's to send faults to")
+    url = f"{ctx.server_urls[unit]}/admin/faults"
     try:
         async with httpx.AsyncClient(timeout=5.0) as bare:  # the supervisor's token is not the fake's business
             response = await bare.post(url, json=dict(body))
@@ -221,20 +246,24 @@ async def _post_faults(model: str, body: Mapping[str, object], ctx: Context) -> 
         raise ActionError(f"POST {url} failed: {exc!r}") from exc
     if response.status_code >= 400:
         raise ActionError(f"POST {url} {body} answered {response.status_code}: {response.text[:200]}")
-    return f"{model}: POST /admin/faults {body}", None
+    return f"{_who(target.model, target.replica)}: POST /admin/faults {body}", None
 
 
 async def _net(step: NetStep, ctx: Context) -> tuple[str, Revert | None]:
-    proxy = ctx.proxies[step.target.model]
+    unit = _unit(step.target)
+    if unit not in ctx.proxies:
+        raise ActionError(f"{_who(*unit)} has no fault proxy in front of it")
+    proxy = ctx.proxies[unit]
+    who = _who(step.target.model, step.target.replica)
     toxic = Toxic(step.toxic, dict(step.attributes), step.stream)
     proxy.set_toxic(toxic)
-    done = f"{step.target.model}: toxic {toxic.describe()} on the proxy"
+    done = f"{who}: toxic {toxic.describe()} on the proxy"
     if step.duration is None:
         return done, None
 
     async def clear() -> str:
         proxy.set_toxic(None)
-        return f"{step.target.model}: toxic {step.toxic} removed"
+        return f"{who}: toxic {step.toxic} removed"
 
     return done, clear
 
@@ -242,6 +271,10 @@ async def _net(step: NetStep, ctx: Context) -> tuple[str, Revert | None]:
 async def _api(step: ApiStep, ctx: Context) -> tuple[str, Revert | None]:
     url = f"{ctx.api_url}/api/llm/models/{step.target.model}/{step.operation}"
     params = {"force": "true"} if step.force else {}
+    if step.rolling:
+        params["rolling"] = "true"
+    if step.target.replica is not None:
+        params["replica"] = str(step.target.replica)
 
     async def call() -> str:
         try:
@@ -251,8 +284,8 @@ async def _api(step: ApiStep, ctx: Context) -> tuple[str, Revert | None]:
 
     answers = await asyncio.gather(*(call() for _ in range(step.concurrent)))
     times = f" x{step.concurrent}" if step.concurrent > 1 else ""
-    force = " force" if step.force else ""
-    return f"POST .../{step.target.model}/{step.operation}{times}{force}: {', '.join(answers)}", None
+    query = "?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else ""
+    return f"POST .../{step.target.model}/{step.operation}{query}{times}: {', '.join(answers)}", None
 
 
 async def _supervisor(step: SupervisorStep, ctx: Context) -> tuple[str, Revert | None]:

@@ -21,13 +21,16 @@ from chaos.expectations import (
     Gap,
     Healthy,
     NoOrphans,
+    Requests,
     Restarts,
     StateIs,
     SteadyItem,
     TimedExpectation,
+    expectation_replica,
 )
 from chaos.scenario import Scenario
-from chaos.timeline import Event, Observation
+from chaos.timeline import Event, Observation, RequestRecord
+from chaos.traffic import failure, percentile, tally
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
@@ -64,14 +67,16 @@ def deadline(spec: TimedExpectation, obs: Observation) -> float:
 
 def judge_steady(item: SteadyItem, obs: Observation) -> Verdict:
     spec = item.healthy
-    label = f"steady_state healthy({spec.model})"
-    reached = first_in_state(obs, spec.model, "healthy", obs.launched_at, obs.launched_at + spec.within)
+    who = _who(spec.model, spec.replica)
+    label = f"steady_state healthy({who})"
+    lo, hi = obs.launched_at, obs.launched_at + spec.within
+    reached = first_in_state(obs, spec.model, "healthy", lo, hi, replica=spec.replica)
     if reached is not None:
-        return Verdict(label, True, f"{spec.model} healthy at {_rel(obs, reached)}")
+        return Verdict(label, True, f"{who} healthy at {_rel(obs, reached)}")
     return Verdict(
         label,
         False,
-        f"{spec.model} was not healthy within {spec.within:g}s of start; " + describe_model(obs, spec.model),
+        f"{who} was not healthy within {spec.within:g}s of start; " + describe_model(obs, spec.model),
     )
 
 
@@ -97,6 +102,8 @@ def judge_expectation(item: ExpectItem, obs: Observation) -> Verdict:
             passed, message = _events(spec, obs)
         case Gap():
             passed, message = _gap(spec, obs)
+        case Requests():
+            passed, message = _requests(spec, obs)
         case _:
             assert_never(spec)
     return Verdict(_label(item), passed, message)
@@ -105,17 +112,48 @@ def judge_expectation(item: ExpectItem, obs: Observation) -> Verdict:
 # --- reading the timeline -----------------------------------------------------------------------------
 
 
-def state_points(obs: Observation, model: str) -> list[tuple[float, str]]:
-    """(time, state) changes: the supervisor's own event times when it serves events, else the polls."""
-    events = obs.model_events(model)
-    if events:
+# The state a model of several replicas shows, as the supervisor's status does: its most alive replica's.
+STATE_RANK = ("healthy", "starting", "unhealthy", "stopping", "backoff", "failed", "stopped")
+
+
+def state_points(obs: Observation, model: str, replica: int | None = None) -> list[tuple[float, str]]:
+    """(time, state) changes: the supervisor's own event times when it serves events, else the polls.
+
+    With `replica`, that replica's own states. Without, the model's: for a model of several replicas each
+    event changes one replica's state, and the model is in its most alive replica's state (STATE_RANK).
+    """
+    events = replica_events(obs, model, replica)
+    if events and (replica is not None or len({e.replica for e in events}) == 1):
         return [(e.time, e.state) for e in events]
-    return [(s.time, s.state) for s in obs.model_snapshots(model) if s.state is not None]
+    if events:
+        return _model_state(events)
+    snaps = obs.model_snapshots(model)
+    if replica is None:
+        return [(s.time, s.state) for s in snaps if s.state is not None]
+    return [(s.time, str(s.replicas[replica].get("state"))) for s in snaps if replica < len(s.replicas)]
 
 
-def first_in_state(obs: Observation, model: str, state: str, lo: float, hi: float) -> float | None:
-    """The first moment in [lo, hi] the model was in `state` (lo itself if it already was)."""
-    points = state_points(obs, model)
+def _model_state(events: list[Event]) -> list[tuple[float, str]]:
+    current: dict[int, str] = {}
+    points: list[tuple[float, str]] = []
+    for event in events:
+        current[event.replica] = event.state
+        best = min(current.values(), key=lambda s: STATE_RANK.index(s) if s in STATE_RANK else len(STATE_RANK))
+        points.append((event.time, best))
+    return points
+
+
+def replica_events(obs: Observation, model: str, replica: int | None) -> list[Event]:
+    """The model's events, or only one replica's."""
+    events = obs.model_events(model)
+    return events if replica is None else [e for e in events if e.replica == replica]
+
+
+def first_in_state(
+    obs: Observation, model: str, state: str, lo: float, hi: float, *, replica: int | None = None
+) -> float | None:
+    """The first moment in [lo, hi] the model (or replica) was in `state` (lo itself if it already was)."""
+    points = state_points(obs, model, replica)
     before = [s for t, s in points if t <= lo]
     if before and before[-1] == state:
         return lo
@@ -143,7 +181,14 @@ def _rel(obs: Observation, t: float) -> str:
 
 
 def _label(item: ExpectItem) -> str:
+    replica = expectation_replica(item.expectation)
+    if item.model and replica is not None:
+        return f"{item.kind}({item.model}, replica {replica})"
     return f"{item.kind}({item.model})" if item.model else item.kind
+
+
+def _who(model: str, replica: int | None) -> str:
+    return model if replica is None else f"{model} replica {replica}"
 
 
 def _reference(obs: Observation, since: str = "faults") -> float:
@@ -156,15 +201,20 @@ def _since(obs: Observation, t: float) -> str:
     return "start" if t == obs.launched_at else "the faults"
 
 
-def _after_steady(obs: Observation, model: str) -> list[Event]:
+def _after_steady(obs: Observation, model: str, replica: int | None = None) -> list[Event]:
     """The model's events from the steady state on: what the faults and the recovery caused."""
-    return [e for e in obs.model_events(model) if obs.steady_at is None or e.time >= obs.steady_at]
+    return [e for e in replica_events(obs, model, replica) if obs.steady_at is None or e.time >= obs.steady_at]
 
 
-def _restart_spawns(obs: Observation, model: str) -> list[Event]:
-    """`spawned` events during the observation, less the model's very first start."""
-    spawns = [e for e in obs.model_events(model) if e.kind == "spawned"]
-    return [e for e in spawns[1:] if e.time >= obs.launched_at]
+def _restart_spawns(obs: Observation, model: str, replica: int | None = None) -> list[Event]:
+    """`spawned` events during the observation, less each replica's very first start."""
+    started: set[int] = set()
+    restarts = []
+    for event in (e for e in replica_events(obs, model, replica) if e.kind == "spawned"):
+        if event.replica in started and event.time >= obs.launched_at:
+            restarts.append(event)
+        started.add(event.replica)
+    return restarts
 
 
 # --- the expectations ---------------------------------------------------------------------------------
@@ -177,11 +227,12 @@ def _healthy_within(spec: Healthy, obs: Observation) -> tuple[bool, str]:
     noticed it yet, and "healthy" then proves nothing about recovery.
     """
     ref = _reference(obs, spec.since)
-    points = state_points(obs, spec.model)
+    who = _who(spec.model, spec.replica)
+    points = state_points(obs, spec.model, spec.replica)
     if not points or points[-1][1] != "healthy":
         final = points[-1][1] if points else None
         return False, (
-            f"{spec.model} was not healthy at the end ({_rel(obs, obs.ended_at)}, state {final!r}), "
+            f"{who} was not healthy at the end ({_rel(obs, obs.ended_at)}, state {final!r}), "
             f"{spec.within:g}s allowed after {_since(obs, ref)}; " + describe_model(obs, spec.model)
         )
     became = points[-1][0]
@@ -191,26 +242,27 @@ def _healthy_within(spec: Healthy, obs: Observation) -> tuple[bool, str]:
         became = t
     if became > ref + spec.within:
         return False, (
-            f"{spec.model} became healthy only at {_rel(obs, became)}, {became - ref:.2f}s after "
+            f"{who} became healthy only at {_rel(obs, became)}, {became - ref:.2f}s after "
             f"{_since(obs, ref)} ({spec.within:g}s allowed); " + describe_model(obs, spec.model)
         )
     if became <= ref:
-        return True, f"{spec.model} healthy throughout (since {_rel(obs, became)})"
+        return True, f"{who} healthy throughout (since {_rel(obs, became)})"
     return True, f"healthy again at {_rel(obs, became)} ({became - ref:.2f}s after {_since(obs, ref)})"
 
 
 def _restarts(spec: Restarts, obs: Observation) -> tuple[bool, str]:
-    spawns = _restart_spawns(obs, spec.model)
+    spawns = _restart_spawns(obs, spec.model, spec.replica)
+    who = _who(spec.model, spec.replica)
     n = len(spawns)
     low, high = (spec.count, spec.count) if spec.count is not None else (spec.min or 0, spec.max)
     wanted = f"exactly {low}" if low == high else f"at least {low}" + (f" and at most {high}" if high else "")
     if n >= low and (high is None or n <= high):
-        return True, f"{spec.model} restarted {n} times"
-    seen = ", ".join(f"{_rel(obs, e.time)} ({e.reason or 'no reason'})" for e in spawns[:12]) or "none"
-    exits = [e for e in obs.model_events(spec.model) if e.kind == "exited"]
-    story = f"{spec.model} restarted {n} times, expected {wanted}; restarts at: {seen}"
+        return True, f"{who} restarted {n} times"
+    seen = ", ".join(f"{_rel(obs, e.time)} ({_replica_note(e)}{e.reason or 'no reason'})" for e in spawns[:12])
+    exits = [e for e in replica_events(obs, spec.model, spec.replica) if e.kind == "exited"]
+    story = f"{who} restarted {n} times, expected {wanted}; restarts at: {seen or 'none'}"
     if exits:
-        story += "; exits: " + ", ".join(f"{_rel(obs, e.time)} {e.detail}" for e in exits[:12])
+        story += "; exits: " + ", ".join(f"{_rel(obs, e.time)} {_replica_note(e)}{e.detail}" for e in exits[:12])
     snaps = obs.model_snapshots(spec.model)
     if snaps:
         story += f"; final state {snaps[-1].state!r}, restart_count {snaps[-1].fields.get('restart_count')}"
@@ -219,24 +271,30 @@ def _restarts(spec: Restarts, obs: Observation) -> tuple[bool, str]:
 
 def _state(spec: StateIs, obs: Observation) -> tuple[bool, str]:
     ref = _reference(obs)
-    reached = first_in_state(obs, spec.model, spec.is_, ref, ref + spec.within)
+    who = _who(spec.model, spec.replica)
+    reached = first_in_state(obs, spec.model, spec.is_, ref, ref + spec.within, replica=spec.replica)
     if reached is None:
         return False, (
-            f"{spec.model} did not reach {spec.is_!r} within {spec.within:g}s after "
+            f"{who} did not reach {spec.is_!r} within {spec.within:g}s after "
             f"{_since(obs, ref)}; " + describe_model(obs, spec.model)
         )
     if spec.stays:
-        left = [e for e in obs.model_events(spec.model) if e.time > reached and e.state != spec.is_]
+        left = [(t, s) for t, s in state_points(obs, spec.model, spec.replica) if t > reached and s != spec.is_]
         if left:
-            e = left[0]
+            t, state = left[0]
+            cause = next((e for e in replica_events(obs, spec.model, spec.replica) if e.time == t), None)
+            why = f"{cause.kind} " if cause else ""
+            reason = f" (reason {cause.reason})" if cause and cause.reason else ""
             return False, (
-                f"{spec.model} reached {spec.is_!r} at {_rel(obs, reached)} but left it: "
-                f"{e.kind} at {_rel(obs, e.time)} -> {e.state!r}" + (f" (reason {e.reason})" if e.reason else "")
+                f"{who} reached {spec.is_!r} at {_rel(obs, reached)} but left it: "
+                f"{why}at {_rel(obs, t)} -> {state!r}{reason}"
             )
+        final = state_points(obs, spec.model, spec.replica) if spec.replica is not None else []
         snaps = obs.model_snapshots(spec.model)
-        if snaps and snaps[-1].state != spec.is_:
-            return False, f"{spec.model} reached {spec.is_!r} but ended {snaps[-1].state!r}"
-    return True, f"{spec.model} {spec.is_} at {_rel(obs, reached)}" + (" and stayed" if spec.stays else "")
+        last = final[-1][1] if final else (snaps[-1].state if snaps else None)
+        if last is not None and last != spec.is_:
+            return False, f"{who} reached {spec.is_!r} but ended {last!r}"
+    return True, f"{who} {spec.is_} at {_rel(obs, reached)}" + (" and stayed" if spec.stays else "")
 
 
 def parse_seconds(detail: str | None) -> float | None:
@@ -308,7 +366,7 @@ def _api(spec: ApiFields, obs: Observation) -> tuple[bool, str]:
 
 
 def _events(spec: EventsSeen, obs: Observation) -> tuple[bool, str]:
-    after = _after_steady(obs, spec.model)
+    after = _after_steady(obs, spec.model, spec.replica)
     kinds = [e.kind for e in after]
     position, missing = 0, []
     for wanted in spec.include:
@@ -329,8 +387,9 @@ def _events(spec: EventsSeen, obs: Observation) -> tuple[bool, str]:
             )
         )
     if problems:
-        return False, f"{spec.model} events after the steady state {kinds[:30]}: " + "; ".join(problems)
-    return True, f"{spec.model} events as expected ({len(after)} after the steady state)"
+        who = _who(spec.model, spec.replica)
+        return False, f"{who} events after the steady state {kinds[:30]}: " + "; ".join(problems)
+    return True, f"{_who(spec.model, spec.replica)} events as expected ({len(after)} after the steady state)"
 
 
 def _gap(spec: Gap, obs: Observation) -> tuple[bool, str]:
@@ -348,20 +407,71 @@ def _gap(spec: Gap, obs: Observation) -> tuple[bool, str]:
     return True, f"{spec.model}: {spec.from_} -> {spec.to} took {gap:.2f}s"
 
 
+def _requests(spec: Requests, obs: Observation) -> tuple[bool, str]:
+    """The client's view of the load: how many failed, how slow, how many a fallback answered."""
+    start = obs.first_fault_applied if spec.window == "after_fault" else None
+    judged = [
+        r
+        for r in obs.requests
+        if r.model == spec.model
+        and (start is None or r.started >= start)
+        and (spec.stream is None or r.stream == spec.stream)
+    ]
+    kind = {None: "", True: " streamed", False: " plain"}[spec.stream]
+    which = f"{spec.model}{kind} requests" + (" sent after the first fault" if start is not None else "")
+    counts = tally(judged)
+    p50, p99 = percentile([r.latency for r in judged], 50), percentile([r.latency for r in judged], 99)
+    summary = f"{which}: {counts.describe()}"
+    if p50 is not None and p99 is not None:
+        summary += f"; latency p50 {p50:.3f}s, p99 {p99:.3f}s"
+    fallbacks = sum(r.fallback is not None for r in judged)
+    if fallbacks:
+        summary += f"; {fallbacks} answered by a fallback"
+    problems = []
+    if counts.sent < spec.sent_min:
+        problems.append(f"only {counts.sent} sent, at least {spec.sent_min} needed to prove anything")
+    if spec.failed_max is not None and counts.failed > spec.failed_max:
+        problems.append(f"{counts.failed} failed, at most {spec.failed_max} allowed: " + _failures(obs, judged))
+    if spec.p99_max is not None and p99 is not None and p99 > spec.p99_max:
+        slowest = sorted(judged, key=lambda r: r.latency, reverse=True)[:3]
+        shown = ", ".join(f"{r.latency:.2f}s at {_rel(obs, r.started)}" for r in slowest)
+        problems.append(f"p99 {p99:.3f}s is over {spec.p99_max:g}s (slowest: {shown})")
+    if spec.fallback_min is not None and fallbacks < spec.fallback_min:
+        served = sorted({str(r.served_by) for r in judged})
+        problems.append(f"{fallbacks} answered by a fallback, {spec.fallback_min} expected (served by {served})")
+    if problems:
+        return False, summary + ". " + "; ".join(problems)
+    return True, summary
+
+
+def _failures(obs: Observation, records: list[RequestRecord]) -> str:
+    """The first failed requests, each with its time and what went wrong."""
+    shown = [
+        f"{_rel(obs, r.started)} {r.path}{' stream' if r.stream else ''} after {r.latency:.2f}s: {failure(r)}"
+        + (f" [{r.request_id}]" if r.request_id else "")
+        for r in records
+        if failure(r) is not None
+    ]
+    return "; ".join(shown[:6]) + (f"; and {len(shown) - 6} more" if len(shown) > 6 else "")
+
+
+def _replica_note(event: Event) -> str:
+    return f"replica {event.replica} " if event.replica else ""
+
+
 def _no_orphans(obs: Observation) -> tuple[bool | None, str]:
     if not obs.processes_visible:
         return None, "not judged: the model processes are not visible from this host"
-    ordered = sorted(obs.snapshots, key=lambda s: s.time)
-    current = {s.model: s.fields.get("pid") for s in ordered}  # the last poll wins
+    current = obs.current_runs()  # the last poll wins
     problems = [
-        f"orphan pid {s.pid} ({s.name}) of {s.model}'s run {s.run_pid} was still alive at the end, "
-        f"while the current run is {current.get(s.model)}"
+        f"orphan pid {s.pid} ({s.name}) of {_who(s.model, s.replica or None)}'s run {s.run_pid} was still alive "
+        f"at the end, while the current run is {current.get((s.model, s.replica))}"
         for s in obs.sightings
-        if s.key in obs.alive_at_end and s.run_pid != current.get(s.model)
+        if s.key in obs.alive_at_end and s.run_pid != current.get((s.model, s.replica))
     ]
     problems += [
-        f"at {_rel(obs, o.time)} processes of {len(o.run_pids)} runs of {o.model} were alive at once "
-        f"(runs {', '.join(map(str, o.run_pids))}): the old group was not gone before the new start"
+        f"at {_rel(obs, o.time)} processes of {len(o.run_pids)} runs of {_who(o.model, o.replica or None)} were "
+        f"alive at once (runs {', '.join(map(str, o.run_pids))}): the old group was not gone before the new start"
         for o in obs.overlaps[:5]
     ]
     if obs.alive_after_shutdown:
@@ -370,7 +480,7 @@ def _no_orphans(obs: Observation) -> tuple[bool | None, str]:
             for s in obs.sightings
             if s.key in obs.alive_after_shutdown
         ]
-    problems += _stray_containers(obs, current)
+    problems += _stray_containers(obs, {model: pid for (model, replica), pid in current.items() if replica == 0})
     if problems:
         return False, "; ".join(problems[:12])
     checked = " and the scenario's containers" if obs.containers_after_shutdown is not None else ""

@@ -1,6 +1,7 @@
 """The phases of one scenario against a target that is already up, local or remote alike: wait for the steady
-state, carry out the faults on schedule (reverting those with a `for`), watch until the expectations are
-settled, and put things back with the cleanup steps.
+state, start the scenario's `load` through the gateway, carry out the faults on schedule (reverting those
+with a `for`), watch until the expectations are settled, let the requests in flight end, and put things back
+with the cleanup steps.
 
 The runner owns what differs between targets (starting, stopping, killing leftovers); everything here only
 acts through a `Context` and watches through its `Observer`.
@@ -18,10 +19,11 @@ import httpx
 from chaos import checks, procs
 from chaos.actions import ActionError, Context, Revert, perform
 from chaos.checks import Verdict
+from chaos.load import Traffic
 from chaos.observer import Observer
 from chaos.scenario import Scenario
 from chaos.steps import step_end, step_model
-from chaos.timeline import FaultRecord, Observation
+from chaos.timeline import FaultRecord, Observation, RequestRecord
 
 Progress = Callable[[str], None]
 
@@ -36,21 +38,30 @@ async def drive(
     records: list[FaultRecord] = []
     verdicts: list[Verdict] = []
     faults_end = None
+    traffic: Traffic | None = None
     if steady_at is None:
         progress("steady state did not hold; no fault injected")
     else:
         progress(f"steady state held at +{steady_at - launched_at:.2f}s")
-        records, verdicts = await _inject(scenario, ctx, steady_at, progress)
-        faults_end = max([steady_at] + [r.ended or r.started for r in records])
-        await _watch(
-            scenario,
-            observer,
-            launched_at=launched_at,
-            steady_at=steady_at,
-            faults_end=faults_end,
-            interval=interval,
-            progress=progress,
-        )
+        traffic, verdicts = await _start_load(scenario, ctx, progress)
+        try:
+            records, failed = await _inject(scenario, ctx, steady_at, progress)
+            verdicts += failed
+            faults_end = max([steady_at] + [r.ended or r.started for r in records])
+            await _watch(
+                scenario,
+                observer,
+                launched_at=launched_at,
+                steady_at=steady_at,
+                faults_end=faults_end,
+                interval=interval,
+                progress=progress,
+                requests=traffic.snapshot if traffic else tuple,
+            )
+        finally:
+            if traffic is not None:
+                progress("load: no new request; waiting for those in flight")
+                await traffic.stop()
     ended_at = time.time()
     await observer.stop()
     await observer.poll()  # one last look at the end state
@@ -62,8 +73,26 @@ async def drive(
         ended_at=ended_at,
         faults=tuple(records),
         alive_at_end=alive,
+        requests=traffic.snapshot() if traffic else (),
     )
     return obs, verdicts
+
+
+async def _start_load(scenario: Scenario, ctx: Context, progress: Progress) -> tuple[Traffic | None, list[Verdict]]:
+    """Start the scenario's requests once the gateway answers; a gateway that never does fails the run."""
+    if scenario.load is None or ctx.gateway_url is None:
+        return None, []
+    traffic = Traffic(scenario.load, ctx.gateway_url, ctx.gateway_headers)
+    if not await traffic.wait_ready():
+        message = f"the gateway at {ctx.gateway_url} did not list its models; no request was sent"
+        progress(f"load: {message}")
+        return None, [Verdict("load", False, message)]
+    load = scenario.load
+    mode = f"{load.rate:g}/s" if load.rate else "closed loop"
+    kind = {True: "streamed ", False: "", "both": "streamed and plain "}[load.stream] + load.kind
+    progress(f"load: {load.concurrency} clients, {kind} to {load.model} via {ctx.gateway_url} ({mode})")
+    traffic.start()
+    return traffic, []
 
 
 async def _watch(
@@ -75,6 +104,7 @@ async def _watch(
     faults_end: float,
     interval: float,
     progress: Progress,
+    requests: Callable[[], tuple[RequestRecord, ...]] = tuple,
 ) -> None:
     """Observe until every expectation holds (then `duration` more), or until the last `within` runs out.
 
@@ -82,13 +112,13 @@ async def _watch(
     catalogue quick; the `duration` that follows is what catches a restart that comes too late.
     """
     settle = scenario.settle_for()
-    obs = observer.observation(launched_at, steady_at=steady_at, faults_end=faults_end)
+    obs = observer.observation(launched_at, steady_at=steady_at, faults_end=faults_end, requests=requests())
     hard = max([faults_end + settle] + [checks.deadline(spec, obs) for spec in scenario.timed()])
     if scenario.observe_at_most is not None:
         hard = faults_end + scenario.observe_at_most
     progress(f"observing until the expectations hold (at most {hard - time.time():.1f}s), then {settle:g}s")
     while time.time() < hard:
-        obs = observer.observation(launched_at, steady_at=steady_at, faults_end=faults_end)
+        obs = observer.observation(launched_at, steady_at=steady_at, faults_end=faults_end, requests=requests())
         if all(checks.judge_expectation(item, obs).passed for item in scenario.expect):
             await _sleep_until(min(hard, time.time() + settle))
             return
@@ -128,9 +158,11 @@ async def _inject(
             )
             verdicts.append(Verdict(f"fault {index} ({step.action})", False, f"not carried out: {exc}"))
             continue
+        applied = time.time()
         progress(f"+{began - steady_at:.2f}s fault {index}: {message}")
+        description = step.note or step.action
         records.append(
-            FaultRecord(index, step.action, step_model(step), step.note or step.action, began, None, "done", message)
+            FaultRecord(index, step.action, step_model(step), description, began, None, "done", message, applied)
         )
         if revert is not None:
             until = steady_at + step_end(step)

@@ -53,12 +53,19 @@ class _Connection:
 
 
 class FaultProxy:
-    """Listens on 127.0.0.1 (port 0 = any free port) and forwards to upstream_host:upstream_port."""
+    """Listens on listen_host (127.0.0.1; port 0 = any free port) and forwards to upstream_host:upstream_port."""
 
     def __init__(
-        self, upstream_host: str, upstream_port: int, *, listen_port: int = 0, rng: random.Random | None = None
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        *,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+        rng: random.Random | None = None,
     ) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self._listen_host = listen_host
         self._listen_port = listen_port
         self._rng = rng or random.Random(0)
         self._toxic: Toxic | None = None
@@ -78,7 +85,7 @@ class FaultProxy:
         return self._toxic
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self._listen_port)
+        self._server = await asyncio.start_server(self._accept, self._listen_host, self._listen_port)
 
     def set_toxic(self, toxic: Toxic | None) -> None:
         """Replace the active toxic (None: a clean network); open connections see the change at once."""

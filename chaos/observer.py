@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from chaos import procs
-from chaos.timeline import Event, FaultRecord, Observation, Overlap, Sighting, Snapshot
+from chaos.timeline import Event, FaultRecord, Observation, Overlap, RequestRecord, Sighting, Snapshot
 
 
 class Observer:
@@ -47,11 +47,16 @@ class Observer:
         for status in models:
             model = str(status.get("id"))
             fields = {k: v for k, v in status.items() if _is_scalar(v)}
-            self.snapshots.append(Snapshot(now, model, fields))
+            listed = [r for r in status.get("replicas") or [] if isinstance(r, dict)]
+            replicas = tuple({k: v for k, v in r.items() if _is_scalar(v)} for r in listed)
+            self.snapshots.append(Snapshot(now, model, fields, replicas))
             await self._poll_events(model)
-            pid = status.get("pid")
-            if self.processes_visible and isinstance(pid, int):
-                self._sight(model, pid, now)
+            if self.processes_visible:
+                # Every replica's run (a model of one replica lists itself); `pid` alone names only the lead.
+                pids = [r.get("pid") for r in replicas] if replicas else [status.get("pid")]
+                for index, pid in enumerate(pids):
+                    if isinstance(pid, int):
+                        self._sight(model, pid, now, index)
         if self.processes_visible:
             self._check_overlaps(now)
 
@@ -73,6 +78,7 @@ class Observer:
                 state=str(item["state"]),
                 detail=_text(item.get("detail")),
                 reason=_text(item.get("reason")),
+                replica=int(item.get("replica") or 0),
             )
             self.events.setdefault((model, event.seq, event.time, event.kind), event)
             self._since[model] = max(self._since.get(model, 0), event.seq)
@@ -81,7 +87,7 @@ class Observer:
         """After the supervisor itself restarted, read every timeline from the start again (deduplicated)."""
         self._since.clear()
 
-    def _sight(self, model: str, pid: int, now: float) -> None:
+    def _sight(self, model: str, pid: int, now: float, replica: int = 0) -> None:
         found = procs.describe(pid)
         if found is None:
             return
@@ -89,16 +95,17 @@ class Observer:
         for child_pid, child_created, child_name in [(pid, created, name), *children]:
             key = (child_pid, child_created)
             if key not in self.sightings:
-                self.sightings[key] = Sighting(model, child_pid, child_created, pid, child_name, now)
+                self.sightings[key] = Sighting(model, child_pid, child_created, pid, child_name, now, replica)
 
     def _check_overlaps(self, now: float) -> None:
-        runs: dict[str, set[int]] = {}
+        """Two runs of one replica alive at once (replicas of a model run side by side, as they should)."""
+        runs: dict[tuple[str, int], set[int]] = {}
         for sighting in self.sightings.values():
             if procs.is_alive(sighting.key):
-                runs.setdefault(sighting.model, set()).add(sighting.run_pid)
-        for model, run_pids in runs.items():
+                runs.setdefault((sighting.model, sighting.replica), set()).add(sighting.run_pid)
+        for (model, replica), run_pids in runs.items():
             if len(run_pids) > 1:
-                self.overlaps.append(Overlap(now, model, tuple(sorted(run_pids))))
+                self.overlaps.append(Overlap(now, model, tuple(sorted(run_pids)), replica))
 
     def _error(self, message: str) -> None:
         if len(self.errors) < 50:  # a supervisor that is down for a while would otherwise flood the journal
@@ -131,6 +138,7 @@ class Observer:
         ended_at: float | None = None,
         faults: tuple[FaultRecord, ...] = (),
         alive_at_end: frozenset[procs.Key] = frozenset(),
+        requests: tuple[RequestRecord, ...] = (),
     ) -> Observation:
         """Everything seen so far, with the runner's marks (the times are Unix times)."""
         return Observation(
@@ -146,6 +154,7 @@ class Observer:
             overlaps=tuple(self.overlaps),
             processes_visible=self.processes_visible,
             notes=tuple(self.errors),
+            requests=requests,
         )
 
 

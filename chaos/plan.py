@@ -40,11 +40,23 @@ def describe_plan(scenario: Scenario, options: RunOptions, *, source: str = "") 
                 image = spec.docker.image if spec.docker and spec.docker.image else "the fake-vLLM image"
                 limit = f", mem_limit {spec.docker.mem_limit}" if spec.docker and spec.docker.mem_limit else ""
                 where = f" in a container of {image}{limit}"
-            lines.append(f"    {model}: fake-vllm {' '.join(spec.fake_vllm)}{where}{via}; {keys}")
+            copies = f" x{spec.replicas} replicas" if spec.replicas else ""
+            lines.append(f"    {model}: fake-vllm {' '.join(spec.fake_vllm)}{copies}{where}{via}; {keys}")
+        if scenario.needs_gateway:
+            settings = scenario.target.gateway.model_dump(exclude_none=True) if scenario.target.gateway else {}
+            lines.append(f"    the supervisor's gateway on a free port {settings or '(its default settings)'}")
     else:
         lines.append("  target: none (this scenario needs --supervisor URL)")
     for item in scenario.steady_state:
-        lines.append(f"  steady state: {item.healthy.model} healthy within {item.healthy.within:g}s of start")
+        replica = f" replica {item.healthy.replica}" if item.healthy.replica is not None else ""
+        lines.append(f"  steady state: {item.healthy.model}{replica} healthy within {item.healthy.within:g}s of start")
+    if scenario.load is not None:
+        load = scenario.load.model_dump(exclude={"prompt"}, exclude_none=True)
+        if options.supervisor_url and not options.gateway_url:
+            via = "  [would be SKIPPED: no --gateway URL]"
+        else:
+            via = f" via {options.gateway_url}" if options.supervisor_url else " via the gateway"
+        lines.append(f"  from the steady state to the end: requests {load}{via}")
     for step in sorted(scenario.faults, key=lambda s: s.at):
         why = remote_refusal(step, scenario, options.supervisor_url) if options.supervisor_url else None
         skip = f"  [would be SKIPPED: {why}]" if why else ""

@@ -11,7 +11,7 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import psutil
 
@@ -94,13 +94,13 @@ def kill_leftovers(keys: set[Key], timeout: float = 5.0) -> list[Key]:
     return remaining
 
 
-def find_servers(server_ports: Mapping[str, int]) -> list[tuple[str, int, float, str]]:
+def find_servers(server_ports: Mapping[str, Iterable[int]]) -> list[tuple[str, int, float, str]]:
     """Processes started with `--port P` for one of the models' ports: (model, pid, create_time, name).
 
     The safety net for servers the observer never sighted (started after its last poll, or by a supervisor
     that died before it was ever asked), so clean-up still finds them.
     """
-    ports = {port: model for model, port in server_ports.items()}
+    ports = {port: model for model, model_ports in server_ports.items() for port in model_ports}
     found = []
     for proc in psutil.process_iter(["cmdline", "create_time"]):
         cmdline = proc.info.get("cmdline") or []

@@ -31,7 +31,7 @@ from chaos.netproxy import FaultProxy
 from chaos.observer import Observer
 from chaos.scenario import Scenario
 from chaos.steps import step_model
-from chaos.target import SupervisorProcess, build_config, default_supervisor_cmd, plan_local, write_config
+from chaos.target import SupervisorProcess, Unit, build_config, default_supervisor_cmd, plan_local, write_config
 from chaos.timeline import Container, Observation, Sighting
 
 
@@ -49,6 +49,8 @@ class RunOptions:
     workdir: Path | None = None  # where each local target's config, state and logs go (default: a temp dir)
     # The image for container models that name none; None: build (or find) the fake-vLLM image on first use.
     docker_image: str | None = None
+    gateway_url: str | None = None  # the remote deployment's gateway, for scenarios with `load`
+    gateway_key: str | None = None  # the key that gateway wants, if any
 
 
 @dataclass
@@ -106,16 +108,20 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
     result.workdir = str(workdir)
     plan = plan_local(scenario, workdir, docker_image=image)
     containers = ScenarioContainers(plan.run_id, plan.containers) if plan.containers else None
-    proxies: dict[str, FaultProxy] = {}
+    proxies: dict[Unit, FaultProxy] = {}
     supervisor = SupervisorProcess(
         list(options.supervisor_cmd), plan.config_path, plan.api_url, workdir / "supervisor.log"
     )
     observer: Observer | None = None
     try:
-        for model in sorted(plan.proxied):
-            proxies[model] = FaultProxy("127.0.0.1", plan.server_ports[model], rng=Random(result.seed))
-            await proxies[model].start()
-            plan.proxy_ports[model] = proxies[model].port
+        for unit in [u for u in plan.units() if u[0] in plan.proxied]:
+            host, port = plan.proxy_listen(unit)
+            upstream = plan.server_ports[unit[0]][unit[1]]
+            proxies[unit] = FaultProxy(
+                "127.0.0.1", upstream, listen_host=host, listen_port=port, rng=Random(result.seed)
+            )
+            await proxies[unit].start()
+            plan.proxy_ports[unit] = proxies[unit].port
         write_config(plan, build_config(scenario, plan, result.seed))
         launched_at = time.time()
         progress(f"starting {' '.join(supervisor.cmd)} (API {plan.api_url})")
@@ -130,7 +136,8 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
                 allow_process_actions=True,
                 supervisor=supervisor,
                 proxies=proxies,
-                server_urls={m: plan.server_url(m) for m in plan.server_ports},
+                server_urls={unit: plan.server_url(*unit) for unit in plan.units()},
+                gateway_url=plan.gateway_url,
             )
             obs, verdicts = await drive(scenario, ctx, launched_at, options.poll_interval, progress)
             obs = replace(obs, containers_at_end=await _list_containers(containers) or ())
@@ -210,12 +217,22 @@ async def _remove_containers(containers: ScenarioContainers | None, result: Scen
 
 async def _run_remote(scenario: Scenario, options: RunOptions, result: ScenarioResult, progress: Progress) -> None:
     url = (options.supervisor_url or "").rstrip("/")
-    headers = {"Authorization": f"Bearer {options.token}"} if options.token else {}
+    headers = _bearer(options.token)
     allow = remote_allows_process_actions(scenario, url)
     async with httpx.AsyncClient(headers=headers, timeout=5.0) as client:
         observer = Observer(client, url, processes_visible=allow)
-        ctx = Context(client, url, observer, local=False, allow_process_actions=allow)
+        ctx = Context(
+            client,
+            url,
+            observer,
+            local=False,
+            allow_process_actions=allow,
+            gateway_url=options.gateway_url,
+            gateway_headers=_bearer(options.gateway_key),
+        )
         reasons = [f"faults.{i}: {why}" for i, s in enumerate(scenario.faults) if (why := runnable(s, ctx))]
+        if scenario.load is not None and not options.gateway_url:
+            reasons.append("load: the scenario sends requests through the gateway; give its URL with --gateway URL")
         for model in [] if reasons else _models(scenario):  # a refused scenario touches nothing, not even GETs
             if (await client.get(f"{url}/api/llm/models/{model}")).status_code == 404:
                 reasons.append(f"model {model!r} is not served by {url}")
@@ -231,6 +248,10 @@ async def _run_remote(scenario: Scenario, options: RunOptions, result: ScenarioR
     _record_judgement(result, scenario, obs, verdicts)
 
 
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _stop_grace(scenario: Scenario) -> float:
     """How long the supervisor may take to stop every model: the longest stop_timeout plus slack."""
     timeouts = [m.stop_timeout for m in scenario.target.models.values()] if scenario.target else []
@@ -238,7 +259,7 @@ def _stop_grace(scenario: Scenario) -> float:
     return max((30.0 if t is None else t for t in timeouts), default=30.0) + 10
 
 
-def _sight_unseen_servers(observer: Observer, server_ports: dict[str, int]) -> None:
+def _sight_unseen_servers(observer: Observer, server_ports: dict[str, tuple[int, ...]]) -> None:
     """Add servers still running on our ports that the polls never caught (so orphans cannot hide)."""
     for model, pid, created, name in procs.find_servers(server_ports):
         if (pid, created) not in observer.sightings:
@@ -251,4 +272,5 @@ def _models(scenario: Scenario) -> list[str]:
     names = {s.healthy.model for s in scenario.steady_state}
     names |= {m for e in scenario.expect if (m := e.model)}
     names |= {m for s in scenario.faults if (m := step_model(s))}
+    names |= {scenario.load.model} if scenario.load else set()
     return sorted(names)

@@ -18,8 +18,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
-from chaos.expectations import ExpectItem, SteadyItem, TimedExpectation
-from chaos.steps import ModelId, Seconds, Step, Strict, step_end, step_model
+from chaos.expectations import ExpectItem, Requests, SteadyItem, TimedExpectation, expectation_replica
+from chaos.steps import ModelId, Seconds, Step, Strict, step_end, step_model, step_replica
+from chaos.suggest import did_you_mean
 
 
 class ScenarioError(Exception):
@@ -81,11 +82,17 @@ class ModelSpec(Strict):
     startup_probe_interval: Annotated[float, Field(gt=0)] | None = None
     stop_timeout: Seconds | None = None
     success_exit_codes: list[Annotated[int, Field(ge=0, le=255)]] | None = None
+    # Replicas: the harness gives each its own port ("{port}" in the args and base_url it writes).
+    replicas: Annotated[int, Field(ge=1, le=8)] | None = None
+    fallback: ModelId | None = None  # a model of the target that answers while this one has no ready replica
+    progress_timeout: Annotated[float, Field(gt=0)] | None = None  # the gateway's stall watch
 
     @model_validator(mode="after")
     def _container_keys_fit_runtime(self) -> ModelSpec:
         if self.docker is not None and self.runtime != "docker":
             raise ValueError("docker: needs runtime: docker")
+        if self.replicas is not None and self.runtime == "docker":
+            raise ValueError("replicas: run as processes in scenarios (each container would need its own port)")
         if self.runtime == "docker" and any("{gpu_dir}" in flag for flag in self.fake_vllm):
             raise ValueError("fake_vllm: {gpu_dir} is a directory on this host; it needs runtime: process")
         # null means "unlimited" for these two only; the supervisor refuses it for every other key.
@@ -98,14 +105,44 @@ class ModelSpec(Strict):
     def in_container(self) -> bool:
         return self.runtime == "docker"
 
+    @property
+    def replica_count(self) -> int:
+        return self.replicas or 1
+
     def supervisor_keys(self) -> dict[str, Any]:
         """The explicitly set section-2 keys, ready for the config file (null kept where it was written)."""
-        keys = self.model_fields_set - {"fake_vllm", "env", "runtime", "docker"}
+        keys = self.model_fields_set - {"fake_vllm", "env", "runtime", "docker", "replicas"}
         return {k: getattr(self, k) for k in sorted(keys)}
+
+
+class GatewaySpec(Strict):
+    """The local target's gateway settings (the supervisor's `supervisor.gateway`); keys left out keep the
+    supervisor's defaults (hold_timeout 120 s, max_attempts 3, drain_timeout 60 s)."""
+
+    hold_timeout: Annotated[float, Field(gt=0)] | None = None
+    max_attempts: Annotated[int, Field(ge=1)] | None = None
+    drain_timeout: Annotated[float, Field(ge=0)] | None = None
 
 
 class Target(Strict):
     models: dict[ModelId, ModelSpec] = Field(min_length=1)
+    # The harness enables the gateway for a scenario with `load` (or with this block), on a free port.
+    gateway: GatewaySpec | None = None
+
+
+class Load(Strict):
+    """OpenAI requests sent through the gateway from the moment the steady state held to the end of the
+    observation, by `concurrency` clients, each sending its next request when the last one ended (or, with
+    `rate`, at that many requests per second in all, never more than `concurrency` at once)."""
+
+    model: ModelId  # the model id the requests name
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    stream: bool | Literal["both"] = False  # both: every other client streams
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 16
+    kind: Literal["completions", "chat"] = "completions"
+    rate: Annotated[float, Field(gt=0, le=1000)] | None = None
+    timeout: Annotated[float, Field(gt=0)] = 10.0  # seconds a request may take; past it, it counts as failed
+    prompt: Annotated[str, Field(min_length=1)] = "Say something about supervisors."
 
 
 class Remote(Strict):
@@ -116,10 +153,12 @@ class Remote(Strict):
 
 class Scenario(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,79}$")]
+    title: Annotated[str, Field(min_length=1, max_length=80)] | None = None  # a short line for tables
     story: Annotated[str, Field(min_length=1)]
     target: Target | None = None
     remote: Remote = Remote()
     steady_state: list[SteadyItem] = []
+    load: Load | None = None
     faults: list[Step] = []
     expect: list[ExpectItem] = Field(min_length=1)
     cleanup: list[Step] = []
@@ -129,20 +168,45 @@ class Scenario(Strict):
     observe_at_most: Annotated[float, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
+    def _requests_have_a_load(self) -> Scenario:
+        for i, item in enumerate(self.expect):
+            spec = item.expectation
+            if not isinstance(spec, Requests):
+                continue
+            if self.load is None:
+                raise ValueError(f"expect.{i}: requests are judged on the scenario's load: add load: {{model: ...}}")
+            if spec.model != self.load.model:
+                raise ValueError(f"expect.{i}: requests of {spec.model!r}, but the load sends to {self.load.model!r}")
+        return self
+
+    @model_validator(mode="after")
     def _models_exist(self) -> Scenario:
         if self.target is None:
             return self
-        known = set(self.target.models)
-        refs: list[tuple[str, str | None]] = [
-            (f"steady_state.{i}", s.healthy.model) for i, s in enumerate(self.steady_state)
+        models = self.target.models
+        refs: list[tuple[str, str | None, int | None]] = [
+            (f"steady_state.{i}", s.healthy.model, s.healthy.replica) for i, s in enumerate(self.steady_state)
         ]
-        refs += [(f"faults.{i}", step_model(s)) for i, s in enumerate(self.faults)]
-        refs += [(f"cleanup.{i}", step_model(s)) for i, s in enumerate(self.cleanup)]
-        refs += [(f"expect.{i}", e.model) for i, e in enumerate(self.expect)]
-        for where, model in refs:
-            if model is not None and model not in known:
-                raise ValueError(f"{where}: unknown model {model!r} (target has {sorted(known)})")
+        refs += [(f"faults.{i}", step_model(s), step_replica(s)) for i, s in enumerate(self.faults)]
+        refs += [(f"cleanup.{i}", step_model(s), step_replica(s)) for i, s in enumerate(self.cleanup)]
+        refs += [(f"expect.{i}", e.model, expectation_replica(e.expectation)) for i, e in enumerate(self.expect)]
+        refs += [("load", self.load.model, None)] if self.load else []
+        refs += [(f"target.models.{m}.fallback", s.fallback, None) for m, s in models.items() if s.fallback]
+        for where, model, replica in refs:
+            if model is not None and model not in models:
+                raise ValueError(f"{where}: unknown model {model!r} (target has {sorted(models)})")
+            if model is not None and replica is not None and replica >= models[model].replica_count:
+                count = models[model].replica_count
+                raise ValueError(f"{where}: {model} has no replica {replica} (it has {count}, from 0)")
+        for model, spec in models.items():
+            if spec.fallback == model:
+                raise ValueError(f"target.models.{model}.fallback: a model cannot fall back to itself")
         return self
+
+    @property
+    def needs_gateway(self) -> bool:
+        """The local target serves the gateway: the scenario sends requests, or sets its gateway."""
+        return self.load is not None or (self.target is not None and self.target.gateway is not None)
 
     def container_models(self) -> list[str]:
         """The target's models that run as containers (`runtime: docker`), sorted."""
@@ -174,7 +238,7 @@ def _format(error: ValidationError) -> list[str]:
         path = ".".join(str(p) for p in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = "unknown key" + did_you_mean(Scenario, item["loc"])
         # Whole-scenario checks already start their message with the path they are about.
         lines.append(f"{path}: {message}" if path else message)
     return lines

@@ -13,6 +13,7 @@ from typing import Annotated, Literal, assert_never
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ModelId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+ReplicaIndex = Annotated[int, Field(ge=0, le=63)]
 Seconds = Annotated[float, Field(ge=0)]
 Scalar = str | int | float | bool | None
 
@@ -35,11 +36,15 @@ def signal_name(value: str) -> str:
 
 class ModelRef(Strict):
     model: ModelId
+    # One replica of a model with `replicas`. Left out: replica 0 for faults on the server (its only one for
+    # a model of one replica); the whole model for `api`.
+    replica: ReplicaIndex | None = None
 
 
 class ProcessRef(Strict):
     model: ModelId
     group: bool = True  # the whole process group (the server and its engine children) or the main pid only
+    replica: ReplicaIndex | None = None  # left out: the model's `pid` (its lead replica's)
 
 
 class _Step(Strict):
@@ -119,11 +124,22 @@ class NetStep(_Step):
 
 
 class ApiStep(_Step):
+    """A management API call; `restart` may name one replica (`?replica=N`) or be `rolling` (`?rolling=true`)."""
+
     action: Literal["api"]
     target: ModelRef
     operation: Literal["start", "stop", "restart"]
     force: bool = False
     concurrent: Annotated[int, Field(ge=1, le=10)] = 1
+    rolling: bool = False
+
+    @model_validator(mode="after")
+    def _restart_options(self) -> ApiStep:
+        if self.operation != "restart" and (self.rolling or self.target.replica is not None):
+            raise ValueError("rolling and target.replica go with operation: restart only")
+        if self.rolling and self.target.replica is not None:
+            raise ValueError("a rolling restart restarts every replica: leave target.replica out")
+        return self
 
 
 class SupervisorStep(_Step):
@@ -159,6 +175,19 @@ def step_model(step: Step) -> str | None:
             return step.target.model
         case OomStep() | EngineDeadStep() | FaultStep() | NetStep() | ApiStep():  # the model itself
             return step.target.model
+        case NoneStep() | SupervisorStep():
+            return None
+        case _:
+            assert_never(step)
+
+
+def step_replica(step: Step) -> int | None:
+    """The replica a step names, if any."""
+    match step:
+        case SignalStep() | KillStep() | HangStep() | OomStep() | EngineDeadStep() | FaultStep() | NetStep():
+            return step.target.replica
+        case ApiStep():
+            return step.target.replica
         case NoneStep() | SupervisorStep():
             return None
         case _:

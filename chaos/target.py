@@ -1,7 +1,9 @@
 """The local target: a supervisor config written from a scenario, and the supervisor process that runs it.
 
-The harness picks a free port for each fake server, puts a fault proxy in front of the servers that a `net`
-fault targets (their `base_url` names the proxy), gives the supervisor its own state dir and API port, and
+The harness picks a free port for each fake server (each replica), puts a fault proxy in front of the servers
+that a `net` fault targets (their `base_url` names the proxy, so the supervisor's probes and its gateway's
+requests both cross it), enables the gateway on a free port for a scenario that sends requests, gives the
+supervisor its own state dir and API port, and
 starts `<supervisor-cmd> run -c CONFIG` in a session of its own so it, and only it, can be signalled and
 killed. A random bearer token in a harness-owned env var keeps other local users off the API.
 A model with `runtime: docker` becomes a container of the fake-vLLM image, published on its free host port.
@@ -54,22 +56,32 @@ def fake_vllm_command() -> str:
     return str(local) if local.exists() else (shutil.which("fake-vllm") or "fake-vllm")
 
 
+Unit = tuple[str, int]  # (model, replica): one server of the target
+# Where the fault proxy of a replica listens: a second loopback address (Linux routes all of 127/8 to
+# loopback), on the replica's own port number. "{port}" stands for one port in both the args and the base_url
+# the supervisor derives for each replica, so the proxy cannot have a port of its own: the server listens on
+# 127.0.0.1:P and the supervisor, its probes and its gateway reach it through 127.0.0.2:P.
+PROXY_ALIAS = "127.0.0.2"
+
+
 @dataclass
 class LocalPlan:
     """Everything decided before anything starts: ports, the config, where files go.
 
-    `server_ports` are host ports; a container model's server listens on CONTAINER_PORT inside its container,
-    published on that host port.
+    `server_ports` are host ports, one per replica (one for a model without `replicas`); a container
+    model's server listens on CONTAINER_PORT inside its container, published on that host port.
     """
 
     workdir: Path
     api_port: int
-    server_ports: dict[str, int]
+    server_ports: dict[str, tuple[int, ...]]
     proxied: set[str]
     gpu_dir: Path
-    proxy_ports: dict[str, int] = field(default_factory=dict)
+    proxy_ports: dict[Unit, int] = field(default_factory=dict)
     containers: set[str] = field(default_factory=set)  # models that run as containers
     docker_image: str = FAKE_VLLM_IMAGE  # for container models whose scenario names no image
+    replicated: set[str] = field(default_factory=set)  # models written with replicas, ports and "{port}"
+    gateway_port: int | None = None  # the supervisor serves its gateway here (scenarios with `load`)
 
     @property
     def run_id(self) -> str:
@@ -77,7 +89,7 @@ class LocalPlan:
         return self.workdir.name
 
     @property
-    def process_ports(self) -> dict[str, int]:
+    def process_ports(self) -> dict[str, tuple[int, ...]]:
         """Host ports of the models that run as processes here (a container's server has its own netns)."""
         return {m: p for m, p in self.server_ports.items() if m not in self.containers}
 
@@ -89,27 +101,41 @@ class LocalPlan:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def server_url(self, model: str) -> str:
-        return f"http://127.0.0.1:{self.server_ports[model]}"
+    @property
+    def gateway_url(self) -> str | None:
+        return None if self.gateway_port is None else f"http://127.0.0.1:{self.gateway_port}"
+
+    def units(self) -> list[Unit]:
+        return [(m, i) for m, ports in self.server_ports.items() for i in range(len(ports))]
+
+    def server_url(self, model: str, replica: int = 0) -> str:
+        return f"http://127.0.0.1:{self.server_ports[model][replica]}"
+
+    def proxy_listen(self, unit: Unit) -> tuple[str, int]:
+        """Where the fault proxy of a server listens: any free port, or the alias address for a replica."""
+        model, replica = unit
+        return (PROXY_ALIAS, self.server_ports[model][replica]) if model in self.replicated else ("127.0.0.1", 0)
 
 
 def proxied_models(scenario: Scenario) -> set[str]:
-    """The models a `net` fault targets: the supervisor reaches them through the harness's fault proxy."""
+    """The models a `net` fault targets: the supervisor reaches them (every replica) through fault proxies."""
     return {s.target.model for s in scenario.faults if isinstance(s, NetStep)}
 
 
 def plan_local(scenario: Scenario, workdir: Path, *, docker_image: str = FAKE_VLLM_IMAGE) -> LocalPlan:
     if scenario.target is None:
         raise ValueError(f"{scenario.name}: no target to start; run it with --supervisor URL")
-    models = list(scenario.target.models)
+    models = scenario.target.models
     return LocalPlan(
         workdir=workdir,
         api_port=free_port(),
-        server_ports={m: free_port() for m in models},
+        server_ports={m: tuple(free_port() for _ in range(spec.replica_count)) for m, spec in models.items()},
         proxied=proxied_models(scenario),
         gpu_dir=workdir / "fake-gpu",
         containers=set(scenario.container_models()),
         docker_image=docker_image,
+        replicated={m for m, spec in models.items() if spec.replicas is not None},
+        gateway_port=free_port() if scenario.needs_gateway else None,
     )
 
 
@@ -121,26 +147,33 @@ def build_config(scenario: Scenario, plan: LocalPlan, seed: int) -> dict[str, An
         flags = [f.replace("{gpu_dir}", str(plan.gpu_dir)) for f in spec.fake_vllm]
         if "--seed" not in flags:
             flags += ["--seed", str((seed + index) % 2**31)]
-        port = plan.proxy_ports.get(model, plan.server_ports[model])
-        entry: dict[str, Any] = {
-            "command": fake_vllm_command(),
-            "args": ["serve", model, "--port", str(plan.server_ports[model]), *flags],
-            "endpoints": {"base_url": f"http://127.0.0.1:{port}/v1"},
-        }
+        entry: dict[str, Any] = {"command": fake_vllm_command()}
+        if model in plan.replicated:
+            # The supervisor puts each replica's port where "{port}" stands, in the args and the base_url.
+            host = PROXY_ALIAS if model in plan.proxied else "127.0.0.1"
+            entry["args"] = ["serve", model, "--port", "{port}", *flags]
+            entry["endpoints"] = {"base_url": f"http://{host}:{{port}}/v1"}
+            entry["replicas"] = spec.replica_count
+            entry["ports"] = list(plan.server_ports[model])
+        else:
+            port = plan.proxy_ports.get((model, 0), plan.server_ports[model][0])
+            entry["args"] = ["serve", model, "--port", str(plan.server_ports[model][0]), *flags]
+            entry["endpoints"] = {"base_url": f"http://127.0.0.1:{port}/v1"}
         if spec.in_container:
             entry.update(_container_entry(model, spec, plan, flags))
         if spec.env:
             entry["env"] = dict(spec.env)
         entry.update(spec.supervisor_keys())
         models[model] = entry
-    return {
-        "supervisor": {
-            "api": {"host": "127.0.0.1", "port": plan.api_port},
-            "state_dir": str(plan.workdir / "state"),
-            "token_env": TOKEN_ENV,
-        },
-        "llmModels": models,
+    supervisor: dict[str, Any] = {
+        "api": {"host": "127.0.0.1", "port": plan.api_port},
+        "state_dir": str(plan.workdir / "state"),
+        "token_env": TOKEN_ENV,
     }
+    if plan.gateway_port is not None:
+        settings = scenario.target.gateway.model_dump(exclude_none=True) if scenario.target.gateway else {}
+        supervisor["gateway"] = {"host": "127.0.0.1", "port": plan.gateway_port, **settings}
+    return {"supervisor": supervisor, "llmModels": models}
 
 
 def _container_entry(model: str, spec: ModelSpec, plan: LocalPlan, flags: list[str]) -> dict[str, Any]:
@@ -153,7 +186,7 @@ def _container_entry(model: str, spec: ModelSpec, plan: LocalPlan, flags: list[s
     settings = spec.docker or ContainerSettings()
     docker: dict[str, Any] = {
         "image": settings.image or plan.docker_image,
-        "ports": {f"{CONTAINER_PORT}/tcp": plan.server_ports[model]},
+        "ports": {f"{CONTAINER_PORT}/tcp": plan.server_ports[model][0]},
         "env": {RUN_ENV: plan.run_id},
     }
     if settings.mem_limit is not None:

@@ -62,7 +62,9 @@ EXPECTATION_EXAMPLES: dict[str, object] = {
     "api": {"model": "m1", "fields": {"state": "healthy"}},
     "events": {"model": "m1", "include": ["spawned"]},
     "gap": {"model": "m1", "from": "stopping", "to": "killed", "seconds": 1},
+    "requests": {"model": "m1", "failed_max": 0},
 }
+LOAD = {"model": "m1"}  # `requests` are judged on the scenario's load
 
 EVERYWHERE = Reach(processes=True, own_supervisor=True, proxied=frozenset({"m1"}), admin=frozenset({"m1"}))
 REMOTE = Reach()  # the API only
@@ -164,7 +166,12 @@ def test_the_timed_expectations_are_those_with_a_within() -> None:
     with_within = {t for t in get_args(Expectation) if "within" in t.model_fields}
     assert with_within == set(get_args(TimedExpectation))
     scenario = parse_scenario(
-        {"name": "all", "story": "every expectation", "expect": [{k: v} for k, v in EXPECTATION_EXAMPLES.items()]}
+        {
+            "name": "all",
+            "story": "every expectation",
+            "load": LOAD,
+            "expect": [{k: v} for k, v in EXPECTATION_EXAMPLES.items()],
+        }
     )
     timed = scenario.timed()
     assert {type(spec) for spec in timed} == with_within
@@ -178,6 +185,7 @@ def test_a_whole_scenario_of_every_type_is_judged_and_planned() -> None:
         "name": "all",
         "story": "every step and every expectation",
         "target": {"models": {"m1": {}}},
+        "load": LOAD,
         "faults": list(STEP_EXAMPLES.values()),
         "expect": [{k: v} for k, v in EXPECTATION_EXAMPLES.items()],
     }
@@ -187,4 +195,7 @@ def test_a_whole_scenario_of_every_type_is_judged_and_planned() -> None:
     assert all(v.passed is None for v in not_steady)
     plan = describe_plan(scenario, RunOptions(supervisor_url="http://10.1.2.3:8099"))
     assert all(f"expect {key}: " in plan for key in EXPECTATION_EXAMPLES)
-    assert plan.count("would be SKIPPED") == sum(refusal(s, REMOTE) is not None for s in scenario.faults)
+    refused = sum(refusal(s, REMOTE) is not None for s in scenario.faults)
+    assert plan.count("would be SKIPPED") == refused + 1  # the load too: no --gateway URL was given
+    gateway = RunOptions(supervisor_url="http://10.1.2.3:8099", gateway_url="http://10.1.2.3:8000")
+    assert describe_plan(scenario, gateway).count("would be SKIPPED") == refused

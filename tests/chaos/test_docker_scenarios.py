@@ -61,7 +61,7 @@ def test_container_model_becomes_a_docker_config_the_supervisor_accepts(tmp_path
     plan = plan_local(spec, tmp_path / "run-1", docker_image="llm-supervisor/fake-vllm:abc")
     config = build_config(spec, plan, seed=7)
     entry = config["llmModels"]["m1"]
-    host_port = plan.server_ports["m1"]
+    host_port = plan.server_ports["m1"][0]
     assert entry["command"] == "fake-vllm"
     assert entry["args"][:6] == ["serve", "m1", "--host", "0.0.0.0", "--port", str(CONTAINER_PORT)]
     assert entry["args"][6:8] == ["--crash-after", "1"]

@@ -136,3 +136,21 @@ async def test_upstream_stream_toxic_delays_requests(proxy: FaultProxy) -> None:
     assert took >= 0.27
     assert proxy.toxic is not None
     assert proxy.toxic.describe() == "latency(latency=300) upstream"
+
+
+async def test_a_replica_proxy_listens_on_the_alias_address_at_the_servers_own_port(echo_port: int) -> None:
+    """127.0.0.2:P forwards to 127.0.0.1:P (the server's port, taken on the other address), toxics and all."""
+    async with FaultProxy("127.0.0.1", echo_port, listen_host="127.0.0.2", listen_port=echo_port) as alias:
+        assert alias.port == echo_port
+        reader, writer = await asyncio.open_connection("127.0.0.2", echo_port)
+        try:
+            writer.write(b"ping")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+            alias.set_toxic(Toxic("blackhole", stream="both"))
+            writer.write(b"lost")
+            await writer.drain()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reader.readexactly(4), 0.3)
+        finally:
+            writer.close()

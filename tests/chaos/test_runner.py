@@ -36,6 +36,27 @@ async def test_remote_scenario_with_process_actions_is_skipped_untouched() -> No
     assert "allow_process_actions" in result.message
 
 
+async def test_remote_scenario_with_load_needs_the_gateway_url() -> None:
+    """Requests through the gateway need its URL: without --gateway the scenario is skipped untouched (the
+    supervisor URL has nothing listening, so any request would have made it an error)."""
+    scenario = parse_scenario(
+        {
+            "name": "remote-load",
+            "story": "s",
+            "load": {"model": "m1"},
+            "faults": [{"action": "api", "operation": "restart", "rolling": True, "target": {"model": "m1"}}],
+            "expect": [{"requests": {"model": "m1", "failed_max": 0}}],
+        }
+    )
+    result = await run_scenario(scenario, RunOptions(supervisor_url="http://127.0.0.1:9"))
+    assert result.outcome == "skipped"
+    assert "load: the scenario sends requests through the gateway; give its URL with --gateway URL" in result.message
+    with_gateway = await run_scenario(
+        scenario, RunOptions(supervisor_url="http://127.0.0.1:9", gateway_url="http://127.0.0.1:9")
+    )
+    assert with_gateway.outcome == "error"  # no longer refused up front: it tried, and nothing listens there
+
+
 async def test_steady_state_failure_injects_nothing(no_leftovers: None) -> None:
     """A model that never gets healthy fails the steady state; the expectations are not judged."""
     scenario = parse_scenario(

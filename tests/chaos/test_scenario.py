@@ -36,7 +36,10 @@ def problems(data: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"target": {"models": {"m1": {"restart_polcy": "always"}}}}, "target.models.m1.restart_polcy: unknown key"),
+        (
+            {"target": {"models": {"m1": {"restart_polcy": "always"}}}},
+            "target.models.m1.restart_polcy: unknown key (did you mean restart_policy?)",
+        ),
         (
             {"faults": [{"action": "signal", "target": {"model": "m1"}, "signal": "SIGNOPE"}]},
             "faults.0.signal.signal: unknown signal 'SIGNOPE'",

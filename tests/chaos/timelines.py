@@ -5,26 +5,44 @@ from __future__ import annotations
 from typing import Any
 
 from chaos.expectations import ExpectItem, SteadyItem
-from chaos.timeline import Event, Observation, Overlap, Sighting, Snapshot
+from chaos.timeline import Event, FaultRecord, Observation, Overlap, RequestRecord, Sighting, Snapshot
 
 T0 = 1_700_000_000.0
 
 
 def ev(
-    t: float, kind: str, state: str, detail: str | None = None, reason: str | None = None, model: str = "m1"
+    t: float,
+    kind: str,
+    state: str,
+    detail: str | None = None,
+    reason: str | None = None,
+    model: str = "m1",
+    replica: int = 0,
 ) -> Event:
     """An event `t` seconds after the start (seq is filled in by `observation`)."""
-    return Event(model, 0, T0 + t, kind, state, detail, reason)
+    return Event(model, 0, T0 + t, kind, state, detail, reason, replica)
 
 
-def snap(t: float, model: str = "m1", **fields: Any) -> Snapshot:
+def req(t: float, latency: float = 0.1, *, stream: bool = False, model: str = "m1", **facts: Any) -> RequestRecord:
+    """A request sent `t` seconds after the start; by default one that succeeded."""
+    fields: dict[str, Any] = {"status": 200, "done": True, "finished": True, "chunks": 4 if stream else 0}
+    fields.update(facts)
+    return RequestRecord(model, "/v1/completions", stream, T0 + t, latency, **fields)
+
+
+def snap(t: float, model: str = "m1", replicas: tuple[dict[str, Any], ...] = (), **fields: Any) -> Snapshot:
     """A polled status `t` seconds after the start."""
-    return Snapshot(T0 + t, model, {"id": model, **fields})
+    return Snapshot(T0 + t, model, {"id": model, **fields}, replicas)
 
 
-def sighting(pid: int, run_pid: int, model: str = "m1", name: str = "fake-vllm serve m1") -> Sighting:
+def sighting(pid: int, run_pid: int, model: str = "m1", name: str = "fake-vllm serve m1", replica: int = 0) -> Sighting:
     """A process seen as part of run `run_pid`; its create time is derived from the pid."""
-    return Sighting(model, pid, float(pid), run_pid, name, T0)
+    return Sighting(model, pid, float(pid), run_pid, name, T0, replica)
+
+
+def fault(t: float, action: str = "kill", applied: float | None = None) -> FaultRecord:
+    """A fault step carried out `t` seconds after the start (taking effect at `applied`, default at once)."""
+    return FaultRecord(0, action, "m1", action, T0 + t, None, "done", action, T0 + (t if applied is None else applied))
 
 
 def observation(
@@ -38,9 +56,13 @@ def observation(
     alive: list[int] | None = None,
     after_shutdown: list[int] | None = None,
     overlaps: list[tuple[float, tuple[int, ...]]] | None = None,
+    requests: list[RequestRecord] | None = None,
+    faults: list[FaultRecord] | None = None,
 ) -> Observation:
     """An Observation; `alive`/`after_shutdown` list pids of `sightings` still alive then."""
-    numbered = tuple(Event(e.model, i + 1, e.time, e.kind, e.state, e.detail, e.reason) for i, e in enumerate(events))
+    numbered = tuple(
+        Event(e.model, i + 1, e.time, e.kind, e.state, e.detail, e.reason, e.replica) for i, e in enumerate(events)
+    )
     seen = sightings or []
     keys = {s.pid: s.key for s in seen}
     return Observation(
@@ -54,6 +76,8 @@ def observation(
         overlaps=tuple(Overlap(T0 + t, "m1", runs) for t, runs in (overlaps or [])),
         alive_at_end=frozenset(keys[p] for p in alive or []),
         alive_after_shutdown=None if after_shutdown is None else frozenset(keys[p] for p in after_shutdown),
+        requests=tuple(requests or ()),
+        faults=tuple(faults or ()),
     )
 
 
