@@ -1,4 +1,5 @@
-"""`llm-chaos`: list, validate and run chaos scenarios (docs/design/contract.md section 8).
+"""`llm-chaos`: list, validate and run chaos scenarios (docs/design/contract.md section 8), and regenerate the
+resilience table (`llm-chaos table`, see chaos/table.py).
 
 Exit codes: 0 every expectation held (skipped scenarios do not fail a run), 1 an expectation failed or a
 scenario could not be run (error), 2 invalid scenarios or usage. Progress lines go to stderr as it runs;
@@ -12,9 +13,11 @@ import argparse
 import asyncio
 import contextlib
 import os
+import platform
 import random
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,8 +26,10 @@ from chaos.plan import describe_plan
 from chaos.report import summary, write_reports
 from chaos.runner import RunOptions, ScenarioResult, run_scenario
 from chaos.scenario import Scenario, ScenarioError, load_scenario, scenario_files
+from chaos.table import measure, render
 
 DEFAULT_DIR = Path("scenarios")
+TABLE_DIR = DEFAULT_DIR / "gateway"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,9 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="the program started as `CMD run -c CONFIG` for local targets (default: llm-supervisor)",
     )
+    run.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="with --supervisor: its OpenAI-compatible gateway (http://HOST:PORT), for scenarios with load; "
+        "without it they are skipped",
+    )
+    run.add_argument(
+        "--gateway-key-env", metavar="NAME", help="env var holding the key the --gateway wants (Bearer), if any"
+    )
     run.add_argument("--seed", type=int, help="replay a run: the seed printed by an earlier one")
     run.add_argument("--dry-run", action="store_true", help="print the plan; start, signal and call nothing")
     run.add_argument("--report-dir", type=Path, default=Path("chaos-report"), help="default: %(default)s")
+    table = commands.add_parser(
+        "table", help="run the gateway scenarios on the fake fleet and write the resilience table (Markdown)"
+    )
+    table.add_argument("files", nargs="*", type=Path, help=f"scenarios with load (default: {TABLE_DIR}/)")
+    table.add_argument("--out", type=Path, help="write the table here (e.g. docs/resilience.md); default stdout")
+    table.add_argument("--seed", type=int, help="replay a run: the seed printed by an earlier one")
+    table.add_argument("--report-dir", type=Path, default=Path("chaos-report"), help="default: %(default)s")
     return parser
 
 
@@ -94,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "table" and not args.files:
+        args.files = [TABLE_DIR]
     loaded, errors = _load_all(list(args.files))
     if errors:
         _print_errors(errors)
@@ -108,6 +131,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "validate":
         print(f"{len(loaded)} scenario(s) valid")
         return 0
+    if args.command == "table":
+        return _table(args, loaded)
     return _run(args, loaded)
 
 
@@ -117,6 +142,12 @@ def _run(args: argparse.Namespace, loaded: list[tuple[Path, Scenario]]) -> int:
     options = RunOptions(
         supervisor_url=args.supervisor, token=token, seed=seed, workdir=args.report_dir.resolve() / "work"
     )
+    if args.supervisor:
+        key = os.environ.get(args.gateway_key_env) if args.gateway_key_env else None
+        options = replace(options, gateway_url=args.gateway, gateway_key=key)
+    elif args.gateway:
+        print("--gateway goes with --supervisor URL (a local target's gateway is the harness's own)", file=sys.stderr)
+        return 2
     if args.supervisor_cmd:
         options = replace(options, supervisor_cmd=tuple(shlex.split(args.supervisor_cmd)))
     if args.dry_run:
@@ -124,6 +155,42 @@ def _run(args: argparse.Namespace, loaded: list[tuple[Path, Scenario]]) -> int:
         for path, scenario in loaded:
             print(describe_plan(scenario, options, source=str(path)))
         return 0
+    results = _run_all(loaded, options, seed)
+    paths = write_reports(results, args.report_dir, seed=seed, command=["llm-chaos", *sys.argv[1:]])
+    counts = summary(results)
+    print(
+        ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        + f" · seed {seed} · reports: "
+        + ", ".join(str(p) for p in paths)
+    )
+    return 1 if counts["failed"] or counts["error"] else 0
+
+
+def _table(args: argparse.Namespace, loaded: list[tuple[Path, Scenario]]) -> int:
+    """Run the scenarios with load locally, then write one row for each (failed runs are marked so)."""
+    chosen = [(path, scenario) for path, scenario in loaded if scenario.load is not None]
+    if not chosen:
+        print("no scenario with load: among the files", file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    options = RunOptions(seed=seed, workdir=args.report_dir.resolve() / "work")
+    results = _run_all(chosen, options, seed)
+    write_reports(results, args.report_dir, seed=seed, command=["llm-chaos", *sys.argv[1:]])
+    rows = [measure(scenario, result) for (_, scenario), result in zip(chosen, results, strict=True)]
+    command = "llm-chaos table" + (f" --out {args.out}" if args.out else "")
+    when = time.strftime("%Y-%m-%d", time.gmtime())
+    machine = f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}"
+    text = render(rows, seed=seed, command=command, when=when, machine=machine)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+        _say(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    counts = summary(results)
+    return 1 if counts["failed"] or counts["error"] else 0
+
+
+def _run_all(loaded: list[tuple[Path, Scenario]], options: RunOptions, seed: int) -> list[ScenarioResult]:
     _say(f"llm-chaos: {len(loaded)} scenario(s), seed {seed}")
     results: list[ScenarioResult] = []
     for number, (path, scenario) in enumerate(loaded, start=1):
@@ -139,14 +206,7 @@ def _run(args: argparse.Namespace, loaded: list[tuple[Path, Scenario]]) -> int:
         for verdict in result.verdicts:
             if verdict.passed is False:
                 _say(f"    ✘ {verdict.check}: {verdict.message}")
-    paths = write_reports(results, args.report_dir, seed=seed, command=["llm-chaos", *sys.argv[1:]])
-    counts = summary(results)
-    print(
-        ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-        + f" · seed {seed} · reports: "
-        + ", ".join(str(p) for p in paths)
-    )
-    return 1 if counts["failed"] or counts["error"] else 0
+    return results
 
 
 def _say(text: str) -> None:

@@ -3,7 +3,9 @@
 The picture has one row per model: its states as coloured bands (from the supervisor's event timeline,
 or the polled statuses when it serves no events), markers for starts (▼), exits (✕), failed probes (|),
 and the harness's faults as shaded spans with their labels, over a time axis in seconds since the
-supervisor started. Everything is inline; `<title>` elements give each mark a hover text.
+supervisor started. A scenario with `load` gets a row for its requests: a grey band while they were sent,
+and a red mark for each failed one, from when it was sent to when it ended. Everything is inline; `<title>`
+elements give each mark a hover text.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from chaos.checks import state_points
 from chaos.timeline import Observation
+from chaos.traffic import failure, tally
 
 if TYPE_CHECKING:
     from chaos.runner import ScenarioResult
@@ -29,6 +32,7 @@ STATE_COLOURS = {
 }
 OUTCOME_COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "skipped": "#757575", "error": "#6a1b9a"}
 _LEFT, _WIDTH, _ROW, _TOP = 90, 880, 34, 30
+_FAILED = "#c62828"
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
@@ -43,7 +47,7 @@ table{border-collapse:collapse;width:100%} td{border-top:1px solid #eee;padding:
 def html_report(results: list[ScenarioResult], *, seed: int) -> str:
     rows = "".join(
         f'<tr><td><a href="#{_e(r.name)}">{_e(r.name)}</a></td><td>{_badge(r.outcome)}</td>'
-        f"<td>{r.duration:.1f}s</td></tr>"
+        f"<td>{r.duration:.1f}s</td><td>{_e(_request_counts(r.observation, short=True))}</td></tr>"
         for r in results
     )
     legend = "".join(f'<span><i class="sw" style="background:{c}"></i>{s}</span>' for s, c in STATE_COLOURS.items())
@@ -54,7 +58,8 @@ def html_report(results: list[ScenarioResult], *, seed: int) -> str:
         f"<p>Seed <b>{seed}</b> (replay with <code>--seed {seed}</code>). "
         f"{len(results)} scenarios.</p><table>{rows}</table>"
         f"<p class='legend'>{legend}<span>▼ start</span><span>✕ exit</span><span>| failed probe</span>"
-        f"<span>shaded: fault</span></p>{body}</body></html>\n"
+        f"<span>shaded: fault</span><span><i class='sw' style='background:{_FAILED}'></i>failed request</span>"
+        f"</p>{body}</body></html>\n"
     )
 
 
@@ -64,11 +69,21 @@ def _scenario(r: ScenarioResult) -> str:
     )
     picture = timeline_svg(r.observation) if r.observation else ""
     message = f"<p><b>{_e(r.message)}</b></p>" if r.message else ""
+    counts = _request_counts(r.observation, short=False)
+    requests = f"<p>Requests: {_e(counts)}</p>" if counts else ""
     return (
         f'<h2 id="{_e(r.name)}">{_e(r.name)} {_badge(r.outcome)}</h2>'
         f"<p class='story'>{_e(r.story)}</p><p>seed {r.seed} · {_e(r.source)} · {r.duration:.1f}s</p>"
-        f"{message}{picture}<table>{verdicts}</table>"
+        f"{message}{requests}{picture}<table>{verdicts}</table>"
     )
+
+
+def _request_counts(obs: Observation | None, *, short: bool) -> str:
+    """'120 sent, 2 failed' (or the long form with reasons); empty for a scenario without load."""
+    if obs is None or not obs.requests:
+        return ""
+    counts = tally(obs.requests)
+    return f"{counts.sent} sent, {counts.failed} failed" if short else counts.describe()
 
 
 def timeline_svg(obs: Observation) -> str:
@@ -81,7 +96,8 @@ def timeline_svg(obs: Observation) -> str:
     def x(t: float) -> float:
         return _LEFT + (t - start) / span * _WIDTH
 
-    height = _TOP + _ROW * max(len(models), 1) + 30
+    rows = len(models) + (1 if obs.requests else 0)
+    height = _TOP + _ROW * max(rows, 1) + 30
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_LEFT + _WIDTH + 20}" height="{height}" '
         f'font-size="11" role="img">'
@@ -102,6 +118,8 @@ def timeline_svg(obs: Observation) -> str:
             )
     for row, model in enumerate(models):
         parts.append(_model_row(obs, model, _TOP + row * _ROW, x, end))
+    if obs.requests:
+        parts.append(_requests_row(obs, _TOP + len(models) * _ROW, x))
     axis_y = height - 22
     parts.append(f'<line x1="{_LEFT}" x2="{_LEFT + _WIDTH}" y1="{axis_y}" y2="{axis_y}" stroke="#333"/>')
     step = _tick_step(span)
@@ -141,6 +159,28 @@ def _model_row(obs: Observation, model: str, y: float, x: Callable[[float], floa
                 f'<line x1="{ex:.1f}" x2="{ex:.1f}" y1="{y + 20}" y2="{y + 26}" stroke="#e65100">'
                 f"<title>{text}</title></line>"
             )
+    return "".join(parts)
+
+
+def _requests_row(obs: Observation, y: float, x: Callable[[float], float]) -> str:
+    """A grey band while requests were sent; over it a red mark per failed request, sent to ended."""
+    first = min(r.started for r in obs.requests)
+    last = max(r.ended for r in obs.requests)
+    counts = tally(obs.requests)
+    parts = [
+        f'<text x="4" y="{y + 15}">requests</text>'
+        f'<rect x="{x(first):.1f}" y="{y + 4}" width="{max(x(last) - x(first), 0.5):.1f}" height="16" '
+        f'fill="#e0e0e0"><title>{_e(counts.describe())}</title></rect>'
+    ]
+    for record in obs.requests:
+        reason = failure(record)
+        if reason is None:
+            continue
+        text = _e(f"{record.path} sent at +{record.started - obs.launched_at:.2f}s, {record.latency:.2f}s: {reason}")
+        parts.append(
+            f'<rect x="{x(record.started):.1f}" y="{y + 4}" width="{max(x(record.ended) - x(record.started), 2):.1f}" '
+            f'height="16" fill="{_FAILED}" opacity="0.7"><title>{text}</title></rect>'
+        )
     return "".join(parts)
 
 

@@ -16,6 +16,14 @@ from typing import Any
 
 from chaos.htmlreport import html_report
 from chaos.runner import ScenarioResult
+from chaos.traffic import Tally, tally
+
+
+def request_tally(result: ScenarioResult) -> Tally | None:
+    """The scenario's requests sent, succeeded and failed; None for a scenario that sent none."""
+    if result.observation is None or not result.observation.requests:
+        return None
+    return tally(result.observation.requests)
 
 
 def journal(results: list[ScenarioResult], *, seed: int, command: list[str]) -> dict[str, Any]:
@@ -38,11 +46,16 @@ def journal(results: list[ScenarioResult], *, seed: int, command: list[str]) -> 
                 "duration": r.duration,
                 "workdir": r.workdir,
                 "verdicts": [asdict(v) for v in r.verdicts],
+                "requests": _counts(request_tally(r)),
                 "observation": r.observation.to_json() if r.observation else None,
             }
             for r in results
         ],
     }
+
+
+def _counts(counts: Tally | None) -> dict[str, int] | None:
+    return None if counts is None else {"sent": counts.sent, "succeeded": counts.succeeded, "failed": counts.failed}
 
 
 def summary(results: list[ScenarioResult]) -> dict[str, int]:
@@ -67,6 +80,11 @@ def junit_xml(results: list[ScenarioResult]) -> str:
         case = ET.SubElement(
             suite, "testcase", classname="llm-chaos", name=r.name, time=f"{r.duration:.3f}", file=r.source
         )
+        requests = request_tally(r)
+        if requests is not None:
+            properties = ET.SubElement(case, "properties")
+            for key, value in (_counts(requests) or {}).items():
+                ET.SubElement(properties, "property", name=f"requests_{key}", value=str(value))
         failed = [v for v in r.verdicts if v.passed is False]
         if r.outcome == "failed":
             node = ET.SubElement(case, "failure", message="; ".join(v.check for v in failed)[:500])
@@ -75,7 +93,8 @@ def junit_xml(results: list[ScenarioResult]) -> str:
             ET.SubElement(case, "error", message=r.message[:500]).text = r.message
         elif r.outcome == "skipped":
             ET.SubElement(case, "skipped", message=r.message[:500])
-        out = [f"seed {r.seed}"] + [f"[{_mark(v.passed)}] {v.check}: {v.message}" for v in r.verdicts]
+        out = [f"seed {r.seed}"] + ([f"requests: {requests.describe()}"] if requests else [])
+        out += [f"[{_mark(v.passed)}] {v.check}: {v.message}" for v in r.verdicts]
         ET.SubElement(case, "system-out").text = "\n".join(out)
     ET.indent(suite)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"

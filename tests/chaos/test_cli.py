@@ -160,3 +160,30 @@ def test_progress_to_a_closed_stderr_is_dropped_not_raised(monkeypatch: pytest.M
 
     monkeypatch.setattr(sys, "stderr", ClosedPipe())
     cli._say("[1/1] crash-loop-reaches-failed: healthy")  # must not raise
+
+
+def test_gateway_goes_with_a_remote_supervisor(write_scenario: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A local target's gateway is the harness's own: --gateway alone is a usage error (2)."""
+    path = write_scenario(STOP_STICKS)
+    assert main(["run", str(path), "--gateway", "http://127.0.0.1:8000", "--dry-run"]) == 2
+    assert "--gateway goes with --supervisor" in capsys.readouterr().err
+
+
+def test_table_needs_scenarios_with_load(write_scenario: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """`table` over scenarios that send no request has nothing to measure: 2, and it starts nothing."""
+    path = write_scenario(STOP_STICKS)
+    assert main(["table", str(path)]) == 2
+    assert "no scenario with load" in capsys.readouterr().err
+
+
+def test_dry_run_of_a_load_scenario_names_the_gateway(write_scenario: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    data = {**STOP_STICKS, "name": "with-load", "load": {"model": "m1", "stream": True}}
+    data["expect"] = [*STOP_STICKS["expect"], {"requests": {"model": "m1", "failed_max": 0}}]
+    path = write_scenario(data)
+    assert main(["run", str(path), "--dry-run"]) == 0
+    assert "the supervisor's gateway on a free port" in capsys.readouterr().out
+    assert main(["run", str(path), "--dry-run", "--supervisor", "http://10.0.0.1:8099"]) == 0
+    assert "[would be SKIPPED: no --gateway URL]" in capsys.readouterr().out
+    remote = ["--supervisor", "http://10.0.0.1:8099", "--gateway", "http://10.0.0.1:8000"]
+    assert main(["run", str(path), "--dry-run", *remote]) == 0
+    assert "via http://10.0.0.1:8000" in capsys.readouterr().out
