@@ -177,6 +177,7 @@ def _table(args: argparse.Namespace, loaded: list[tuple[Path, Scenario]]) -> int
     results = _run_all(chosen, options, seed)
     write_reports(results, args.report_dir, seed=seed, command=["llm-chaos", *sys.argv[1:]])
     rows = [measure(scenario, result) for (_, scenario), result in zip(chosen, results, strict=True)]
+    rows.sort(key=lambda row: -row.replicas)  # several replicas first, then one: the two ways to survive
     command = "llm-chaos table" + (f" --out {args.out}" if args.out else "")
     when = time.strftime("%Y-%m-%d", time.gmtime())
     machine = f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}"

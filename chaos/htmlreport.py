@@ -1,11 +1,11 @@
 """The HTML report: per scenario its story, verdicts, and one SVG timeline picture, in a single file.
 
-The picture has one row per model: its states as coloured bands (from the supervisor's event timeline,
-or the polled statuses when it serves no events), markers for starts (▼), exits (✕), failed probes (|),
-and the harness's faults as shaded spans with their labels, over a time axis in seconds since the
-supervisor started. A scenario with `load` gets a row for its requests: a grey band while they were sent,
-and a red mark for each failed one, from when it was sent to when it ended. Everything is inline; `<title>`
-elements give each mark a hover text.
+The picture has one row per model (per replica, for a model of several): its states as coloured bands
+(from the supervisor's event timeline, or the polled statuses when it serves no events), markers for
+starts (▼), exits (✕), failed probes (|), and the harness's faults as shaded spans with their labels, over
+a time axis in seconds since the supervisor started. A scenario with `load` gets a row for its requests: a
+grey band while they were sent, and a red mark for each failed one, from when it was sent to when it
+ended. Everything is inline; `<title>` elements give each mark a hover text.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _request_counts(obs: Observation | None, *, short: bool) -> str:
 
 def timeline_svg(obs: Observation) -> str:
     """One inline SVG: a band of states per model, markers, faults, and the time axis."""
-    models = obs.models()
+    models = _rows(obs)
     start = obs.launched_at
     end = max([obs.ended_at] + [e.time for e in obs.events])
     span = max(end - start, 1.0)
@@ -116,8 +116,8 @@ def timeline_svg(obs: Observation) -> str:
                 f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{_TOP - 4}" y2="{height - 24}" '
                 f'stroke="#555" stroke-dasharray="3,3"><title>{marker}</title></line>'
             )
-    for row, model in enumerate(models):
-        parts.append(_model_row(obs, model, _TOP + row * _ROW, x, end))
+    for index, row in enumerate(models):
+        parts.append(_model_row(obs, row, _TOP + index * _ROW, x, end))
     if obs.requests:
         parts.append(_requests_row(obs, _TOP + len(models) * _ROW, x))
     axis_y = height - 22
@@ -135,9 +135,20 @@ def timeline_svg(obs: Observation) -> str:
     return "".join(parts)
 
 
-def _model_row(obs: Observation, model: str, y: float, x: Callable[[float], float], end: float) -> str:
-    parts = [f'<text x="4" y="{y + 15}">{_e(model)}</text>']
-    changes = state_points(obs, model)
+def _rows(obs: Observation) -> list[tuple[str, int | None]]:
+    """One row per model; a model whose events come from several replicas gets one row per replica."""
+    rows: list[tuple[str, int | None]] = []
+    for model in obs.models():
+        replicas = sorted({e.replica for e in obs.model_events(model)})
+        rows += [(model, r) for r in replicas] if len(replicas) > 1 else [(model, None)]
+    return rows
+
+
+def _model_row(obs: Observation, row: tuple[str, int | None], y: float, x: Callable[[float], float], end: float) -> str:
+    model, replica = row
+    label = model if replica is None else f"{model} #{replica}"
+    parts = [f'<text x="4" y="{y + 15}">{_e(label)}</text>']
+    changes = state_points(obs, model, replica)
     points = [p for i, p in enumerate(changes) if i == 0 or p[1] != changes[i - 1][1]]  # one band per stretch
     for (t0, state), (t1, _) in zip(points, [*points[1:], (end, "")], strict=True):
         colour = STATE_COLOURS.get(state, "#bdbdbd")
@@ -145,7 +156,7 @@ def _model_row(obs: Observation, model: str, y: float, x: Callable[[float], floa
             f'<rect x="{x(t0):.1f}" y="{y + 4}" width="{max(x(t1) - x(t0), 0.5):.1f}" height="16" '
             f'fill="{colour}"><title>{_e(state)} from +{t0 - obs.launched_at:.2f}s</title></rect>'
         )
-    for event in obs.model_events(model):
+    for event in (e for e in obs.model_events(model) if replica is None or e.replica == replica):
         ex, when = x(event.time), f"+{event.time - obs.launched_at:.2f}s"
         text = _e(f"{event.kind} {when} {event.detail or ''} {event.reason or ''}".strip())
         if event.kind == "spawned":

@@ -64,9 +64,11 @@ def measure(scenario: Scenario, result: ScenarioResult) -> Row:
     until = recovered if recovered is not None else obs.ended_at
     before = [r.latency for r in obs.requests if r.ended <= fault]
     during = [r.latency for r in obs.requests if r.ended > fault and r.started < max(until, fault)]
-    note = "" if before else "no request ended before the fault"
+    note = ""
+    if not before and (overall := _p50_p99([r.latency for r in obs.requests])):
+        note = f"no request ended before the fault; all of them took {_ms(overall)} (p50 / p99)"
     if recovered is None:
-        note = _join(note, f"{model} never fully healthy again")
+        note = _join(note, f"{model} was never fully healthy again")
     return Row(
         scenario.name,
         title,

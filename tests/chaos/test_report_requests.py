@@ -135,7 +135,18 @@ def test_a_model_that_never_recovers_and_a_failed_run_say_so() -> None:
     )
     row = measure(scenario, result(down, "failed"))
     assert (row.recovery, row.before, row.failure) == (None, None, "kill-one")
-    assert "no request ended before the fault" in row.note
-    assert "m1 never fully healthy again" in row.note
+    assert "no request ended before the fault; all of them took 500 / 500 ms (p50 / p99)" in row.note
+    assert "m1 was never fully healthy again" in row.note
     text = render([row], seed=1, command="llm-chaos table", when="d", machine="m")
     assert "| n/a | n/a | not recovered | `kill-one` (FAILED) |" in text
+
+
+def test_each_replica_gets_its_own_row() -> None:
+    """Replica 1's restart shows on its own row (the model as a whole stayed healthy on replica 0)."""
+    svg = timeline_svg(replica_restart())
+    assert ">m1 #0</text>" in svg
+    assert ">m1 #1</text>" in svg
+    assert svg.count("<path") == 3  # two first starts and replica 1's restart
+    assert svg.count('fill="#fdd835"') == 1  # replica 1's backoff band
+    assert ">m1</text>" not in svg
+    assert ">m1</text>" in timeline_svg(observation([ev(0.5, "spawned", "starting")]))
