@@ -155,6 +155,7 @@ class ModelConfig(Section):
     startup_timeout: Annotated[Seconds, Field(gt=0)] = 900.0
     startup_probe_interval: Annotated[Seconds, Field(gt=0)] = 1.0
     stop_timeout: Annotated[Seconds, Field(ge=0)] = 30.0
+    startup_stop_timeout: Annotated[Seconds, Field(ge=0)] = 5.0  # a loading server has nothing to drain
     success_exit_codes: tuple[Annotated[Count, Field(ge=0, le=255)], ...] = ()
     replicas: Annotated[Count, Field(ge=1)] = 1
     ports: tuple[Port, ...] = ()  # one per replica; "{port}" in args and endpoints.base_url becomes it

@@ -26,4 +26,5 @@ def machine_settings(cfg: ModelConfig) -> Settings:
         health_check_timeout=cfg.health_check_timeout,
         health_failure_threshold=cfg.health_failure_threshold,
         stop_timeout=cfg.stop_timeout,
+        startup_stop_timeout=cfg.startup_stop_timeout,
     )

@@ -54,6 +54,9 @@ from supervisor.core.policy import wants_restart
 from supervisor.core.states import Cause, EventKind, State
 from supervisor.core.steps import explained, fresh_budget, kill_actions, spawn_step, teardown_step
 
+# Teardowns someone asked for; a failure's teardown (unhealthy, start-up timeout) is not one.
+ASKED_TO_STOP = frozenset({Teardown.STOP, Teardown.RESTART, Teardown.SHUTDOWN})
+
 
 class Machine:
     """Decides, for one model, what each event means. Holds only its settings and the jitter RNG."""
@@ -288,9 +291,10 @@ class Machine:
     def _tick(self, snap: Snapshot, now: float) -> Step:
         actions: list[Action] = []
         if snap.state is State.STOPPING and snap.kill_at is not None and snap.kill_at <= now:
-            # stop_timeout passed: SIGKILL to the whole group
+            # the stop's grace passed: SIGKILL to the whole group (a run never healthy was still loading)
             snap = replace(snap, kill_at=None)
-            actions += kill_actions(snap.run, "stop_timeout passed")
+            grace = "startup_stop_timeout" if snap.healthy_since is None and self.settings.has_probe else "stop_timeout"
+            actions += kill_actions(snap.run, f"{grace} passed")
         if snap.state is State.STARTING and snap.startup_deadline is not None and snap.startup_deadline <= now:
             # edge: starting -> stopping; never became healthy within startup_timeout
             snap = replace(snap, failure_cause=explained(snap, Cause.STARTUP_TIMEOUT))
@@ -382,6 +386,10 @@ class Machine:
     def _diagnosed(self, snap: Snapshot, event: Diagnosed) -> Step:
         if event.run != snap.run:
             return Step(snap)  # a late line of an earlier run says nothing about this one
+        if snap.state is State.STOPPING and snap.teardown in ASKED_TO_STOP:
+            # vLLM prints EngineDeadError while it obeys a stop: what a run says as it is told to stop is
+            # no finding about it.
+            return Step(snap)
         newly_oom = event.has_cuda_oom and not snap.has_cuda_oom
         snap = replace(snap, run_cause=event.cause, has_cuda_oom=snap.has_cuda_oom or event.has_cuda_oom)
         kind = EventKind.OOM_DETECTED if newly_oom else EventKind.DIAGNOSED

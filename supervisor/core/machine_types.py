@@ -48,6 +48,7 @@ class Settings:
     health_check_timeout: float
     health_failure_threshold: int
     stop_timeout: float
+    startup_stop_timeout: float = 5.0  # the stop_timeout of a run still loading
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,11 @@ def teardown_step(
     force: bool = False,
     first: tuple[Action, ...] = (),
 ) -> Step:
-    """Stop the live run: SIGTERM to its group (SIGKILL after stop_timeout), or SIGKILL at once when forced."""
+    """Stop the live run: SIGTERM to its group (SIGKILL after stop_timeout), or SIGKILL at once when forced.
+
+    A run still loading has nothing to drain, and vLLM ignores SIGTERM while it loads: it gets the shorter
+    startup_stop_timeout."""
+    grace = settings.startup_stop_timeout if snap.state is State.STARTING else settings.stop_timeout
     snap = replace(
         snap,
         state=State.STOPPING,
@@ -61,7 +65,7 @@ def teardown_step(
         next_probe_at=None,
         startup_deadline=None,
         probe_in_flight=False,
-        kill_at=None if force else now + settings.stop_timeout,
+        kill_at=None if force else now + grace,
     )
     stopping = Record(EventKind.STOPPING, State.STOPPING, why.value)
     return Step(snap, (*first, stopping, *(kill_actions(snap.run, "forced") if force else (Terminate(snap.run),))))

@@ -63,6 +63,7 @@ DEFAULTS: list[tuple[str, object]] = [
     ("startup_timeout", 900.0),
     ("startup_probe_interval", 1.0),
     ("stop_timeout", 30.0),
+    ("startup_stop_timeout", 5.0),
     ("success_exit_codes", ()),
     ("replicas", 1),
     ("ports", ()),

@@ -693,9 +693,10 @@ def test_prior_art_9_stop_sticks_and_is_not_a_crash(policy: RestartPolicy, force
 
 
 def test_stop_escalates_to_sigkill_after_stop_timeout() -> None:
-    """SIGTERM first; if the group is still there stop_timeout later, SIGKILL to the whole group."""
+    """SIGTERM first; if a serving run's group is still there stop_timeout later, SIGKILL to the whole group."""
     d = driver(stop_timeout=30)
     d.boot()
+    d.healthy(at=5)
     d.feed(StopRequested(), 10)
     assert d.snap.kill_at == 40
     assert next_deadline(d.snap) == 40
@@ -707,6 +708,27 @@ def test_stop_escalates_to_sigkill_after_stop_timeout() -> None:
     assert d.snap.state is State.STOPPING
     d.feed(GroupGone(1), 40.2)
     assert d.snap.state is State.STOPPED
+
+
+@pytest.mark.parametrize("event", [StopRequested(), ShutdownRequested(), RestartRequested(requested_at=9)])
+def test_a_stop_while_loading_escalates_after_startup_stop_timeout(event: Event) -> None:
+    """A loading run has nothing to drain and vLLM ignores SIGTERM while it loads: SIGKILL after
+    startup_stop_timeout (5 s by default), not the full stop_timeout."""
+    d = driver(stop_timeout=30)
+    d.boot()
+    d.feed(event, 10)
+    assert d.snap.kill_at == 15
+    assert d.feed(Tick(), 14.999).actions == ()
+    step = d.feed(Tick(), 15)
+    assert step.actions == (Kill(1), Record(EventKind.KILLED, State.STOPPING, "startup_stop_timeout passed"))
+
+
+def test_a_start_up_timeout_also_kills_after_startup_stop_timeout() -> None:
+    """A server that never became healthy is stopped at startup_timeout and killed startup_stop_timeout later."""
+    d = driver(startup_timeout=60, stop_timeout=30, startup_stop_timeout=2)
+    d.boot()
+    d.feed(Tick(), 60)
+    assert (d.snap.state, d.snap.kill_at) == (State.STOPPING, 62)
 
 
 def test_stop_during_backoff_cancels_the_restart() -> None:
