@@ -55,9 +55,10 @@ def teardown_step(
 ) -> Step:
     """Stop the live run: SIGTERM to its group (SIGKILL after stop_timeout), or SIGKILL at once when forced.
 
-    A run still loading has nothing to drain, and vLLM ignores SIGTERM while it loads: it gets the shorter
-    startup_stop_timeout."""
-    grace = settings.startup_stop_timeout if snap.state is State.STARTING else settings.stop_timeout
+    A run still loading has nothing to drain, and vLLM ignores SIGTERM while it loads: it gets
+    startup_stop_timeout, when that is the shorter."""
+    loading = snap.state is State.STARTING
+    grace = min(settings.startup_stop_timeout, settings.stop_timeout) if loading else settings.stop_timeout
     snap = replace(
         snap,
         state=State.STOPPING,

@@ -45,3 +45,11 @@ def test_output_while_a_failed_run_is_torn_down_is_still_diagnosed() -> None:
     step = d.feed(ENGINE_DEAD)
     assert [r.kind for r in d.records(EventKind.DIAGNOSED)] == [EventKind.DIAGNOSED]
     assert step.actions
+
+
+def test_a_shorter_stop_timeout_wins_for_a_loading_run() -> None:
+    """startup_stop_timeout never lengthens a stop: with stop_timeout 1 a loading run is killed after 1 s."""
+    d = driver(stop_timeout=1, startup_stop_timeout=5)
+    d.boot()
+    d.feed(StopRequested(), 10)
+    assert d.snap.kill_at == 11
