@@ -22,8 +22,8 @@ import hmac
 import json
 import logging
 import math
+import os
 import time
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -56,6 +56,7 @@ class Journey:
     model: SupervisedModel  # the model the client named
     path: str
     payload: dict[str, object]
+    body: bytes  # as the client sent it: forwarded unchanged when the model's name needs no rewrite
     request_id: str
     headers: Headers
     arrived: float
@@ -109,7 +110,7 @@ class Forwarder:
     # --- the front door ------------------------------------------------------------------------------
 
     async def handle(self, request: Request) -> Response:
-        request_id = (request.header(b"x-request-id") or uuid.uuid4().hex.encode()).decode(errors="replace")
+        request_id = (request.header(b"x-request-id") or os.urandom(16).hex().encode()).decode(errors="replace")
         try:
             answered = await self._answer(request, request_id)
         except Exception:  # a bug must cost one request an error, never the connection or the gateway
@@ -143,16 +144,18 @@ class Forwarder:
         headers = [(k, v) for k, v in request.headers if k not in HOP_BY_HOP and k != b"authorization"]
         if self._api_key is None and (auth := request.header(b"authorization")) is not None:
             headers.append((b"authorization", auth))  # the servers' own key, when the gateway has none
-        journey = Journey(model, request.target, payload, request_id, headers, now, now + self._settings.hold_timeout)
-        self._metrics.in_flight.labels(model.id).inc()
+        deadline = now + self._settings.hold_timeout
+        journey = Journey(model, request.target, payload, request.body, request_id, headers, now, deadline)
+        metrics = self._metrics.of(model.id)
+        metrics.in_flight.inc()
         try:
             response = await self._route(journey)
         except BaseException:
-            self._metrics.in_flight.labels(model.id).dec()
+            metrics.in_flight.dec()
             raise
         finally:
             if journey.held:
-                self._metrics.held.labels(model.id).observe(journey.held)
+                metrics.held.observe(journey.held)
         self._finish(journey, response)
         return response
 
@@ -171,7 +174,7 @@ class Forwarder:
                     journey.target = fallback
                     journey.fallback_reason = f"no ready replica of {journey.model.id}"
                     journey.failed_runs = set()
-                    self._metrics.fallbacks.labels(journey.model.id, fallback.id).inc()
+                    self._metrics.fallbacks.labels(journey.model.id, fallback.id).inc()  # rare: no cache
                     continue
                 return self._unavailable(journey)
             if journey.attempts >= self._settings.max_attempts:
@@ -194,7 +197,8 @@ class Forwarder:
         limit = journey.target.cfg.progress_timeout
         pool = self.pool(replica)
         name = self._names.first(journey.target.id) or await self._names.learn(journey.target.id, pool)
-        body = json.dumps({**journey.payload, "model": name} if name else journey.payload).encode()
+        renamed = name is not None and name != journey.payload["model"]
+        body = json.dumps({**journey.payload, "model": name}).encode() if renamed else journey.body
         headers = [(b"host", pool.host.encode()), *journey.headers]
         replica.started_request(self._clock())
         handed_on = False
@@ -259,8 +263,9 @@ class Forwarder:
         finally:
             await chunks.aclose()
             replica.finished_request()
-            self._metrics.duration.labels(journey.model.id).observe(self._clock() - journey.arrived)
-            self._metrics.in_flight.labels(journey.model.id).dec()
+            metrics = self._metrics.of(journey.model.id)
+            metrics.duration.observe(self._clock() - journey.arrived)
+            metrics.in_flight.dec()
 
     def _retry_elsewhere(self, journey: Journey, run: tuple[int, int], reason: str, detail: str) -> None:
         """This run failed the request before any byte reached the client: the caller tries again."""
@@ -302,11 +307,12 @@ class Forwarder:
 
     def _finish(self, journey: Journey, response: Response) -> None:
         model_id = journey.model.id
-        self._metrics.requests.labels(model_id, str(response.status)).inc()
-        self._metrics.first_byte.labels(model_id).observe(self._clock() - journey.arrived)
+        metrics = self._metrics.of(model_id)
+        metrics.answered(response.status)
+        metrics.first_byte.observe(self._clock() - journey.arrived)
         if response.stream is None:  # a stream is timed, and leaves in_flight, when it ends (see _relay)
-            self._metrics.duration.labels(model_id).observe(self._clock() - journey.arrived)
-            self._metrics.in_flight.labels(model_id).dec()
+            metrics.duration.observe(self._clock() - journey.arrived)
+            metrics.in_flight.dec()
 
     # --- lookups -------------------------------------------------------------------------------------
 
@@ -352,7 +358,10 @@ async def _read_all(chunks: AsyncGenerator[bytes, None]) -> bytes:
 
 async def _within(limit: float | None, awaitable: Awaitable[T]) -> T:
     """Await, for at most `limit` seconds when one is set (TimeoutError past it)."""
-    return await (awaitable if limit is None else asyncio.wait_for(awaitable, limit))
+    if limit is None:
+        return await awaitable
+    async with asyncio.timeout(limit):
+        return await awaitable
 
 
 def _error(status: int, message: str, param: str | None = None) -> Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PREFIX = "llm_supervisor_gateway"
@@ -48,3 +50,32 @@ class GatewayMetrics:
             ["model", "fallback"],
             registry=registry,
         )
+
+        self._models: dict[str, ModelMetrics] = {}
+
+    def of(self, model_id: str) -> ModelMetrics:
+        """One model's series; labelled once and kept, since looking labels up costs more than counting."""
+        found = self._models.get(model_id)
+        if found is None:
+            found = self._models[model_id] = ModelMetrics(
+                self.requests, self.duration.labels(model_id), self.first_byte.labels(model_id),
+                self.held.labels(model_id), self.in_flight.labels(model_id), model_id,
+            )  # fmt: skip
+        return found
+
+
+@dataclass
+class ModelMetrics:
+    _requests: Counter
+    duration: Histogram
+    first_byte: Histogram
+    held: Histogram
+    in_flight: Gauge
+    model_id: str
+    _by_code: dict[int, Counter] = field(default_factory=dict)
+
+    def answered(self, status: int) -> None:
+        counter = self._by_code.get(status)
+        if counter is None:
+            counter = self._by_code[status] = self._requests.labels(self.model_id, str(status))
+        counter.inc()

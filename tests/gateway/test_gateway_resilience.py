@@ -162,13 +162,15 @@ def pid_of_or_none(s: object, model: str) -> int | None:
 
 async def test_request_metrics_count_codes_retries_and_time(serve: Serve) -> None:
     """Per model: requests by code, durations and first bytes observed once each, retries by reason."""
-    async with serve({"q": replicated(2)}) as s:
+    entry = replicated(2)
+    async with serve({"q": entry}) as s:
         await wait_until(lambda: healthy(s.fleet, "q", 2), 20, "both replicas healthy")
         for _ in range(3):
             assert (await s.client.post("/v1/completions", json={"model": "q", **COMPLETION})).status_code == 200
-        # Replica 0's server dies without its run having been seen to end: the next request to it is refused.
-        s.fleet.model("q").replicas[1].in_flight += 100  # steer the next request to replica 0
-        os.kill(pid_of(s, "q", 0), signal.SIGKILL)
+        # Replica 0 now fails every request with a 500 while replica 1 is ready: the gateway tries again there.
+        async with httpx.AsyncClient() as admin:
+            await admin.post(f"http://127.0.0.1:{entry['ports'][0]}/admin/faults", json={"error_rate": 1.0})
+        s.fleet.model("q").replicas[1].in_flight += 100  # steer the next request to replica 0 first
         response = await s.client.post("/v1/completions", json={"model": "q", **COMPLETION})
         s.fleet.model("q").replicas[1].in_flight -= 100
         await s.client.post("/v1/completions", json={"model": "nope"})
@@ -183,7 +185,7 @@ async def test_request_metrics_count_codes_retries_and_time(serve: Serve) -> Non
     assert samples[("llm_supervisor_gateway_request_duration_seconds_count", (("model", "q"),))] == 4
     assert samples[("llm_supervisor_gateway_time_to_first_byte_seconds_count", (("model", "q"),))] == 4
     retries = {k[1]: v for k, v in samples.items() if k[0] == "llm_supervisor_gateway_retries_total"}
-    assert sum(retries.values()) >= 1
+    assert retries == {(("model", "q"), ("reason", "http_500")): 1.0}
     assert samples[("llm_supervisor_gateway_in_flight", (("model", "q"),))] == 0
 
 
