@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint types pytest venv docker-image bench clean
+.PHONY: run test test-real lint types pytest venv docker-image bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(STAMP)
 	ci/types.sh
 	ci/coverage-core.sh
 	ci/tests.sh
+
+# Real vLLM for CPUs (.venv-vllm, installed when missing) under the supervisor; not part of `make test`.
+# Observations (timings, the output lines the diagnosis saw) land in reports/real-vllm/.
+test-real: $(STAMP)
+	ci/real-vllm.sh
+	LLM_SUPERVISOR_REAL_VLLM=1 $(BIN)/pytest -m real_vllm tests/real_vllm
 
 lint: $(STAMP)
 	ci/lint.sh
