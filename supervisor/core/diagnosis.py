@@ -97,10 +97,18 @@ _RULES = (
         "peer-to-peer links try NCCL_P2P_DISABLE=1.",
     ),
 )
-# Literal words at least one of which every rule's match contains; most lines contain none and cost one scan.
+# Literal words at least one of which every rule's match (or CPU build marker) contains; most lines contain
+# none and cost one scan.
 _PREFILTER = re.compile(
     r"emory|cudaMalloc|ALLOC_FAILED|KV cache|Errno|ddress already in use|Engine|died|NCCL"
-    r"|Watchdog|DistBackend"
+    r"|Watchdog|DistBackend|cpu_worker|cpu_model_runner|device_config=cpu"
+)
+# vLLM's CPU build says so early in its start-up (its worker and model runner, the engine's device), long
+# before a KV cache failure: there the cache is sized by VLLM_CPU_KVCACHE_SPACE, and there is no GPU.
+_CPU_BUILD = re.compile(r"cpu_worker\.py|cpu_model_runner\.py|device_config=cpu|CPU KV cache size")
+_CPU_KV_ADVICE = (
+    "The KV cache does not fit in the memory this CPU build of vLLM reserves for it. Raise "
+    "VLLM_CPU_KVCACHE_SPACE (GiB of KV cache) if the host has the memory, or lower --max-model-len{estimate}."
 )
 _ESTIMATE = re.compile(r"estimated maximum model length is (\d+)")
 
@@ -116,6 +124,10 @@ def classify_line(line: str) -> Finding | None:
     """The finding one output line reports, or None for an ordinary line."""
     if _PREFILTER.search(line) is None:
         return None
+    return _classify(line)
+
+
+def _classify(line: str) -> Finding | None:
     for rule in _RULES:
         if rule.pattern.search(line):
             return Finding(rule.finding, rule.cause, _advice(rule, line), _excerpt(line))
@@ -138,16 +150,25 @@ def _excerpt(line: str) -> str:
 class RunDiagnosis:
     """The findings of one run of a server, each reported once. A new run gets a new RunDiagnosis."""
 
-    __slots__ = ("_findings",)
+    __slots__ = ("_findings", "on_cpu")
 
     def __init__(self) -> None:
         self._findings: dict[str, Finding] = {}
+        self.on_cpu = False  # the server said it is vLLM's CPU build
 
     def observe(self, line: str) -> Finding | None:
         """Classify a line; return its finding only the first time that finding appears in this run."""
-        found = classify_line(line)
+        if _PREFILTER.search(line) is None:
+            return None
+        if not self.on_cpu and _CPU_BUILD.search(line) is not None:
+            self.on_cpu = True
+        found = _classify(line)
         if found is None or found.finding in self._findings:
             return None
+        if self.on_cpu and found.finding == "kv_cache_too_small":
+            estimate = _ESTIMATE.search(line)
+            advice = _CPU_KV_ADVICE.format(estimate=f" (vLLM estimates {estimate[1]} fits)" if estimate else "")
+            found = Finding(found.finding, found.cause, advice, found.excerpt)
         self._findings[found.finding] = found
         return found
 
@@ -172,5 +193,6 @@ class RunDiagnosis:
 
     @property
     def has_cuda_oom(self) -> bool:
-        """True once the GPU ran out of memory or could not reserve it (any finding of cause oom)."""
-        return any(found.cause is Cause.OOM for found in self._findings.values())
+        """True once the GPU ran out of memory or could not reserve it (any finding of cause oom; on vLLM's CPU
+        build there is no GPU, so its KV cache failure is out of memory but no CUDA OOM)."""
+        return any(found.cause is Cause.OOM for found in self._findings.values()) and not self.on_cpu

@@ -84,11 +84,6 @@ async def test_the_kv_failure_is_diagnosed_as_out_of_memory_with_vllms_estimate(
     assert ESTIMATE in status.failure_advice
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the supervisor reports a CPU build's KV cache failure as a CUDA OOM (has_cuda_oom true) with GPU "
-    "advice (--gpu-memory-utilization); on CPUs the knob is VLLM_CPU_KVCACHE_SPACE",
-)
 @pytest.mark.timeout(600)
 async def test_on_cpus_the_kv_failure_is_no_cuda_oom_and_names_the_cpu_knob(too_small: Outcome) -> None:
     status = too_small.status

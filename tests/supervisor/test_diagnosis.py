@@ -281,3 +281,54 @@ def test_prior_art_11_a_new_run_starts_without_the_old_oom() -> None:
     assert crashed.has_cuda_oom
     assert not recovered.has_cuda_oom
     assert recovered.primary_cause is None
+
+
+# As vLLM 0.32's CPU build printed them on this project's CI machine (tests/real_vllm records the whole run).
+CPU_WORKER_LINE = (
+    "(Worker pid=12425) INFO 11-28 10:00:21 [cpu_worker.py:260] Explicitly set (1.0/14.46) GiB for KV cache on node 0."
+)
+CPU_KV_ERROR = (
+    "(EngineCore pid=12278) ERROR 11-28 10:00:21 [core.py:1510] ValueError: To serve at least one request with the "
+    "model's max seq len (10000000), (4.77 GiB KV cache is needed, which is larger than the available KV cache memory "
+    "(1.0 GiB). Based on the available memory, the estimated maximum model length is 2097024. Try increasing "
+    "`gpu_memory_utilization` (which also controls CPU memory on the CPU backend) or decreasing `max_model_len`."
+)
+
+
+def test_a_kv_cache_failure_on_a_cpu_build_is_out_of_memory_but_no_cuda_oom() -> None:
+    """On vLLM's CPU build the cache is sized by VLLM_CPU_KVCACHE_SPACE: the advice says so, with the estimate,
+    and has_cuda_oom stays false (there is no GPU)."""
+    run = RunDiagnosis()
+    assert run.observe(CPU_WORKER_LINE) is None
+    found = run.observe(CPU_KV_ERROR)
+    assert found is not None
+    assert (found.finding, found.cause, run.on_cpu, run.has_cuda_oom) == ("kv_cache_too_small", Cause.OOM, True, False)
+    assert "VLLM_CPU_KVCACHE_SPACE" in found.advice
+    assert "(vLLM estimates 2097024 fits)" in found.advice
+    assert run.primary is found
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        "INFO [cpu_model_runner.py:1] Starting to load model",
+        "Initializing a V1 LLM engine (v0.32.0) with config: model='m', device_config=cpu, seed=0",
+        "(EngineCore pid=1) INFO [kv_cache_utils.py:1] CPU KV cache size: 2,097,152 tokens",
+    ],
+)
+def test_each_cpu_build_marker_is_recognised(marker: str) -> None:
+    """Any one of the CPU build's early lines is enough; a GPU build's run never turns on_cpu."""
+    run = RunDiagnosis()
+    run.observe(marker)
+    assert run.on_cpu
+
+
+def test_the_same_failure_on_a_gpu_build_keeps_the_gpu_advice() -> None:
+    """Without a CPU marker the KV failure is a CUDA OOM with the GPU advice, as before."""
+    run = RunDiagnosis()
+    run.observe("(Worker pid=2) INFO [gpu_worker.py:1] Available KV cache memory: 1.0 GiB")
+    found = run.observe(CPU_KV_ERROR)
+    assert found is not None
+    assert (run.on_cpu, run.has_cuda_oom) == (False, True)
+    assert "--gpu-memory-utilization" in found.advice
+    assert "VLLM_CPU_KVCACHE_SPACE" not in found.advice
