@@ -204,7 +204,7 @@ class Forwarder:
         handed_on = False
         try:
             answer = await _within(limit, pool.request("POST", journey.path, headers, body))
-            if answer.status >= 500 and self._another_ready(journey, run):
+            if answer.status >= 500 and self._may_retry_5xx(journey, replica, run):
                 await _within(limit, _read_all(answer.chunks()))
                 self._retry_elsewhere(journey, run, f"http_{answer.status}", f"HTTP {answer.status}")
                 return None
@@ -244,6 +244,8 @@ class Forwarder:
         limit = journey.target.cfg.progress_timeout
         try:
             yield first
+            if first.endswith(b"data: [DONE]\n\n"):
+                limit = None  # the answer is complete: only the end of the body is awaited, not more progress
             while True:
                 # Bytes already reached the client: a broken or stalled stream cannot be retried, and
                 # must not look complete.
@@ -259,6 +261,8 @@ class Forwarder:
                     yield error_event(f"the model server sent nothing for {limit:g}s (progress_timeout)", 504)
                     return
                 replica.progressed(self._clock())
+                if chunk.endswith(b"data: [DONE]\n\n"):
+                    limit = None
                 yield chunk
         finally:
             await chunks.aclose()
@@ -273,9 +277,13 @@ class Forwarder:
         journey.last_error = detail
         self._metrics.retries.labels(journey.model.id, reason).inc()
 
-    def _another_ready(self, journey: Journey, run: tuple[int, int]) -> bool:
-        failed = journey.failed_runs | {run}
-        return self._pick(journey.target, failed) is not None and journey.attempts < self._settings.max_attempts
+    def _may_retry_5xx(self, journey: Journey, replica: Replica, run: tuple[int, int]) -> bool:
+        """A 5xx before any byte reached the client is tried again when attempts remain and another replica is
+        ready, or when this one is no longer ready (being stopped or restarted: a new run will answer). A 5xx
+        from a replica that still serves, with no other, is the server's answer and goes to the client."""
+        if journey.attempts >= self._settings.max_attempts:
+            return False
+        return not replica.ready or self._pick(journey.target, journey.failed_runs | {run}) is not None
 
     # --- answers -------------------------------------------------------------------------------------
 

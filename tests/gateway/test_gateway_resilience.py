@@ -252,3 +252,26 @@ async def test_retries_are_bounded_by_max_attempts(serve: Serve) -> None:
     assert "injected request failure" in response.json()["error"]["message"]
     assert sum(counts) == 2
     assert max(counts) == 1  # the second try went to another replica
+
+
+async def test_a_request_cut_by_a_restart_of_the_only_replica_is_answered_by_the_next_run(serve: Serve) -> None:
+    """The only replica is restarted while a request waits for its first token: the request is held and
+    answered by the new run, whatever the old one answered as it stopped."""
+    async with serve({"q": fake_model("--ttft", "1.5", stop_timeout=2)}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q"), 20, "q healthy")
+        victim = pid_of(s, "q")
+        request = asyncio.ensure_future(s.client.post("/v1/completions", json={"model": "q", **COMPLETION}))
+        await wait_until(lambda: s.fleet.model("q").replicas[0].in_flight == 1, 10, "the request in flight")
+        assert (await s.fleet.restart_model("q")).accepted
+        response = await request
+        assert pid_of(s, "q") != victim
+    assert response.status_code == 200, response.text
+
+
+async def test_a_5xx_from_a_serving_replica_with_no_other_goes_to_the_client(serve: Serve) -> None:
+    """A server that answers 500 while it serves, with no other replica: that is its answer, sent at once."""
+    async with serve({"q": fake_model("--error-rate", "1.0")}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q"), 20, "q healthy")
+        response = await s.client.post("/v1/completions", json={"model": "q", **COMPLETION})
+    assert response.status_code == 500
+    assert "injected request failure" in response.json()["error"]["message"]
