@@ -10,6 +10,7 @@ States and the edges between them (each edge is named where it happens below):
     stopped --start--> starting --probe ok--> healthy --threshold probe failures--> unhealthy
     starting/healthy/unhealthy --exit--> backoff | failed | stopped
     starting --startup timeout--> stopping ; unhealthy --(policy restarts)--> stopping
+    healthy/unhealthy --stalled (requests made no progress)--> unhealthy --(policy restarts)--> stopping
     stopping --group gone--> stopped | starting (restart) | backoff | failed
     backoff --delay passed and old group gone--> starting
 
@@ -52,10 +53,15 @@ from supervisor.core.machine_types import (
 )
 from supervisor.core.policy import wants_restart
 from supervisor.core.states import Cause, EventKind, State
-from supervisor.core.steps import explained, fresh_budget, kill_actions, spawn_step, teardown_step
-
-# Teardowns someone asked for; a failure's teardown (unhealthy, start-up timeout) is not one.
-ASKED_TO_STOP = frozenset({Teardown.STOP, Teardown.RESTART, Teardown.SHUTDOWN})
+from supervisor.core.steps import (
+    diagnosed_step,
+    explained,
+    fresh_budget,
+    kill_actions,
+    spawn_step,
+    stalled_step,
+    teardown_step,
+)
 
 
 class Machine:
@@ -72,9 +78,9 @@ class Machine:
             case ProbeDone():
                 return self._probe_done(snap, event, now)
             case Diagnosed():
-                return self._diagnosed(snap, event)
+                return diagnosed_step(snap, event)
             case Stalled():
-                return self._stalled(snap, event, now)
+                return stalled_step(self.settings, snap, event, now)
             case Spawned():
                 return self._spawned(snap, event, now)
             case SpawnFailed():
@@ -371,29 +377,6 @@ class Machine:
             return Step(snap, (failed, unhealthy))
         snap = replace(snap, failure_cause=explained(snap, Cause.UNHEALTHY))
         return teardown_step(self.settings, snap, now, Teardown.FAILURE, first=(failed, unhealthy))
-
-    def _stalled(self, snap: Snapshot, event: Stalled, now: float) -> Step:
-        if event.run != snap.run or snap.state not in (State.HEALTHY, State.UNHEALTHY) or not snap.live:
-            return Step(snap)  # a run that has ended, or one not yet serving, has no requests to stall
-        # edge: healthy/unhealthy -> unhealthy (stalled), then -> stopping when the policy restarts it
-        snap = replace(snap, state=State.UNHEALTHY, unhealthy_since=snap.unhealthy_since or now)
-        unhealthy = Record(EventKind.UNHEALTHY, State.UNHEALTHY, event.detail, Cause.STALLED.value)
-        if not wants_restart(self.settings.restart_policy, clean=False):
-            return Step(snap, (unhealthy,))
-        snap = replace(snap, failure_cause=explained(snap, Cause.STALLED))
-        return teardown_step(self.settings, snap, now, Teardown.FAILURE, first=(unhealthy,))
-
-    def _diagnosed(self, snap: Snapshot, event: Diagnosed) -> Step:
-        if event.run != snap.run:
-            return Step(snap)  # a late line of an earlier run says nothing about this one
-        if snap.state is State.STOPPING and snap.teardown in ASKED_TO_STOP:
-            # vLLM prints EngineDeadError while it obeys a stop: what a run says as it is told to stop is
-            # no finding about it.
-            return Step(snap)
-        newly_oom = event.has_cuda_oom and not snap.has_cuda_oom
-        snap = replace(snap, run_cause=event.cause, has_cuda_oom=snap.has_cuda_oom or event.has_cuda_oom)
-        kind = EventKind.OOM_DETECTED if newly_oom else EventKind.DIAGNOSED
-        return Step(snap, (Record(kind, snap.state, event.finding, event.cause.value),))
 
     @staticmethod
     def _expect_pending_spawn(snap: Snapshot, run: int) -> None:

@@ -1,11 +1,25 @@
-"""The steps that several transitions of the machine share: start a run, tear one down, kill one, begin a
-fresh budget, and name a failure's cause. Pure, like the machine."""
+"""The steps that several transitions of the machine share (start a run, tear one down, kill one, begin a
+fresh budget, name a failure's cause) and the handling of what is learnt about a serving run (a stall, a
+finding in its output). Pure, like the machine."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from supervisor.core.machine_types import Action, Kill, Record, Settings, Snapshot, Spawn, Step, Teardown, Terminate
+from supervisor.core.machine_types import (
+    Action,
+    Diagnosed,
+    Kill,
+    Record,
+    Settings,
+    Snapshot,
+    Spawn,
+    Stalled,
+    Step,
+    Teardown,
+    Terminate,
+)
+from supervisor.core.policy import wants_restart
 from supervisor.core.states import Cause, EventKind, State
 
 
@@ -85,3 +99,34 @@ def explained(snap: Snapshot, symptom: Cause) -> Cause:
     """The run's own output names the cause better than the symptom seen from outside (a dead engine turns
     probes to 503 before the process exits); a bare crash finding does not."""
     return snap.run_cause if snap.run_cause not in (None, Cause.CRASH) else symptom
+
+
+# Teardowns someone asked for; a failure's teardown (unhealthy, start-up timeout, stall) is not one.
+ASKED_TO_STOP = frozenset({Teardown.STOP, Teardown.RESTART, Teardown.SHUTDOWN})
+
+
+def stalled_step(settings: Settings, snap: Snapshot, event: Stalled, now: float) -> Step:
+    """Requests to the run made no progress while it served: unhealthy, cause stalled, restart per policy."""
+    if event.run != snap.run or snap.state not in (State.HEALTHY, State.UNHEALTHY) or not snap.live:
+        return Step(snap)  # a run that has ended, or one not yet serving, has no requests to stall
+    # edge: healthy/unhealthy -> unhealthy (stalled), then -> stopping when the policy restarts it
+    snap = replace(snap, state=State.UNHEALTHY, unhealthy_since=snap.unhealthy_since or now)
+    unhealthy = Record(EventKind.UNHEALTHY, State.UNHEALTHY, event.detail, Cause.STALLED.value)
+    if not wants_restart(settings.restart_policy, clean=False):
+        return Step(snap, (unhealthy,))
+    snap = replace(snap, failure_cause=explained(snap, Cause.STALLED))
+    return teardown_step(settings, snap, now, Teardown.FAILURE, first=(unhealthy,))
+
+
+def diagnosed_step(snap: Snapshot, event: Diagnosed) -> Step:
+    """A finding in the run's output: it names the run's cause; a CUDA OOM is recorded as such once."""
+    if event.run != snap.run:
+        return Step(snap)  # a late line of an earlier run says nothing about this one
+    if snap.state is State.STOPPING and snap.teardown in ASKED_TO_STOP:
+        # vLLM prints EngineDeadError while it obeys a stop: what a run says as it is told to stop is
+        # no finding about it.
+        return Step(snap)
+    newly_oom = event.has_cuda_oom and not snap.has_cuda_oom
+    snap = replace(snap, run_cause=event.cause, has_cuda_oom=snap.has_cuda_oom or event.has_cuda_oom)
+    kind = EventKind.OOM_DETECTED if newly_oom else EventKind.DIAGNOSED
+    return Step(snap, (Record(kind, snap.state, event.finding, event.cause.value),))
