@@ -4,7 +4,12 @@ Why not uvicorn itself: importing FastAPI + uvicorn costs about 0.3 s per start 
 process hundreds of times; the fake also needs control uvicorn does not give (a listening socket whose
 connections are accepted but never answered while "hung"). It speaks keep-alive, Content-Length and chunked
 request bodies, chunked streaming responses, and sends uvicorn's ``server`` and ``date`` headers and access
-log lines.
+log lines (on stdout, as uvicorn's access logger writes them).
+
+Each connection is a task of our own, not one asyncio.start_server wraps: on Python 3.11 a cancelled task
+of start_server's logs a ``CancelledError`` traceback, one per idle keep-alive connection at every stop.
+Stopping closes the connections instead: an idle one reads end-of-file and ends quietly; one still busy
+with a request is cancelled, which aborts the request as vLLM does.
 """
 
 from __future__ import annotations
@@ -94,25 +99,39 @@ class HttpServer:
         self._gate = gate
         self._access_log = access_log
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._busy: set[asyncio.Task[None]] = set()
         self._clock = _Clock()
 
     async def start(self, sock: socket.socket) -> None:
         """Accept connections on ``sock`` (which must already listen)."""
-        self._server = await asyncio.start_server(self._connection, sock=sock, limit=256 * 1024)
+        self._server = await asyncio.start_server(self._accepted, sock=sock, limit=256 * 1024)
+
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.get_running_loop().create_task(self._connection(reader, writer))
+        self._connections[task] = writer
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._connections.pop(task, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: nothing is logged at garbage collection
 
     async def close(self) -> None:
-        """Stop accepting and drop every open connection (in-flight requests are aborted)."""
+        """Stop accepting and close every open connection (requests in flight are aborted)."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        tasks = list(self._connections)
+        for task, writer in list(self._connections.items()):
+            if task in self._busy:
+                task.cancel()
+            else:
+                writer.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
         peer = writer.get_extra_info("peername")
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unknown"
         try:
@@ -120,10 +139,12 @@ class HttpServer:
                 request = await _read_request(reader, writer, client)
                 if request is None:
                     break
+                self._busy.add(task)
                 await self._gate()
                 response = await self._handler(request)
                 keep_alive = request.version == "HTTP/1.1" and request.headers.get("connection", "").lower() != "close"
                 await self._send(writer, request, response, keep_alive)
+                self._busy.discard(task)
                 if not keep_alive:
                     break
         except BadRequest:
@@ -132,7 +153,7 @@ class HttpServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._connections.discard(task)
+            self._busy.discard(task)
             writer.close()
 
     def _head(self, status: int, content_type: str | None, extra: list[tuple[str, str]], keep_alive: bool) -> str:
@@ -147,7 +168,7 @@ class HttpServer:
     def _log(self, request: Request | None, status: int) -> None:
         if self._access_log and request is not None:
             line = f'"{request.method} {request.target} {request.version}" {status} {HTTPStatus(status).phrase}'
-            vllm_log.uvicorn(f"{request.client} - {line}")
+            vllm_log.access(f"{request.client} - {line}")
 
     async def _send(
         self,

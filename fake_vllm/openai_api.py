@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from fake_vllm import engine, tracebacks
 from fake_vllm.httpserver import Request, Response, StreamResponse
 from fake_vllm.runtime import EngineDead, Runtime
+from fake_vllm.settings import VLLM_VERSION
 
 _ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}
 
@@ -26,18 +29,35 @@ def dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def error_body(status: int, message: str) -> dict[str, Any]:
+def sanitize(message: str) -> str:
+    """vLLM's sanitize_message: file paths in an error message become ``<path>``."""
+    message = re.sub(r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+", "<path>", message)
+    return re.sub(r"(?:/[\w\-]+)+/[\w\-]+\.\w+", "<path>", message).strip()
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     """vLLM's ErrorResponse."""
-    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "Error"), "param": None, "code": status}}
+    return {
+        "error": {
+            "message": sanitize(message),
+            "type": _ERROR_TYPES.get(status, "Error"),
+            "param": param,
+            "code": status,
+        }
+    }
 
 
-def error(status: int, message: str) -> Response:
+def error(status: int, message: str, param: str | None = None) -> Response:
     """An OpenAI-shaped error response."""
-    return Response(status, dumps(error_body(status, message)))
+    return Response(status, dumps(error_body(status, message, param)))
 
 
 class InvalidRequest(Exception):
-    """A request vLLM would refuse with 400; the message is the one returned."""
+    """A request vLLM would refuse with 400; the message is the one returned, ``param`` the field at fault."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +65,7 @@ class Parsed:
     """What generation needs from either endpoint."""
 
     chat: bool
-    prompt_tokens: int
-    sequences: list[engine.Sequence]
+    request: engine.GenerationRequest
     stream: bool
     include_usage: bool
 
@@ -104,29 +123,44 @@ def parse(rt: Runtime, body: dict[str, Any], *, chat: bool) -> Parsed:
     prompt_tokens = sum(tokens for _, tokens in prompts)
     longest = max(tokens for _, tokens in prompts)
     max_len = rt.settings.max_model_len
+    if max_tokens is not None and max_tokens > max_len:
+        raise InvalidRequest(
+            f"max_tokens={max_tokens} cannot be greater than max_model_len={max_len}. Please request fewer "
+            f"output tokens. (parameter=max_tokens, value={max_tokens})",
+            "max_tokens",
+        )
     if longest + (max_tokens or 0) > max_len:
         raise InvalidRequest(
             f"This model's maximum context length is {max_len} tokens. However, you requested "
             f"{longest + (max_tokens or 0)} tokens ({longest} in the messages, {max_tokens or 0} in the "
-            "completion). Please reduce the length of the messages or completion."
+            "completion). Please reduce the length of the messages or completion.",
+            "input_tokens",
         )
     cap = max_tokens if max_tokens is not None else max_len - longest
-    sequences = [
-        engine.plan(rt.faults.seed, seed, key, p * n + i, cap, ignore_eos=ignore_eos)
-        for p, (key, _) in enumerate(prompts)
-        for i in range(n)
-    ]
+    request = engine.GenerationRequest(
+        prompt_tokens=prompt_tokens,
+        prompt_keys=tuple(key for key, _ in prompts),
+        n=n,
+        seed=rt.faults.seed,
+        request_seed=seed,
+        max_tokens=cap,
+        ignore_eos=ignore_eos,
+        ttft=rt.faults.ttft,
+        itl=rt.faults.itl,
+    )
     options = body.get("stream_options") or {}
     stream = bool(body.get("stream", False))
-    return Parsed(chat, prompt_tokens, sequences, stream, stream and bool(options.get("include_usage", False)))
+    return Parsed(chat, request, stream, stream and bool(options.get("include_usage", False)))
 
 
 def _usage(parsed: Parsed, completion_tokens: int) -> dict[str, Any]:
+    prompt_tokens = parsed.request.prompt_tokens
     return {
-        "prompt_tokens": parsed.prompt_tokens,
-        "total_tokens": parsed.prompt_tokens + completion_tokens,
+        "prompt_tokens": prompt_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
         "prompt_tokens_details": None,
+        "completion_tokens_details": None,
     }
 
 
@@ -134,7 +168,8 @@ def _choice(
     parsed: Parsed, index: int, text: str, finish: str | None, *, first: bool = False, delta: bool = False
 ) -> dict[str, Any]:
     if not parsed.chat:
-        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}
+        choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None}
+        return choice | {"token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None, "routed_experts": None}
     if delta:
         content = {"role": "assistant", "content": text} if first else {"content": text}
         return {"index": index, "delta": content, "logprobs": None, "finish_reason": finish}
@@ -157,48 +192,69 @@ async def respond(rt: Runtime, request: Request, *, chat: bool, done: Callable[[
         body = _json_object(request.body)
         model = body.get("model")
         if model is not None and model not in rt.settings.served_model_names:
-            return _finish(error(404, f"The model `{model}` does not exist."), done)
+            aliases = ", ".join(rt.settings.served_model_names)
+            message = f"The model `{model}` does not exist. Valid aliases: {aliases}."
+            return _finish(error(404, message, "model"), done)
         parsed = parse(rt, body, chat=chat)
-    except (ValueError, InvalidRequest) as exc:
+    except InvalidRequest as exc:
+        return _finish(error(400, str(exc), exc.param), done)
+    except ValueError as exc:
         return _finish(error(400, str(exc)), done)
     if rt.is_engine_dead:
-        return _finish(error(500, tracebacks.ENGINE_DEAD_MESSAGE), done)
+        return _engine_dead(rt, done)
     if rt.dice.request_fails(rt.faults.error_rate):
         rt.stats.injected_request_errors += 1
         return _finish(error(500, f"fake-vllm: injected request failure (error_rate={rt.faults.error_rate})"), done)
-    ident = f"{'chatcmpl' if chat else 'cmpl'}-{os.urandom(16).hex()}"
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-{os.urandom(8).hex()}"
     head = {
         "id": ident,
         "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": body.get("model") or rt.settings.model_name,
     }
-    steps = rt.engine.generate(parsed.prompt_tokens, parsed.sequences, rt.faults.ttft, rt.faults.itl)
+    steps = rt.generate(parsed.request)
     if parsed.stream:
         rt.stats.streams += 1
         # With no inter-token latency the events go out in one write: one syscall instead of one per token.
-        return StreamResponse(200, _stream(parsed, head, steps, coalesce=rt.faults.itl == 0), after_sent=done)
-    texts = {s.index: "" for s in parsed.sequences}
+        return StreamResponse(200, _stream(parsed, head, steps, coalesce=parsed.request.itl == 0), after_sent=done)
+    texts = dict.fromkeys(range(parsed.request.choices), "")
     finish: dict[int, str | None] = {}
+    tokens = 0
     try:
         async with contextlib.aclosing(steps):
             async for step in steps:
+                tokens += len(step.tokens)
                 for index, token, reason in step.tokens:
                     texts[index] += token
                     finish[index] = reason
     except EngineDead:
-        return _finish(error(500, tracebacks.ENGINE_DEAD_MESSAGE), done)
-    tokens = sum(len(s.tokens) for s in parsed.sequences)
-    result = {
-        **head,
-        "choices": [_choice(parsed, i, texts[i], finish.get(i)) for i in sorted(texts)],
-        "usage": _usage(parsed, tokens),
-        "system_fingerprint": None,
-        "kv_transfer_params": None,
-    }
+        return _engine_dead(rt, done)
+    result = {**head, "choices": [_choice(parsed, i, texts[i], finish.get(i)) for i in sorted(texts)]}
     if chat:
-        result |= {"service_tier": None, "prompt_logprobs": None}
+        result |= {"service_tier": None, "system_fingerprint": None, "usage": _usage(parsed, tokens)}
+        result |= {"prompt_logprobs": None, "kv_transfer_params": None}
+    else:
+        result |= {"service_tier": None, "system_fingerprint": _fingerprint(rt), "usage": _usage(parsed, tokens)}
+        result |= {"kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
     return Response(200, dumps(result), after_sent=done)
+
+
+def _fingerprint(rt: Runtime) -> str:
+    """``vllm-0.32.0-xxxxxxxx``: vLLM's fingerprint of its configuration, here of the model and seed."""
+    digest = zlib.crc32(f"{rt.settings.model}|{rt.settings.max_model_len}".encode())
+    return f"vllm-{VLLM_VERSION}-{digest:08x}"
+
+
+def _engine_dead(rt: Runtime, done: Callable[[], None]) -> Response:
+    """500 with EngineDeadError's message; like vLLM's handler, it also tells the server to shut down."""
+
+    def sent() -> None:
+        done()
+        rt.on_engine_error()
+
+    response = error(500, tracebacks.ENGINE_DEAD_MESSAGE)
+    response.after_sent = sent
+    return response
 
 
 def _finish(response: Response, done: Callable[[], None]) -> Response:
@@ -217,8 +273,8 @@ async def _stream(
         pending.append(b"data: " + dumps(payload) + b"\n\n")
 
     if parsed.chat:
-        for s in parsed.sequences:
-            event({**chunk_head, "choices": [_choice(parsed, s.index, "", None, first=True, delta=True)]})
+        for index in range(parsed.request.choices):
+            event({**chunk_head, "choices": [_choice(parsed, index, "", None, first=True, delta=True)]})
     try:
         async for step in steps:
             for index, token, reason in step.tokens:

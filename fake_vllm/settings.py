@@ -7,7 +7,11 @@ from pathlib import Path
 
 from fake_vllm.faults import Faults
 
-VLLM_VERSION = "0.11.0"
+VLLM_VERSION = "0.32.0"
+# vLLM 0.32's CPU backend with VLLM_CPU_KVCACHE_SPACE=1 on a small model: 1 GiB of KV cache, 512 bytes a token.
+DEFAULT_KV_CACHE_TOKENS = 2_097_152
+KV_BYTES_PER_TOKEN = 512
+KV_BLOCK_SIZE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,12 +28,17 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     access_log: bool = True
     startup_delay: float = 0.0
-    engine_children: int = 0
+    # Engine processes: VLLM::EngineCore plus (engine_processes - 1) workers under it; 0 = the engine runs
+    # inside the API server process.
+    engine_processes: int = 2
+    tensor_parallel_size: int = 1
+    kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS
+    honor_sigterm_while_loading: bool = False
     fake_gpu_dir: Path | None = None
     fake_gpu_total_gib: float = 79.33
     oom_at_startup: bool = False
     faults: Faults = field(default_factory=Faults)
-    ignored_args: tuple[str, ...] = ()
+    non_default_args: tuple[tuple[str, object], ...] = ()
 
     @property
     def model_name(self) -> str:
@@ -40,3 +49,11 @@ class Settings:
     def claim_bytes(self) -> int:
         """Fake GPU memory this instance holds while it runs: utilization x device total."""
         return int(self.gpu_memory_utilization * self.fake_gpu_total_gib * 1024**3)
+
+    @property
+    def worker_names(self) -> list[str]:
+        """Process titles of the workers under EngineCore: ``Worker`` alone, ``Worker_TP0``... when several."""
+        workers = max(0, self.engine_processes - 1)
+        if workers == 1:
+            return ["Worker"]
+        return [f"Worker_TP{rank}" for rank in range(workers)]

@@ -75,8 +75,12 @@ class FakeVllm:
         return f"http://{self.host}:{self.port}"
 
     def stdout(self) -> str:
-        """Everything written to stdout so far (vLLM's logger lines)."""
+        """Everything written to stdout so far (vLLM's logger lines, access lines), newlines translated."""
         return (self.log_dir / "stdout.log").read_text(errors="replace")
+
+    def raw_stdout(self) -> str:
+        """stdout as written, ``\r\n`` inside vLLM's multi-line records included."""
+        return (self.log_dir / "stdout.log").read_bytes().decode(errors="replace")
 
     def stderr(self) -> str:
         """Everything written to stderr so far (uvicorn lines, tracebacks)."""

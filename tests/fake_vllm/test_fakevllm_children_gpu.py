@@ -29,11 +29,16 @@ def _wait_gone(processes: list[psutil.Process], timeout: float = 10) -> None:
 
 
 def test_children_are_named_like_vllm_and_share_the_group(spawn: Spawn) -> None:
-    """--engine-children 3: VLLM::EngineCore and two workers, children of the server, in its process group."""
+    """--engine-children 3: VLLM::EngineCore under the server, its two workers under it, all in one group."""
     server = spawn("--engine-children", "3")
     children = _children(server)
-    assert sorted(p.name() for p in children) == ["VLLM::EngineCor", "VLLM::Worker_TP", "VLLM::Worker_TP"]
-    assert all(p.ppid() == server.pid and os.getpgid(p.pid) == server.pid for p in children)
+    by_name = {p.name(): p for p in children}
+    assert sorted(by_name) == ["VLLM::EngineCore", "VLLM::Worker_TP0", "VLLM::Worker_TP1"]
+    core = by_name["VLLM::EngineCore"]
+    assert core.ppid() == server.pid
+    assert by_name["VLLM::Worker_TP0"].ppid() == core.pid
+    assert by_name["VLLM::Worker_TP1"].ppid() == core.pid
+    assert all(os.getpgid(p.pid) == server.pid for p in children)
     assert sorted(p.pid for p in children) == sorted(
         httpx.get(f"{server.base_url}/admin/stats").json()["engine_children"]
     )
@@ -106,10 +111,15 @@ def test_two_small_instances_share_the_device(spawn: Spawn, tmp_path: Path) -> N
     assert FREE_MEMORY in third.stderr()
 
 
-def test_graceful_stop_frees_the_memory(spawn: Spawn, tmp_path: Path) -> None:
-    """Without children the server registers itself; SIGTERM removes its entry."""
-    server = spawn("--fake-gpu-dir", str(tmp_path))
-    assert set(_entries(tmp_path)) == {server.pid}
+@pytest.mark.parametrize("in_process", [True, False])
+def test_graceful_stop_frees_the_memory(spawn: Spawn, tmp_path: Path, in_process: bool) -> None:
+    """The engine processes register their shares (the server itself with --engine-children 0); SIGTERM
+    removes every entry."""
+    extra = ["--engine-children", "0"] if in_process else []
+    server = spawn("--fake-gpu-dir", str(tmp_path), *extra)
+    holders = {server.pid} if in_process else {p.pid for p in _children(server)}
+    assert set(_entries(tmp_path)) == holders
+    assert len(holders) == (1 if in_process else 2)
     server.process.send_signal(signal.SIGTERM)
     assert server.wait_exit(timeout=10) == 0
     assert _entries(tmp_path) == {}

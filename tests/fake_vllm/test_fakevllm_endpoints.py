@@ -31,7 +31,7 @@ def test_health_version_ping(spawn: Spawn) -> None:
     health = httpx.get(f"{server.base_url}/health")
     assert (health.status_code, health.content) == (200, b"")
     assert health.headers["server"] == "uvicorn"
-    assert httpx.get(f"{server.base_url}/version").json() == {"version": "0.11.0"}
+    assert httpx.get(f"{server.base_url}/version").json() == {"version": "0.32.0"}
     assert httpx.get(f"{server.base_url}/ping").status_code == 200
     assert httpx.post(f"{server.base_url}/ping").status_code == 200
 

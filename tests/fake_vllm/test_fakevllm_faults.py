@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from fake_vllm.testing import Spawn
+from fake_vllm.testing import FakeVllm, Spawn
 
 OOM_LINE = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate"
 
@@ -109,23 +109,48 @@ def test_hang_stalls_a_stream_in_flight(spawn: Spawn) -> None:
                 pass
 
 
-def test_engine_death_503_then_exit_0(spawn: Spawn) -> None:
-    """--engine-dead-after: /health 503 (empty), completions 500, EngineDeadError on stderr, exit 0 later."""
-    server = spawn("--engine-dead-after", "0.2", "--engine-dead-exit-after", "1.5")
+def _wait_503(server: FakeVllm) -> float:
     deadline = time.monotonic() + 10
     while server.health_status() != 503 and time.monotonic() < deadline:
         time.sleep(0.02)
-    dead_at = time.monotonic()
+    assert server.health_status() == 503
+    return time.monotonic()
+
+
+def test_engine_death_503_then_exit_0(spawn: Spawn) -> None:
+    """--engine-dead-after: /health 503 (empty), EngineDeadError logged on stdout, and with only probes
+    arriving the server exits 0 once --engine-dead-exit-after has passed."""
+    server = spawn("--engine-dead-after", "0.2", "--engine-dead-exit-after", "1.5")
+    dead_at = _wait_503(server)
     health = httpx.get(f"{server.base_url}/health")
     assert (health.status_code, health.content) == (503, b"")
-    completion = _complete(server.base_url)
-    assert completion.status_code == 500
-    assert completion.json()["error"]["type"] == "InternalServerError"
     assert httpx.get(f"{server.base_url}/v1/models").status_code == 200
     assert server.wait_exit(timeout=15) == 0
     assert 0.5 <= time.monotonic() - dead_at <= 6.0
-    assert "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue." in server.stderr()
-    assert "Shutting down FastAPI HTTP server." in server.stdout()
+    out = server.stdout()
+    assert f"(APIServer pid={server.pid}) ERROR " in out
+    assert "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue." in out
+    assert f"INFO:     Finished server process [{server.pid}]" in server.stderr()
+
+
+def test_a_request_on_a_dead_engine_gets_500_and_the_server_exits_soon(spawn: Spawn) -> None:
+    """A completion on a dead engine is a 500 with vLLM's body, and it makes the server exit 0 at once
+    (vLLM's error handler sets uvicorn's should_exit) rather than at the watchdog's next round."""
+    server = spawn("--engine-dead-after", "0.1", "--engine-dead-exit-after", "60")
+    _wait_503(server)
+    completion = _complete(server.base_url)
+    answered = time.monotonic()
+    assert completion.status_code == 500
+    assert completion.json() == {
+        "error": {
+            "message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+            "type": "InternalServerError",
+            "param": None,
+            "code": 500,
+        }
+    }
+    assert server.wait_exit(timeout=15) == 0
+    assert time.monotonic() - answered < 3.0
 
 
 def test_engine_death_ends_a_stream_with_an_error_event(spawn: Spawn) -> None:

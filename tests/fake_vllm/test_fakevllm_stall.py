@@ -216,4 +216,4 @@ def test_sigterm_stops_a_stalled_server_promptly(spawn: Spawn) -> None:
         for sock in pending:
             sock.close()
     assert server.group() == []
-    assert "Shutting down FastAPI HTTP server." in server.stdout()
+    assert "[shutdown] API server: shutting down FastAPI HTTP server" in server.stdout()

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import fake_vllm
-from fake_vllm import cli, engine, faults, tracebacks
+from fake_vllm import cli, engine, faults, openai_api, tracebacks, vllm_log
 from fake_vllm.gpu import FakeGpu, process_create_time
 from fake_vllm.metrics import Metrics
 
@@ -73,7 +73,6 @@ def test_cli_maps_vllm_flags_and_faults() -> None:
             "half",
             "--oom",
             "startup",
-            "--new-flag",
             "--port",
             "9",
         ]
@@ -84,7 +83,6 @@ def test_cli_maps_vllm_flags_and_faults() -> None:
     assert settings.port == 9
     assert settings.oom_at_startup
     assert settings.faults.oom is None
-    assert settings.ignored_args == ("--new-flag",)
 
 
 def test_cli_defaults_match_vllm() -> None:
@@ -190,3 +188,116 @@ def test_fake_vllm_imports_nothing_from_the_project() -> None:
                 else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             )
             assert not [n for n in names if n.split(".")[0] in {"supervisor", "chaos"}], path
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as caught:
+        cli.parse_settings(["serve", *argv])
+    assert caught.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_vllm_spellings_of_options_are_accepted() -> None:
+    """vLLM's parser: underscores for dashes, --opt=value, -O3 / -O 3, dotted JSON keys, nargs '+', prefixes."""
+    settings = cli.parse_settings(
+        [
+            "serve",
+            "m",
+            "--max_model_len=2k",
+            "-O3",
+            "-O",
+            "2",
+            "--compilation-config.cudagraph_mode",
+            "FULL",
+            "--allowed-media-domains",
+            "a",
+            "b",
+            "--hf-token",
+            "--max-num-se",
+            "7",
+            "--no-enable-log-requests",
+        ]
+    )
+    assert settings.max_model_len == 2000
+    assert settings.max_num_seqs == 7
+    assert settings.model == "m"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["m", "--future-flag", "x"], "vllm: error: unrecognized arguments: --future-flag x\n"),
+        (["m", "--swap-space", "4"], "vllm: error: unrecognized arguments: --swap-space 4\n"),  # gone in 0.32
+        (["m", "-O"], "vllm: error: unrecognized arguments: -O\n"),
+        (["m", "--max-num", "3"], "vllm serve: error: ambiguous option: --max-num could match"),
+    ],
+)
+def test_options_vllm_does_not_know_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """What vLLM 0.32 refuses is refused, with its message."""
+    assert message in _refused(argv, capsys)
+
+
+def test_engine_processes_follow_tensor_parallel_size() -> None:
+    """EngineCore plus one worker per tensor-parallel rank, unless --engine-children says otherwise."""
+    assert cli.parse_settings(["serve", "m"]).engine_processes == 2
+    assert cli.parse_settings(["serve", "m"]).worker_names == ["Worker"]
+    settings = cli.parse_settings(["serve", "m", "-tp", "4"])
+    assert settings.engine_processes == 5
+    assert settings.worker_names == ["Worker_TP0", "Worker_TP1", "Worker_TP2", "Worker_TP3"]
+    assert cli.parse_settings(["serve", "m", "-tp", "4", "--engine-children", "1"]).worker_names == []
+    assert cli.parse_settings(["serve", "m", "--engine-children", "0"]).engine_processes == 0
+
+
+def test_serve_without_a_model_serves_vllms_default() -> None:
+    """`vllm serve` alone serves Qwen/Qwen3-0.6B."""
+    assert cli.parse_settings(["serve"]).model == "Qwen/Qwen3-0.6B"
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("test-model", None),
+        ("org/model-1.5B", None),
+        ("/models/llama", "Repo id must be in the form 'repo_name' or 'namespace/repo_name': '/models/llama'."),
+        ("./llama", "Repo id must use alphanumeric chars, '-', '_' or '.'."),
+        ("/llama", "Repo id must use alphanumeric chars, '-', '_' or '.'."),
+        ("org/a--b", "Cannot have -- or .. in repo_id: 'org/a--b'."),
+        ("org/a.git", "Repo_id cannot end by '.git': 'org/a.git'."),
+    ],
+)
+def test_repo_id_validation_is_huggingface_hubs(name: str, problem: str | None) -> None:
+    """A model that is not a local directory must be a valid Hub repo id, by huggingface_hub's rules."""
+    found = tracebacks.repo_id_problem(name)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert found.startswith("huggingface_hub.errors.HFValidationError: " + problem)
+
+
+def test_kv_cache_message_is_vllms() -> None:
+    """The KV-cache check's text, with the figures of the measured run (a 10M context on 1 GiB)."""
+    assert tracebacks.kv_cache_message(10_000_000, 10_000_000 * 512, 1024**3, 2_097_024) == (
+        "ValueError: To serve at least one request with the model's max seq len (10000000), (4.77 GiB KV cache "
+        "is needed, which is larger than the available KV cache memory (1.0 GiB). Based on the available memory, "
+        "the estimated maximum model length is 2097024. Try increasing `gpu_memory_utilization` (which also "
+        "controls CPU memory on the CPU backend) or decreasing `max_model_len` when initializing the engine. "
+        "See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details."
+    )
+
+
+def test_multi_line_records_repeat_the_prefix(capsys: pytest.CaptureFixture[str]) -> None:
+    """vLLM's formatter: every line of a record carries the prefix, lines joined by \\r\\n."""
+    vllm_log.error("x.py:1", "first\nsecond", pid=42)
+    out = capsys.readouterr().out
+    first, second = out.split("\r\n")
+    assert first.startswith("(APIServer pid=42) ERROR ")
+    assert first.endswith(" [x.py:1] first")
+    assert second.startswith("(APIServer pid=42) ERROR ")
+    assert second.endswith(" [x.py:1] second\n")
+
+
+def test_error_messages_hide_paths() -> None:
+    """vLLM's sanitize_message: paths in error messages become <path>."""
+    assert openai_api.sanitize("Valid aliases: /tmp/models/tiny.") == "Valid aliases: <path>"
+    assert openai_api.sanitize("Valid aliases: m.") == "Valid aliases: m."
