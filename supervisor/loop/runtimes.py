@@ -10,7 +10,8 @@ from typing import Protocol
 from supervisor.config.schema import ModelConfig
 from supervisor.core.states import RuntimeKind
 from supervisor.runtime.base import Runtime
-from supervisor.runtime.process import ProcessRuntime, run_marker, stop_leftover
+from supervisor.runtime.process import ProcessRuntime
+from supervisor.runtime.process_group import run_marker, stop_leftover
 from supervisor.store.base import RunRecord
 
 

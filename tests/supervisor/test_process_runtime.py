@@ -18,9 +18,10 @@ import psutil
 import pytest
 
 from supervisor.core.states import ExitStatus
-from supervisor.runtime import process
+from supervisor.runtime import process, process_group
 from supervisor.runtime.base import SpawnError, Stream
-from supervisor.runtime.process import RUN_MARKER_ENV, LineReader, ProcessRun, ProcessRuntime, stop_leftover
+from supervisor.runtime.process import LineReader, ProcessRun, ProcessRuntime
+from supervisor.runtime.process_group import RUN_MARKER_ENV, stop_leftover
 
 pytestmark = pytest.mark.usefixtures("no_process_left")
 
@@ -184,7 +185,7 @@ async def test_the_end_of_an_orphaned_member_wakes_wait_gone(
 ) -> None:
     """The last member's death is seen through its pidfd: with every rescan timer an hour long, it still is."""
     for name in ("_GONE_POLL_FIRST", "_GONE_POLL_MAX", "_GONE_RESCAN_WATCHED"):
-        monkeypatch.setattr(process, name, 3600.0)
+        monkeypatch.setattr(process_group, name, 3600.0)
     sink = Lines()
     after = "import os; os._exit(0)"
     run = await spawn_python(GRANDCHILD_IGNORING_SIGTERM.replace("{after}", after), sink)
