@@ -31,10 +31,11 @@ from urllib.parse import urlsplit
 
 from supervisor.config.schema import GatewaySettings
 from supervisor.gateway.errors import error_body, error_event
-from supervisor.gateway.http11 import Headers, Request, Response
+from supervisor.gateway.http11 import Request, Response
 from supervisor.gateway.metrics import GatewayMetrics
 from supervisor.gateway.names import ServedNames
 from supervisor.gateway.upstream import Answer, BrokenBody, NoResponse, Pool
+from supervisor.gateway.wire import Headers
 from supervisor.loop.model import Replica, SupervisedModel
 
 T = TypeVar("T")

@@ -1,5 +1,5 @@
 """Requests to a model server over kept-alive HTTP/1.1 connections (asyncio Protocols; the head parsing and
-flow control of http11.py).
+flow control of wire.py).
 
 Each server has a small pool of idle connections, so a request does not pay a TCP handshake. What can go
 wrong is told apart by when it happened: `NoResponse` (refused, reset or closed before any response byte:
@@ -20,7 +20,7 @@ import ssl
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
-from supervisor.gateway.http11 import (
+from supervisor.gateway.wire import (
     BLANK_LINE,
     CHUNK_HEADER,
     MAX_HEAD,
