@@ -14,7 +14,7 @@ import html
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from chaos.checks import state_points
+from chaos.check_timeline import state_points
 from chaos.timeline import Observation
 from chaos.traffic import failure, tally
 

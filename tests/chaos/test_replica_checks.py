@@ -3,7 +3,8 @@ most alive replica's, and processes judged per replica (two replicas alive at on
 
 from __future__ import annotations
 
-from chaos.checks import judge_expectation, judge_steady, state_points
+from chaos.check_timeline import state_points
+from chaos.checks import judge_expectation, judge_steady
 from chaos.timeline import Event
 from tests.chaos.timelines import T0, ev, expect, observation, sighting, snap, steady
 
