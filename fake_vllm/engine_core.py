@@ -17,7 +17,8 @@ The processes are forked (a millisecond each, so start-up stays fast) and rename
 setproctitle: ``/proc/PID/cmdline`` becomes ``VLLM::EngineCore`` and ``/proc/PID/comm`` its first 15
 characters. Messages on the socket are JSON lists, one per line: to EngineCore ``["add", id, request]``,
 ``["abort", id]``, ``["stall"]``, ``["sigterm", ignore]``, ``["shutdown"]``; from it ``["ready", pids]``,
-``["t", id, tokens, last]`` and ``["s", running, waiting, kv_usage]``.
+``["t", id, [[tokens, last], ...]]`` (the steps of one request made in one round of its event loop) and
+``["s", running, waiting, kv_usage]``. Each side writes what one round produced in a single write.
 """
 
 from __future__ import annotations
@@ -201,6 +202,35 @@ def _stop_child(pid: int, grace: float) -> int | None:
     return status
 
 
+class _Outbox:
+    """Messages for one socket, written together once per round of the event loop: one system call for all
+    the steps and stats of that round, however many requests are running."""
+
+    def __init__(self) -> None:
+        self.writer: asyncio.StreamWriter | None = None
+        self._pending: list[bytes] = []
+
+    def put(self, message: list[Any]) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append(json.dumps(message, separators=(",", ":")).encode())
+
+    def flush(self) -> None:
+        if self._pending and self.writer is not None and not self.writer.is_closing():
+            self.writer.write(b"\n".join(self._pending) + b"\n")
+        self._pending.clear()
+
+
+async def _messages(reader: asyncio.StreamReader) -> AsyncGenerator[list[Any], None]:
+    """The JSON messages on a socket, one per line, read in large chunks; ends at end-of-file."""
+    buffer = b""
+    with contextlib.suppress(ConnectionError):
+        while chunk := await reader.read(1 << 18):
+            *lines, buffer = (buffer + chunk).split(b"\n")
+            for line in lines:
+                yield json.loads(line)
+
+
 # -- the worker ------------------------------------------------------------------------------------------
 
 
@@ -242,8 +272,9 @@ class _EngineCore:
     loading: bool = True
     ignore_sigterm: bool = False
     engine: Engine | None = None
-    writer: asyncio.StreamWriter | None = None
+    outbox: _Outbox = field(default_factory=_Outbox)
     tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    batches: dict[int, list[list[Any]]] = field(default_factory=dict)
     stats_pending: bool = False
     stopping: bool = False
 
@@ -283,7 +314,7 @@ class _EngineCore:
         for worker in self.workers:
             worker.conn.setblocking(False)
             loop.add_reader(worker.conn.fileno(), self._on_worker_message, worker)
-        reader, self.writer = await asyncio.open_connection(sock=self.conn)
+        reader, self.outbox.writer = await asyncio.open_connection(sock=self.conn)
         commands = asyncio.ensure_future(self._read_commands(reader))
         started = time.monotonic()
         loader = (
@@ -323,9 +354,8 @@ class _EngineCore:
     # -- commands from the API server --------------------------------------------------------------
 
     async def _read_commands(self, reader: asyncio.StreamReader) -> None:
-        with contextlib.suppress(ConnectionError):
-            while line := await reader.readline():
-                self._command(json.loads(line))
+        async for message in _messages(reader):
+            self._command(message)
 
     def _command(self, message: list[Any]) -> None:
         kind = message[0]
@@ -347,12 +377,23 @@ class _EngineCore:
     async def _generate(self, rid: int, steps: AsyncGenerator[Step, None]) -> None:
         try:
             async for step in steps:
-                self._send(["t", rid, step.tokens, step.last])
+                batch = self.batches.get(rid)
+                if batch is None:
+                    if not self.batches:
+                        asyncio.get_running_loop().call_soon(self._send_batches)
+                    batch = self.batches[rid] = []
+                batch.append([step.tokens, step.last])
         except EngineDead:
             pass
         finally:
             self.tasks.pop(rid, None)
             await steps.aclose()
+
+    def _send_batches(self) -> None:
+        """The steps of this round, one message per request (all of them, when nothing slows it down)."""
+        for rid, batch in self.batches.items():
+            self._send(["t", rid, batch])
+        self.batches.clear()
 
     def _stats_changed(self) -> None:
         if not self.stats_pending:
@@ -365,8 +406,7 @@ class _EngineCore:
             self._send(["s", *self.engine.stats()])
 
     def _send(self, message: list[Any]) -> None:
-        if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        self.outbox.put(message)
 
     # -- ending ------------------------------------------------------------------------------------
 
@@ -434,9 +474,9 @@ class RemoteEngine:
         self.pids: list[int] = [pid]
         self._conn = conn
         self._on_stats = on_stats
-        self._writer: asyncio.StreamWriter | None = None
+        self._outbox = _Outbox()
         self._reader: asyncio.StreamReader | None = None
-        self._queues: dict[int, asyncio.Queue[Step | None]] = {}
+        self._queues: dict[int, asyncio.Queue[list[Step] | None]] = {}
         self._next_id = 0
         self._reading: asyncio.Future[None] | None = None
         self.dead = False
@@ -453,9 +493,9 @@ class RemoteEngine:
 
     async def wait_ready(self) -> bool:
         """Wait for EngineCore to finish loading; False if it exited instead (it has printed why)."""
-        self._reader, self._writer = await asyncio.open_connection(sock=self._conn)
-        while line := await self._reader.readline():
-            message = json.loads(line)
+        self._reader, self._outbox.writer = await asyncio.open_connection(sock=self._conn)
+        self._incoming = _messages(self._reader)
+        async for message in self._incoming:
             if message[0] == "ready":
                 self.pids = list(message[1])
                 self._reading = asyncio.ensure_future(self._read())
@@ -465,17 +505,13 @@ class RemoteEngine:
         return False
 
     async def _read(self) -> None:
-        assert self._reader is not None
-        with contextlib.suppress(ConnectionError):
-            while line := await self._reader.readline():
-                message = json.loads(line)
-                if message[0] == "t":
-                    queue = self._queues.get(message[1])
-                    if queue is not None:
-                        tokens = tuple((i, text, reason) for i, text, reason in message[2])
-                        queue.put_nowait(Step(tokens, message[3]))
-                elif message[0] == "s":
-                    self._on_stats(message[1], message[2], message[3])
+        async for message in self._incoming:
+            if message[0] == "t":
+                queue = self._queues.get(message[1])
+                if queue is not None:
+                    queue.put_nowait([Step(tuple(map(tuple, tokens)), last) for tokens, last in message[2]])
+            elif message[0] == "s":
+                self._on_stats(message[1], message[2], message[3])
         self.dead = True
         for queue in self._queues.values():
             queue.put_nowait(None)
@@ -492,27 +528,25 @@ class RemoteEngine:
         return self.status
 
     def _send(self, message: list[Any]) -> None:
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        self._outbox.put(message)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Step, None]:
         """The steps of one request, as EngineCore sends them; EngineDead if it dies meanwhile."""
         if self.dead:
             raise EngineDead
         rid = self._next_id = self._next_id + 1
-        queue: asyncio.Queue[Step | None] = asyncio.Queue()
+        queue: asyncio.Queue[list[Step] | None] = asyncio.Queue()
         self._queues[rid] = queue
         finished = False
         self._send(["add", rid, request.to_json()])
         try:
-            while True:
-                step = await queue.get()
-                if step is None:
+            while not finished:
+                steps = await queue.get()
+                if steps is None:
                     raise EngineDead
-                finished = step.last
-                yield step
-                if finished:
-                    return
+                for step in steps:
+                    finished = step.last
+                    yield step
         finally:
             del self._queues[rid]
             if not finished and not self.dead:
@@ -531,21 +565,32 @@ class RemoteEngine:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
 
-    def stop(self, grace: float = _STOP_GRACE) -> None:
-        """Stop EngineCore as vLLM's shutdown does (blocking): SIGTERM, then SIGKILL once ``grace`` is over.
-
-        A ``shutdown`` request goes first on the socket, so an EngineCore that ignores SIGTERM
-        (``--ignore-sigterm``) still stops when its own server stops.
-        """
-        if self.status is not None:
-            return
-        if self._writer is None:  # the socket is not the event loop's yet
+    def _ask_to_stop(self) -> None:
+        """vLLM's process manager: SIGTERM to EngineCore. A ``shutdown`` message goes first, so an
+        EngineCore that ignores SIGTERM (``--ignore-sigterm``, or still loading) stops all the same."""
+        if self._outbox.writer is None:  # the socket is not the event loop's yet
             with contextlib.suppress(OSError):
                 self._conn.sendall(b'["shutdown"]\n')
-        self._send(["shutdown"])
+        else:
+            self._outbox.put(["shutdown"])
+            self._outbox.flush()
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
             os.kill(self.pid, signal.SIGCONT)  # a stopped process would hold its SIGTERM until SIGKILL
-        status = _stop_child(self.pid, grace)
+
+    def stop(self, grace: float = _STOP_GRACE) -> None:
+        """Stop EngineCore and wait for it (blocking: for the paths that exit right after, such as a crash);
+        SIGKILL once ``grace`` is over."""
         if self.status is None:
-            self.status = status
+            self._ask_to_stop()
+            self.status = _stop_child(self.pid, grace)
+
+    async def stop_async(self, grace: float = _STOP_GRACE) -> None:
+        """Stop EngineCore without blocking the event loop; SIGKILL once ``grace`` is over."""
+        if self.status is not None:
+            return
+        self._ask_to_stop()
+        if await self.reaped(grace) is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            await self.reaped()

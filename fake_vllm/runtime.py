@@ -53,7 +53,10 @@ class EngineClient(Protocol):
         """Kill the engine (an injected engine death)."""
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop the engine for a shutdown (blocking)."""
+        """Stop the engine and wait for it (blocking)."""
+
+    async def stop_async(self, grace: float = 5.0) -> None:
+        """Stop the engine and wait for it."""
 
 
 class LocalEngine:
@@ -81,6 +84,9 @@ class LocalEngine:
         self.on_death()
 
     def stop(self, grace: float = 5.0) -> None:
+        """Nothing to stop."""
+
+    async def stop_async(self, grace: float = 5.0) -> None:
         """Nothing to stop."""
 
 
@@ -178,7 +184,8 @@ class Runtime:
         steps = self.client.generate(request)
         try:
             async for step in steps:
-                await self.checkpoint()
+                if self.phase is not Phase.READY:
+                    await self.checkpoint()
                 now = time.monotonic()
                 if first:
                     first = False

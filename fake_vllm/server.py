@@ -86,7 +86,7 @@ class Lifecycle:
             return await self._shutdown(self._stop.result())
         if not loading.result():
             sock.close()
-            await asyncio.to_thread(self._stop_engine)
+            await self._stop_engine_async()
             return 1
         await self._listen(sock)
         return await self._shutdown(await self._stop)
@@ -313,7 +313,7 @@ class Lifecycle:
                 vllm_log.info("core_client.py:770", "[shutdown] MPClient: start timeout=0s")
                 vllm_log.info("core_client.py:772", "[shutdown] MPClient: stopping engine manager")
                 vllm_log.info("utils.py:628", "[shutdown] Process manager: send sigterm to process EngineCore")
-            await asyncio.to_thread(self._stop_engine)
+            await self._stop_engine_async()
             if self.settings.engine_processes:
                 vllm_log.info("core_client.py:774", "[shutdown] MPClient: engine manager stopped")
                 vllm_log.info("core_client.py:775", "[shutdown] MPClient: cleaning up background resources")
@@ -325,7 +325,7 @@ class Lifecycle:
         await self.http.close()
         vllm_log.uvicorn("Waiting for application shutdown.")
         if not by_signal:
-            await asyncio.to_thread(self._stop_engine)
+            await self._stop_engine_async()
         vllm_log.uvicorn("Application shutdown complete.")
         if not by_signal:
             vllm_log.uvicorn(f"Finished server process [{os.getpid()}]")
@@ -336,6 +336,13 @@ class Lifecycle:
         """Take the engine down (EngineCore frees its workers' and its own fake-GPU memory), then free ours."""
         if self.engine is not None:
             self.engine.stop()
+        if self.gpu is not None:
+            self.gpu.unregister(os.getpid())
+
+    async def _stop_engine_async(self) -> None:
+        """``_stop_engine`` for the graceful paths, without blocking the event loop."""
+        if self.engine is not None:
+            await self.engine.stop_async()
         if self.gpu is not None:
             self.gpu.unregister(os.getpid())
 
