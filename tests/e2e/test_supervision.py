@@ -125,8 +125,9 @@ async def test_orphaned_engine_children_are_reaped_before_the_next_run(supervise
         await wait_until(lambda: sup.status("m").state is State.HEALTHY, 20, "healthy")
         pid = sup.status("m").pid
         assert pid is not None
-        children = psutil.Process(pid).children()
-        assert len(children) == 2
+        # The engine tree of the fake, as of vLLM: EngineCore and the workers under it.
+        children = psutil.Process(pid).children(recursive=True)
+        assert len(children) >= 2
         os.kill(pid, signal.SIGKILL)
         await wait_until(lambda: len(kinds(sup.events("m"), EventKind.SPAWNED)) >= 2, 20, "a second run")
         assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
