@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--honor-sigterm-while-loading", action="store_true")
     fault.add_argument("--engine-children", type=_typed(faults.count, "engine_children"))
     fault.add_argument("--kv-cache-tokens", type=_positive_int, default=DEFAULT_KV_CACHE_TOKENS)
+    fault.add_argument("--fake-device", choices=("cpu", "cuda"))
     fault.add_argument("--ttft", type=_typed(faults.seconds, "ttft"), default=0.0)
     fault.add_argument("--itl", type=_typed(faults.seconds, "itl"), default=0.0)
     fault.add_argument("--error-rate", type=_typed(faults.probability, "error_rate"), default=0.0)
@@ -265,7 +266,12 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         seed=args.seed,
     )
     keys = tuple(args.api_key or ()) or ((os.environ["VLLM_API_KEY"],) if os.environ.get("VLLM_API_KEY") else ())
-    processes = args.engine_children if args.engine_children is not None else 1 + args.tensor_parallel_size
+    # A fake GPU or a CUDA OOM only make sense on vLLM's GPU build, so they choose it unless told otherwise.
+    device = args.fake_device or ("cuda" if args.fake_gpu_dir is not None or oom is not None else "cpu")
+    tp = args.tensor_parallel_size
+    # vLLM's CPU build always runs its model in workers; the GPU build runs it in EngineCore at TP=1.
+    workers = tp if device == "cpu" or tp > 1 else 0
+    processes = args.engine_children if args.engine_children is not None else 1 + workers
     return Settings(
         model=model,
         served_model_names=tuple(args.served_model_name or (model,)),
@@ -278,7 +284,8 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         access_log=not args.disable_uvicorn_access_log,
         startup_delay=args.startup_delay,
         engine_processes=processes,
-        tensor_parallel_size=args.tensor_parallel_size,
+        tensor_parallel_size=tp,
+        device=device,
         kv_cache_tokens=args.kv_cache_tokens,
         honor_sigterm_while_loading=args.honor_sigterm_while_loading,
         fake_gpu_dir=args.fake_gpu_dir,

@@ -92,33 +92,46 @@ async def load_engine(
 ) -> None:
     """vLLM 0.32's loading, as logged by EngineCore and its worker; raises StartupFailure as vLLM fails.
 
-    ``--startup-delay`` is spent 60% loading the weights, 40% warming up. The fake-GPU check (``claim``)
-    comes first, the CUDA OOM of ``--oom startup`` after the weights, the KV-cache check after the warm-up.
+    ``--startup-delay`` is spent 60% loading the weights, 40% warming up (CPU build) or profiling (GPU
+    build). The fake-GPU check (``claim``) comes first, the CUDA OOM of ``--oom startup`` after the weights,
+    the KV-cache check last.
     """
     s = settings
+    cpu = s.device == "cpu"
+    runner = "cpu_model_runner.py" if cpu else "gpu_model_runner.py"
 
     def log(where: str, message: str) -> None:
         vllm_log.info(where, message, process=loader.process, pid=loader.pid)
 
     claim()
-    log("cpu_model_runner.py:68", f"Starting to load model {s.model}...")
+    log(f"{runner}:{68 if cpu else 5040}", f"Starting to load model {s.model}...")
     await asyncio.sleep(s.startup_delay * 0.6)
     log("default_loader.py:501", f"Loading weights took {time.monotonic() - started:.2f} seconds")
+    if not cpu:
+        weights = round(s.claim_bytes * 0.25 / GIB, 2)
+        log(
+            "gpu_model_runner.py:5150",
+            f"Model loading took {weights} GiB memory and {time.monotonic() - started:.6f} seconds",
+        )
     if s.oom_at_startup:
         held = s.claim_bytes / GIB * 0.92
         raise StartupFailure("profile", tracebacks.cuda_oom_message(s.fake_gpu_total_gib, held))
-    log("cpu_model_runner.py:87", "Warming up model for the compilation...")
+    if cpu:
+        log("cpu_model_runner.py:87", "Warming up model for the compilation...")
     await asyncio.sleep(s.startup_delay * 0.4)
-    log("cpu_model_runner.py:91", "Warming up done.")
-    needed = -(-s.max_model_len // KV_BLOCK_SIZE) * KV_BLOCK_SIZE * KV_BYTES_PER_TOKEN
     available = s.kv_cache_tokens * KV_BYTES_PER_TOKEN
+    if cpu:
+        log("cpu_model_runner.py:91", "Warming up done.")
+    else:
+        log("gpu_worker.py:760", f"Available KV cache memory: {round(available / GIB, 2)} GiB")
+    needed = -(-s.max_model_len // KV_BLOCK_SIZE) * KV_BLOCK_SIZE * KV_BYTES_PER_TOKEN
     if needed > available:
         estimated = s.kv_cache_tokens // KV_BLOCK_SIZE * KV_BLOCK_SIZE
         raise StartupFailure("kv_cache", tracebacks.kv_cache_message(s.max_model_len, needed, available, estimated))
     vllm_log.info(
         "kv_cache_utils.py:2327",
-        f"CPU KV cache size: {s.kv_cache_tokens:,} tokens, Maximum concurrency for {s.max_model_len:,} tokens "
-        f"per request: {s.kv_cache_tokens / s.max_model_len:.2f}x",
+        f"{'CPU' if cpu else 'GPU'} KV cache size: {s.kv_cache_tokens:,} tokens, Maximum concurrency for "
+        f"{s.max_model_len:,} tokens per request: {s.kv_cache_tokens / s.max_model_len:.2f}x",
         process=vllm_log.ENGINE_CORE,
         pid=engine_pid,
     )
@@ -139,7 +152,7 @@ def engine_config_line(settings: Settings, seed: int) -> str:
         f"revision=None, trust_remote_code=False, dtype=torch.bfloat16, max_seq_len={s.max_model_len}, "
         f"download_dir=None, load_format=auto, tensor_parallel_size={s.tensor_parallel_size}, "
         f"pipeline_parallel_size=1, data_parallel_size=1, quantization=None, enforce_eager=False, "
-        f"kv_cache_dtype=auto, device_config=cpu, seed={seed}, served_model_name={s.model_name}"
+        f"kv_cache_dtype=auto, device_config={s.device}, seed={seed}, served_model_name={s.model_name}"
     )
 
 

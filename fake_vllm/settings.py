@@ -32,6 +32,8 @@ class Settings:
     # inside the API server process.
     engine_processes: int = 2
     tensor_parallel_size: int = 1
+    # The build imitated: "cpu" (vLLM 0.32's CPU build, as measured) or "cuda" (its GPU build).
+    device: str = "cpu"
     kv_cache_tokens: int = DEFAULT_KV_CACHE_TOKENS
     honor_sigterm_while_loading: bool = False
     fake_gpu_dir: Path | None = None

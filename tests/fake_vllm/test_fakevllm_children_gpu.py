@@ -115,11 +115,11 @@ def test_two_small_instances_share_the_device(spawn: Spawn, tmp_path: Path) -> N
 def test_graceful_stop_frees_the_memory(spawn: Spawn, tmp_path: Path, in_process: bool) -> None:
     """The engine processes register their shares (the server itself with --engine-children 0); SIGTERM
     removes every entry."""
-    extra = ["--engine-children", "0"] if in_process else []
+    extra = ["--engine-children", "0"] if in_process else ["--tensor-parallel-size", "2"]
     server = spawn("--fake-gpu-dir", str(tmp_path), *extra)
     holders = {server.pid} if in_process else {p.pid for p in _children(server)}
     assert set(_entries(tmp_path)) == holders
-    assert len(holders) == (1 if in_process else 2)
+    assert len(holders) == (1 if in_process else 3)  # EngineCore and two workers
     server.process.send_signal(signal.SIGTERM)
     assert server.wait_exit(timeout=10) == 0
     assert _entries(tmp_path) == {}

@@ -371,3 +371,18 @@ def test_version_and_unknown_model_bodies(spawn: Spawn) -> None:
             "code": 404,
         }
     }
+
+
+def test_gpu_build_landmarks_and_tree(spawn: Spawn, tmp_path: Path) -> None:
+    """With a fake GPU the fake is vLLM's GPU build: EngineCore loads the model itself at TP=1 (no worker),
+    and its lines are the GPU runner's, with no trace of the CPU build."""
+    server = spawn("--fake-gpu-dir", str(tmp_path))
+    core = _engine(server)
+    assert core.children() == []
+    out = server.stdout()
+    assert re.search(rf"\(EngineCore pid={core.pid}\) INFO .* \[gpu_model_runner\.py:\d+\] Starting to load model", out)
+    assert "Model loading took " in out
+    assert "Available KV cache memory: 1.0 GiB" in out
+    assert "GPU KV cache size: 2,097,152 tokens" in out
+    assert "device_config=cuda" in out
+    assert not re.search(r"cpu_model_runner|cpu_worker|device_config=cpu|CPU KV cache", out)

@@ -248,6 +248,23 @@ def test_engine_processes_follow_tensor_parallel_size() -> None:
     assert cli.parse_settings(["serve", "m", "--engine-children", "0"]).engine_processes == 0
 
 
+@pytest.mark.parametrize(
+    ("argv", "device", "processes"),
+    [
+        ([], "cpu", 2),
+        (["--fake-gpu-dir", "/tmp/g"], "cuda", 1),  # the GPU build runs the model in EngineCore at TP=1
+        (["--oom", "startup"], "cuda", 1),
+        (["--oom", "after:1", "-tp", "2"], "cuda", 3),
+        (["--fake-gpu-dir", "/tmp/g", "--fake-device", "cpu"], "cpu", 2),
+        (["--fake-device", "cuda", "--engine-children", "2"], "cuda", 2),
+    ],
+)
+def test_fake_device_follows_the_gpu_faults(argv: list[str], device: str, processes: int) -> None:
+    """A fake GPU or a CUDA OOM imitate vLLM's GPU build unless --fake-device says otherwise."""
+    settings = cli.parse_settings(["serve", "m", *argv])
+    assert (settings.device, settings.engine_processes) == (device, processes)
+
+
 def test_serve_without_a_model_serves_vllms_default() -> None:
     """`vllm serve` alone serves Qwen/Qwen3-0.6B."""
     assert cli.parse_settings(["serve"]).model == "Qwen/Qwen3-0.6B"
