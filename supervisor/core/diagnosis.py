@@ -193,6 +193,9 @@ class RunDiagnosis:
 
     @property
     def has_cuda_oom(self) -> bool:
-        """True once the GPU ran out of memory or could not reserve it (any finding of cause oom; on vLLM's CPU
-        build there is no GPU, so its KV cache failure is out of memory but no CUDA OOM)."""
-        return any(found.cause is Cause.OOM for found in self._findings.values()) and not self.on_cpu
+        """True once the GPU ran out of memory or could not reserve it (any finding of cause oom, except the KV
+        cache failure of vLLM's CPU build: out of memory, but of host memory, not CUDA's)."""
+        return any(
+            found.cause is Cause.OOM and not (self.on_cpu and found.finding == "kv_cache_too_small")
+            for found in self._findings.values()
+        )

@@ -332,3 +332,11 @@ def test_the_same_failure_on_a_gpu_build_keeps_the_gpu_advice() -> None:
     assert (run.on_cpu, run.has_cuda_oom) == (False, True)
     assert "--gpu-memory-utilization" in found.advice
     assert "VLLM_CPU_KVCACHE_SPACE" not in found.advice
+
+
+def test_a_cuda_oom_line_is_a_cuda_oom_whatever_build_printed_it() -> None:
+    """Only the KV cache failure changes meaning on a CPU build; torch's CUDA OOM text stays a CUDA OOM."""
+    run = RunDiagnosis()
+    run.observe(CPU_WORKER_LINE)
+    run.observe("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.")
+    assert (run.on_cpu, run.has_cuda_oom) == (True, True)
