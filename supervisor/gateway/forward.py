@@ -220,6 +220,12 @@ class Forwarder:
             except BaseException:
                 await chunks.aclose()
                 raise
+            if first.startswith(b'data: {"error"') and self._may_retry_5xx(journey, replica, run):
+                # The stream failed before anything reached the client (an engine dying as it began):
+                # as retryable as a 5xx.
+                await chunks.aclose()
+                self._retry_elsewhere(journey, run, "error_event", first.decode(errors="replace")[:200])
+                return None
             replica.progressed(self._clock())
             handed_on = True
             stream = self._relay(journey, replica, first, chunks)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 
 import httpx
 import pytest
@@ -275,3 +276,47 @@ async def test_a_5xx_from_a_serving_replica_with_no_other_goes_to_the_client(ser
         response = await s.client.post("/v1/completions", json={"model": "q", **COMPLETION})
     assert response.status_code == 500
     assert "injected request failure" in response.json()["error"]["message"]
+
+
+# A tiny OpenAI-style server: healthy, lists its model, and streams an error event first when it is told to
+# (as vLLM does when its engine dies just as a stream begins), else a one-chunk stream.
+ERROR_FIRST_SERVER = r"""
+import asyncio, json, sys
+port, broken = int(sys.argv[1]), sys.argv[1] == sys.argv[2]
+async def serve(reader, writer):
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next((int(l.split(b":")[1]) for l in lines if l.lower().startswith(b"content-length")), 0)
+        await reader.readexactly(length)
+        path = head.split(b" ")[1]
+        if path == b"/v1/models":
+            body, kind = json.dumps({"object": "list", "data": [{"id": "m"}]}).encode(), b"application/json"
+        elif path.startswith(b"/v1/"):
+            failed = {"error": {"message": "EngineCore encountered an issue", "code": 500}}
+            event = failed if broken else {"choices": [{"text": "ok", "finish_reason": "stop"}]}
+            body, kind = b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n", b"text/event-stream"
+        else:
+            body, kind = b"", b"text/plain"
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + kind + b"\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+async def test_a_stream_whose_first_event_is_an_error_is_tried_on_another_replica(serve: Serve) -> None:
+    """Nothing reached the client yet: an error event as a stream's first words is retried like a 5xx."""
+    entry = replicated(2)
+    entry["command"] = sys.executable
+    entry["args"] = ["-c", ERROR_FIRST_SERVER, "{port}", str(entry["ports"][0])]
+    async with serve({"q": entry}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q", 2), 20, "both replicas healthy")
+        s.fleet.model("q").replicas[1].in_flight += 100  # steer the stream to the broken replica 0 first
+        body = {"model": "q", "prompt": "hi", "stream": True}
+        async with s.client.stream("POST", "/v1/completions", json=body) as response:
+            lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+        s.fleet.model("q").replicas[1].in_flight -= 100
+    assert lines == ['data: {"choices": [{"text": "ok", "finish_reason": "stop"}]}', "data: [DONE]"]
