@@ -26,249 +26,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
 import signal
 import socket
 import time
-import traceback
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NoReturn
 
 from fake_vllm import tracebacks, vllm_log
 from fake_vllm.engine import Engine, EngineDead, GenerationRequest, Step
-from fake_vllm.settings import KV_BLOCK_SIZE, KV_BYTES_PER_TOKEN, VLLM_VERSION, Settings
+from fake_vllm.engine_load import Loader, StartupFailure, engine_config_line, load_engine
+from fake_vllm.engine_procs import (
+    Outbox,
+    WorkerProcess,
+    fork_child,
+    read_messages,
+    reap,
+    set_process_title,
+    stop_child,
+    wait_gone,
+    worker_main,
+)
+from fake_vllm.settings import Settings
 from fake_vllm.shutdown import flush_streams
 
 GIB = 1024**3
 _STOP_GRACE = 5.0
-
-
-def set_process_title(title: str) -> None:
-    """What setproctitle does on Linux: rewrite the argv area (``ps``, psutil's name) and ``comm`` (15 bytes).
-
-    Best effort: where /proc is missing or read-only the process keeps its name.
-    """
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        stat = Path("/proc/self/stat").read_bytes()
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        arg_start, arg_end = int(fields[45]), int(fields[46])  # fields 48 and 49 of proc(5)
-        text = title.encode()[: max(0, arg_end - arg_start - 1)]
-        with open("/proc/self/mem", "r+b", buffering=0) as memory:
-            memory.seek(arg_start)
-            memory.write(text + b"\0" * (arg_end - arg_start - len(text)))
-    with contextlib.suppress(OSError):
-        Path("/proc/self/comm").write_text(title[:15])
-
-
-class StartupFailure(Exception):
-    """EngineCore could not start: where it failed (frames) and the exception line."""
-
-    def __init__(self, frames: str, final_line: str) -> None:
-        super().__init__(final_line)
-        self.frames = frames
-        self.final_line = final_line
-
-    def report(self, engine_pid: int) -> None:
-        """Print it as EngineCore does: vLLM's logger on stdout, then multiprocessing's traceback on stderr."""
-        frames = tracebacks.engine_failure_frames(self.frames)
-        logged = "EngineCore failed to start.\n" + tracebacks.traceback_text(frames, self.final_line)
-        vllm_log.error("core.py:1510", logged, process=vllm_log.ENGINE_CORE, pid=engine_pid)
-        vllm_log.stderr_text(tracebacks.engine_process_traceback(frames, self.final_line))
-
-
-@dataclass(frozen=True, slots=True)
-class Loader:
-    """Who logs the loading lines: the worker that loads the model, or EngineCore when it has no worker."""
-
-    process: str
-    pid: int
-
-
-async def load_engine(
-    settings: Settings, engine_pid: int, loader: Loader, claim: Callable[[], None], started: float
-) -> None:
-    """vLLM 0.32's loading, as logged by EngineCore and its worker; raises StartupFailure as vLLM fails.
-
-    ``--startup-delay`` is spent 60% loading the weights, 40% warming up (CPU build) or profiling (GPU
-    build). The fake-GPU check (``claim``) comes first, the CUDA OOM of ``--oom startup`` after the weights,
-    the KV-cache check last.
-    """
-    s = settings
-    cpu = s.device == "cpu"
-    runner = "cpu_model_runner.py" if cpu else "gpu_model_runner.py"
-
-    def log(where: str, message: str) -> None:
-        vllm_log.info(where, message, process=loader.process, pid=loader.pid)
-
-    claim()
-    log(f"{runner}:{68 if cpu else 5040}", f"Starting to load model {s.model}...")
-    await asyncio.sleep(s.startup_delay * 0.6)
-    log("default_loader.py:501", f"Loading weights took {time.monotonic() - started:.2f} seconds")
-    if not cpu:
-        weights = round(s.claim_bytes * 0.25 / GIB, 2)
-        log(
-            "gpu_model_runner.py:5150",
-            f"Model loading took {weights} GiB memory and {time.monotonic() - started:.6f} seconds",
-        )
-    if s.oom_at_startup:
-        held = s.claim_bytes / GIB * 0.92
-        raise StartupFailure("profile", tracebacks.cuda_oom_message(s.fake_gpu_total_gib, held))
-    if cpu:
-        log("cpu_model_runner.py:87", "Warming up model for the compilation...")
-    await asyncio.sleep(s.startup_delay * 0.4)
-    available = s.kv_cache_tokens * KV_BYTES_PER_TOKEN
-    if cpu:
-        log("cpu_model_runner.py:91", "Warming up done.")
-    else:
-        log("gpu_worker.py:760", f"Available KV cache memory: {round(available / GIB, 2)} GiB")
-    needed = -(-s.max_model_len // KV_BLOCK_SIZE) * KV_BLOCK_SIZE * KV_BYTES_PER_TOKEN
-    if needed > available:
-        estimated = s.kv_cache_tokens // KV_BLOCK_SIZE * KV_BLOCK_SIZE
-        raise StartupFailure("kv_cache", tracebacks.kv_cache_message(s.max_model_len, needed, available, estimated))
-    vllm_log.info(
-        "kv_cache_utils.py:2327",
-        f"{'CPU' if cpu else 'GPU'} KV cache size: {s.kv_cache_tokens:,} tokens, Maximum concurrency for "
-        f"{s.max_model_len:,} tokens per request: {s.kv_cache_tokens / s.max_model_len:.2f}x",
-        process=vllm_log.ENGINE_CORE,
-        pid=engine_pid,
-    )
-    vllm_log.info(
-        "core.py:402",
-        f"init engine (profile, create kv cache, warmup model) took {time.monotonic() - started:.2f} s",
-        process=vllm_log.ENGINE_CORE,
-        pid=engine_pid,
-    )
-
-
-def engine_config_line(settings: Settings, seed: int) -> str:
-    """EngineCore's first line: ``Initializing a V1 LLM engine (v0.32.0) with config: ...``."""
-    s = settings
-    return (
-        f"Initializing a V1 LLM engine (v{VLLM_VERSION}) with config: model={s.model!r}, "
-        f"speculative_config=None, tokenizer={s.model!r}, skip_tokenizer_init=False, tokenizer_mode=auto, "
-        f"revision=None, trust_remote_code=False, dtype=torch.bfloat16, max_seq_len={s.max_model_len}, "
-        f"download_dir=None, load_format=auto, tensor_parallel_size={s.tensor_parallel_size}, "
-        f"pipeline_parallel_size=1, data_parallel_size=1, quantization=None, enforce_eager=False, "
-        f"kv_cache_dtype=auto, device_config={s.device}, seed={seed}, served_model_name={s.model_name}"
-    )
-
-
-def _after_fork_in_child(close: list[int]) -> None:
-    """Leave the parent's event loop and descriptors behind (asyncio does this itself from Python 3.12)."""
-    with contextlib.suppress(AttributeError):
-        asyncio.events._set_running_loop(None)
-    with contextlib.suppress(ValueError):
-        signal.set_wakeup_fd(-1)
-    for fd in close:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-def _fork(close: list[int], child: Callable[[], int]) -> int:
-    """Fork; the child closes ``close``, runs ``child`` and exits with its status (never returns)."""
-    flush_streams()
-    pid = os.fork()
-    if pid:
-        return pid
-    status = 1
-    try:
-        _after_fork_in_child(close)
-        status = child()
-    except BaseException:  # a child must never return into its parent's code
-        traceback.print_exc()
-    finally:
-        flush_streams()
-        os._exit(status)
-
-
-def reap(pid: int) -> int | None:
-    """The exit status of ``pid`` if it has ended (as subprocess reports it: -N for a signal), else None."""
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return 0
-    if not done:
-        return None
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-
-
-def wait_gone(pid: int, timeout: float) -> int | None:
-    """Reap ``pid``, waiting up to ``timeout`` seconds; its status, or None if it still runs."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = reap(pid)
-        if status is not None or time.monotonic() >= deadline:
-            return status
-        time.sleep(0.002)
-
-
-def _stop_child(pid: int, grace: float) -> int | None:
-    """Wait for a child told to stop; SIGKILL it once ``grace`` is over. Its exit status."""
-    status = wait_gone(pid, grace)
-    if status is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        status = wait_gone(pid, 10.0)
-    return status
-
-
-class _Outbox:
-    """Messages for one socket, written together once per round of the event loop: one system call for all
-    the steps and stats of that round, however many requests are running."""
-
-    def __init__(self) -> None:
-        self.writer: asyncio.StreamWriter | None = None
-        self._pending: list[bytes] = []
-
-    def put(self, message: list[Any]) -> None:
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self._pending.append(json.dumps(message, separators=(",", ":")).encode())
-
-    def flush(self) -> None:
-        if self._pending and self.writer is not None and not self.writer.is_closing():
-            self.writer.write(b"\n".join(self._pending) + b"\n")
-        self._pending.clear()
-
-
-async def _messages(reader: asyncio.StreamReader) -> AsyncGenerator[list[Any], None]:
-    """The JSON messages on a socket, one per line, read in large chunks; ends at end-of-file."""
-    buffer = b""
-    with contextlib.suppress(ConnectionError):
-        while chunk := await reader.read(1 << 18):
-            *lines, buffer = (buffer + chunk).split(b"\n")
-            for line in lines:
-                yield json.loads(line)
-
-
-# -- the worker ------------------------------------------------------------------------------------------
-
-
-def _worker_main(name: str, conn: socket.socket, gpu_dir: Path | None) -> int:
-    """A worker: it holds its share of the fake GPU and lives as long as its EngineCore does."""
-    set_process_title(f"VLLM::{name}")
-    # Signals to the group are EngineCore's business: the worker ends with it, whichever way it ends.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        while conn.recv(64):
-            pass
-    vllm_log.info(
-        "multiproc_executor.py:843", "Parent process exited, terminating worker queues", process=vllm_log.WORKER
-    )
-    if gpu_dir is not None:
-        (gpu_dir / f"{os.getpid()}.json").unlink(missing_ok=True)
-    return 0
-
-
-@dataclass(slots=True)
-class _Worker:
-    pid: int
-    name: str
-    conn: socket.socket
 
 
 # -- EngineCore ------------------------------------------------------------------------------------------
@@ -281,11 +65,11 @@ class _EngineCore:
     settings: Settings
     conn: socket.socket
     pid: int = field(default_factory=os.getpid)
-    workers: list[_Worker] = field(default_factory=list)
+    workers: list[WorkerProcess] = field(default_factory=list)
     loading: bool = True
     ignore_sigterm: bool = False
     engine: Engine | None = None
-    outbox: _Outbox = field(default_factory=_Outbox)
+    outbox: Outbox = field(default_factory=Outbox)
     tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     batches: dict[int, list[list[Any]]] = field(default_factory=dict)
     stats_pending: bool = False
@@ -310,9 +94,9 @@ class _EngineCore:
         for name in self.settings.worker_names:
             mine, theirs = socket.socketpair()
             close = [self.conn.fileno(), mine.fileno(), *(w.conn.fileno() for w in self.workers)]
-            pid = _fork(close, functools.partial(_worker_main, name, theirs, gpu_dir))
+            pid = fork_child(close, functools.partial(worker_main, name, theirs, gpu_dir))
             theirs.close()
-            self.workers.append(_Worker(pid, name, mine))
+            self.workers.append(WorkerProcess(pid, name, mine))
 
     @property
     def pids(self) -> list[int]:
@@ -367,7 +151,7 @@ class _EngineCore:
     # -- commands from the API server --------------------------------------------------------------
 
     async def _read_commands(self, reader: asyncio.StreamReader) -> None:
-        async for message in _messages(reader):
+        async for message in read_messages(reader):
             self._command(message)
 
     def _command(self, message: list[Any]) -> None:
@@ -437,7 +221,7 @@ class _EngineCore:
     def _honor_while_loading(self) -> bool:
         return self.settings.honor_sigterm_while_loading
 
-    def _on_worker_message(self, worker: _Worker) -> None:
+    def _on_worker_message(self, worker: WorkerProcess) -> None:
         try:
             data = worker.conn.recv(64)
         except OSError:
@@ -465,7 +249,7 @@ class _EngineCore:
         for worker in self.workers:
             worker.conn.close()
         for worker in self.workers:
-            _stop_child(worker.pid, _STOP_GRACE)
+            stop_child(worker.pid, _STOP_GRACE)
         if self.settings.fake_gpu_dir is not None:
             (self.settings.fake_gpu_dir / f"{self.pid}.json").unlink(missing_ok=True)
         flush_streams()
@@ -487,7 +271,7 @@ class RemoteEngine:
         self.pids: list[int] = [pid]
         self._conn = conn
         self._on_stats = on_stats
-        self._outbox = _Outbox()
+        self._outbox = Outbox()
         self._reader: asyncio.StreamReader | None = None
         self._queues: dict[int, asyncio.Queue[list[Step] | None]] = {}
         self._next_id = 0
@@ -500,14 +284,14 @@ class RemoteEngine:
     def start(cls, settings: Settings, close: list[int], on_stats: Callable[[int, int, float], None]) -> RemoteEngine:
         """Fork EngineCore (which forks its workers and loads); ``close``: descriptors it must not keep."""
         mine, theirs = socket.socketpair()
-        pid = _fork([*close, mine.fileno()], lambda: _engine_core_main(settings, theirs))
+        pid = fork_child([*close, mine.fileno()], lambda: _engine_core_main(settings, theirs))
         theirs.close()
         return cls(pid, mine, on_stats)
 
     async def wait_ready(self) -> bool:
         """Wait for EngineCore to finish loading; False if it exited instead (it has printed why)."""
         self._reader, self._outbox.writer = await asyncio.open_connection(sock=self._conn)
-        self._incoming = _messages(self._reader)
+        self._incoming = read_messages(self._reader)
         async for message in self._incoming:
             if message[0] == "ready":
                 self.pids = list(message[1])
@@ -596,7 +380,7 @@ class RemoteEngine:
         SIGKILL once ``grace`` is over."""
         if self.status is None:
             self._ask_to_stop()
-            self.status = _stop_child(self.pid, grace)
+            self.status = stop_child(self.pid, grace)
 
     async def stop_async(self, grace: float = _STOP_GRACE) -> None:
         """Stop EngineCore without blocking the event loop; SIGKILL once ``grace`` is over."""

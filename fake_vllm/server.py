@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from fake_vllm import tracebacks, vllm_log
 from fake_vllm.app import ROUTES, make_handler
-from fake_vllm.engine_core import Loader, RemoteEngine, StartupFailure, engine_config_line, load_engine
+from fake_vllm.engine_core import RemoteEngine
+from fake_vllm.engine_load import Loader, StartupFailure, engine_config_line, load_engine
 from fake_vllm.httpserver import HttpServer
 from fake_vllm.runtime import EngineClient, LocalEngine, Phase, Runtime
 from fake_vllm.settings import VLLM_VERSION, Settings
