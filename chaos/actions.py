@@ -203,7 +203,7 @@ async def _hang(step: HangStep, ctx: Context) -> tuple[str, Revert | None]:
     pid, done = await _send(step.target, signal.SIGSTOP, ctx)
     if step.duration is None:
         return done, None
-    who, group = _who(step.target.model, step.target.replica), step.target.group
+    who, group = _who(step.target.model, step.target.replica), step.target.whole_group
 
     async def resume() -> str:
         try:
@@ -215,11 +215,18 @@ async def _hang(step: HangStep, ctx: Context) -> tuple[str, Revert | None]:
 
 
 async def _send(target: ProcessRef, sig: signal.Signals, ctx: Context) -> tuple[int, str]:
-    """Signal the model's current process (or its group); returns the pid and what was done."""
+    """Signal the model's current process, its group, or the process of its group named by `process`;
+    returns the pid and what was done."""
     pid = await current_pid(ctx, target.model, target.replica)
     who = _who(target.model, target.replica)
+    if target.process is not None:
+        named = procs.find_in_group(pid, target.process)
+        if named is None:
+            members = ", ".join(procs.group_names(pid)) or "none"
+            raise ActionError(f"{who} has no process named {target.process!r} in its group (found: {members})")
+        who, pid = f"{who}'s {target.process}", named
     try:
-        done = procs.signal_process(pid, sig, group=target.group)
+        done = procs.signal_process(pid, sig, group=target.whole_group)
     except (ProcessLookupError, PermissionError) as exc:
         raise ActionError(f"could not signal {who} (pid {pid}): {exc}") from exc
     return pid, f"{who}: {done}"

@@ -61,6 +61,42 @@ def is_local_pid(pid: int) -> bool:
     return psutil.pid_exists(pid)
 
 
+def _group_members(pid: int) -> list[psutil.Process]:
+    """The live processes of `pid`'s process group (an engine whose API server died is still in it)."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return []
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+    return members
+
+
+def _is_named(proc: psutil.Process, name: str) -> bool:
+    """A process renamed as setproctitle does (`VLLM::EngineCore`), or a program by its name."""
+    try:
+        first = next(iter(proc.cmdline()), "").strip()
+        return name in (proc.name(), first, os.path.basename(first))
+    except psutil.Error:
+        return False
+
+
+def find_in_group(pid: int, name: str) -> int | None:
+    """The oldest process named `name` in `pid`'s process group, or None."""
+    named = [proc for proc in _group_members(pid) if _is_named(proc, name)]
+    with contextlib.suppress(psutil.Error):
+        named.sort(key=lambda proc: proc.create_time())
+    return named[0].pid if named else None
+
+
+def group_names(pid: int) -> list[str]:
+    """What runs in `pid`'s process group, for an error that says what was there instead."""
+    return [f"{proc.pid} {_name(proc)}" for proc in _group_members(pid)]
+
+
 def signal_process(pid: int, sig: signal.Signals, *, group: bool) -> str:
     """Send `sig` to the pid, or to its process group; refuses the harness's own group."""
     if group:

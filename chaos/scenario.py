@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from chaos.expectations import ExpectItem, Requests, SteadyItem, TimedExpectation, expectation_replica
 from chaos.steps import ModelId, Seconds, Step, Strict, step_end, step_model, step_replica
@@ -56,6 +56,13 @@ class ContainerSettings(Strict):
 NULLABLE_KEYS = frozenset({"max_restarts", "restart_window", "docker"})
 
 
+class InferenceProbeSpec(Strict):
+    """The supervisor's `inference_probe`: keys left out keep its defaults (every 30 s, 10 s to answer)."""
+
+    interval: Annotated[float, Field(gt=0)] | None = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+
+
 class ModelSpec(Strict):
     """One fake server and the supervisor keys (docs/design/contract.md section 2) the scenario sets for it.
 
@@ -86,6 +93,7 @@ class ModelSpec(Strict):
     replicas: Annotated[int, Field(ge=1, le=8)] | None = None
     fallback: ModelId | None = None  # a model of the target that answers while this one has no ready replica
     progress_timeout: Annotated[float, Field(gt=0)] | None = None  # the gateway's stall watch
+    inference_probe: InferenceProbeSpec | None = None  # a one-token completion as a liveness probe
 
     @model_validator(mode="after")
     def _container_keys_fit_runtime(self) -> ModelSpec:
@@ -112,7 +120,12 @@ class ModelSpec(Strict):
     def supervisor_keys(self) -> dict[str, Any]:
         """The explicitly set section-2 keys, ready for the config file (null kept where it was written)."""
         keys = self.model_fields_set - {"fake_vllm", "env", "runtime", "docker", "replicas"}
-        return {k: getattr(self, k) for k in sorted(keys)}
+        return {k: _plain(getattr(self, k)) for k in sorted(keys)}
+
+
+def _plain(value: Any) -> Any:
+    """A nested block as the config file writes it: only its keys that were set."""
+    return value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value
 
 
 class GatewaySpec(Strict):

@@ -43,8 +43,23 @@ class ModelRef(Strict):
 
 class ProcessRef(Strict):
     model: ModelId
-    group: bool = True  # the whole process group (the server and its engine children) or the main pid only
+    # The whole process group (the server and its engine children) or the main pid only. Left out: the group,
+    # unless `process` names one process of it.
+    group: bool | None = None
     replica: ReplicaIndex | None = None  # left out: the model's `pid` (its lead replica's)
+    # One process of the model's group by name, alone: "VLLM::EngineCore" is how vLLM's engine dies or hangs
+    # while its API server lives on.
+    process: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _one_process_or_group(self) -> ProcessRef:
+        if self.process is not None and self.group:
+            raise ValueError("process names one process of the group: leave group out (or false)")
+        return self
+
+    @property
+    def whole_group(self) -> bool:
+        return self.process is None if self.group is None else self.group
 
 
 class _Step(Strict):
