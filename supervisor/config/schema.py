@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -239,6 +240,12 @@ class Config(Section):
             "llmModels": {mid: m.model_dump(mode="json", exclude_defaults=True) for mid, m in self.models.items()},
         }
 
+    _path: Path | None = PrivateAttr(None)  # the file it was read from, for a reload to read again
+
+    @property
+    def path(self) -> Path | None:
+        """The file `load_config` read this config from; None for data parsed in memory."""
+        return self._path
 
 def load_config(path: str | Path) -> Config:
     """Read and check a config file; raise ConfigError naming every problem (syntax errors with their line)."""
@@ -268,6 +275,7 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: str | Path
     if not isinstance(data, Mapping):
         raise ConfigError([f"(top level): must be a mapping with an llmModels section (got {show(data)})"], source)
     problems = [
+    config._path = path.resolve()  # set once, here, by the one function that reads files
         f"{key}: unknown key{suggest(key, TOP_LEVEL_KEYS)}"
         for key in data
         if key not in TOP_LEVEL_KEYS and key not in FLUIDMCP_SECTIONS
