@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from supervisor import __version__
-from supervisor.api.auth import BearerAuth, token_from_env
+from supervisor.api.auth import BearerAuth, api_token, secure_mode
 from supervisor.api.facade import SupervisorFacade
 from supervisor.api.metrics import CONTENT_TYPE_LATEST, Metrics
 from supervisor.api.ratelimit import ActionRateLimiter
@@ -61,10 +61,12 @@ def create_app(
     rate_limiter: ActionRateLimiter | None = None,
     metrics: Metrics | None = None,
 ) -> FastAPI:
-    """Build the app. `token` defaults to the env var named by `config.supervisor.token_env`."""
+    """Build the app. `token` defaults to the env var named by `config.supervisor.token_env` (or FluidMCP's
+    FMCP_BEARER_TOKEN in its secure mode); raises auth.InsecureModeError for secure mode without a token."""
     token_env = supervisor.config.supervisor.token_env
-    if token is _UNSET:
-        token = token_from_env(token_env)
+    if token is _UNSET or (token is None and secure_mode()):
+        # FluidMCP's secure mode supplies FMCP_BEARER_TOKEN when token_env is unset, or refuses an open API.
+        token = api_token(token_env)
     auth = BearerAuth(token, token_env)
     metrics = metrics or Metrics(supervisor)
 
@@ -80,11 +82,13 @@ def create_app(
         """The supervisor's own liveness (no auth)."""
         return HealthResponse(status="ok")
 
-    api = APIRouter(prefix="/api/llm", dependencies=[Depends(auth)], tags=["models"])
+    api = APIRouter(dependencies=[Depends(auth)], tags=["models"])
     _read_routes(api, supervisor)
     _action_routes(api, supervisor, rate_limiter or ActionRateLimiter())
     _log_routes(api, supervisor)
-    app.include_router(api)
+    app.include_router(api, prefix="/api/llm")
+    # FluidMCP's documented paths (/llm/models/...): the same routes, auth and answers; out of the schema.
+    app.include_router(api, prefix="/llm", include_in_schema=False)
 
     @app.get(
         "/metrics",

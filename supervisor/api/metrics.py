@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -71,6 +71,32 @@ class _StatusGauges(Collector):
         return [state, up, healthy, uptime, replica_up, replica_healthy]
 
 
+class _FluidMcpGauges(Collector):
+    """FluidMCP's three series (docs/fluidmcp.md), read from statuses at each scrape so its documented alerts work
+    unchanged. `restarts_total` is the status's `restart_count`: automatic restarts since an operator last started
+    the model, kept across supervisor restarts; an operator's start resets it, which Prometheus reads as a
+    counter reset."""
+
+    def __init__(self, supervisor: SupervisorFacade) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterable[Metric]:
+        restarts = CounterMetricFamily(
+            "fluidmcp_server_restarts", "Automatic restarts (FluidMCP's restart_count)", labels=["server"]
+        )
+        status = GaugeMetricFamily("fluidmcp_server_status", "1 healthy, 0 not (FluidMCP's name)", labels=["server"])
+        uptime = GaugeMetricFamily(
+            "fluidmcp_server_uptime_seconds",
+            "Seconds since the current run was spawned (0 when none)",
+            labels=["server"],
+        )
+        for model in self._supervisor.statuses():
+            restarts.add_metric([model.id], float(model.restart_count))
+            status.add_metric([model.id], 1.0 if model.is_healthy else 0.0)
+            uptime.add_metric([model.id], model.uptime_seconds or 0.0)
+        return [restarts, status, uptime]
+
+
 class Metrics:
     """Observer + registry. Create it before `Fleet.start()` so no event goes uncounted."""
 
@@ -78,6 +104,7 @@ class Metrics:
         self._supervisor = supervisor
         self.registry = CollectorRegistry()
         self.registry.register(_StatusGauges(supervisor))
+        self.registry.register(_FluidMcpGauges(supervisor))
         self._restarts = Counter(
             f"{PREFIX}_restarts",
             "Runs spawned to replace an earlier one, by reason (manual or the failure cause)",

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from supervisor import __version__
-from supervisor.api.auth import token_from_env
+from supervisor.api.auth import InsecureModeError, token_from_env
 from supervisor.cli import format as cli_format
 from supervisor.cli.client import DEFAULT_URL, ClientError, SupervisorClient, Unreachable, UsageError
 from supervisor.config.schema import Config, ConfigError, load_config
@@ -85,6 +85,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     except daemon.StartupError as exc:
         print(f"llm-supervisor: {exc}", file=sys.stderr)
         return exc.exit_code
+    except InsecureModeError as exc:  # FluidMCP's secure mode without a token: refuse, never serve open
+        print(f"llm-supervisor: {exc}", file=sys.stderr)
+        return USAGE
 
 
 def _validate(config: Config) -> int:
