@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--ttft", type=_typed(faults.seconds, "ttft"), default=0.0)
     fault.add_argument("--itl", type=_typed(faults.seconds, "itl"), default=0.0)
     fault.add_argument("--error-rate", type=_typed(faults.probability, "error_rate"), default=0.0)
+    fault.add_argument("--grow-memory", type=_typed(faults.rate, "grow_memory"), default=0.0, metavar="MB_PER_S")
     fault.add_argument("--fake-gpu-dir", type=Path)
     fault.add_argument("--fake-gpu-total-gib", type=float, default=79.33)
     return top
@@ -263,6 +264,7 @@ def parse_settings(argv: Sequence[str]) -> Settings:
         ttft=args.ttft,
         itl=args.itl,
         error_rate=args.error_rate,
+        grow_memory=args.grow_memory,
         seed=args.seed,
     )
     keys = tuple(args.api_key or ()) or ((os.environ["VLLM_API_KEY"],) if os.environ.get("VLLM_API_KEY") else ())

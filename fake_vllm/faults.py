@@ -84,6 +84,14 @@ def probability(key: str, value: object) -> float:
     return number
 
 
+def rate(key: str, value: object) -> float:
+    """A rate (units per second), >= 0; 0 is off."""
+    number = _number(key, value)
+    if number < 0:
+        raise FaultValueError(key, f"must be >= 0, got {value!r}")
+    return number
+
+
 def count(key: str, value: object) -> int:
     """A whole number >= 0."""
     number = _number(key, value)
@@ -156,6 +164,7 @@ class Faults:
     ttft: float = 0.0
     itl: float = 0.0
     error_rate: float = 0.0
+    grow_memory: float = 0.0  # MB of resident memory the API server adds each second
     seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -179,6 +188,7 @@ PARSERS: dict[str, Callable[[str, object], object]] = {
     "ttft": seconds,
     "itl": seconds,
     "error_rate": probability,
+    "grow_memory": rate,
     "seed": seed,
 }
 NULLABLE = frozenset(

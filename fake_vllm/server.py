@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 GIB = 1024**3
 # uvicorn looks at should_exit ten times a second: how soon a request that met a dead engine stops the server.
 _UVICORN_TICK = 0.1
+# --grow-memory adds its memory in steps this many seconds apart.
+GROW_STEP = 0.1
 
 
 class Lifecycle:
@@ -50,6 +52,7 @@ class Lifecycle:
         self.http = HttpServer(make_handler(self.rt), self.rt.gate, access_log=settings.access_log)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._requests_baseline = 0
+        self._leaked: list[bytes] = []  # what --grow-memory holds
         self._stop: asyncio.Future[str] | None = None
         self.rt.on_faults_changed = self._faults_changed
         self.rt.on_inference_answered = self._check_request_budget
@@ -185,6 +188,8 @@ class Lifecycle:
         for key, (delay, action) in actions.items():
             if key in update:
                 self._schedule(key, delay, action)
+        if "grow_memory" in update:
+            self._grow()
         if "crash_after_requests" in update:
             self._requests_baseline = self.rt.stats.inference_answered
             self._check_request_budget(count=False)
@@ -213,6 +218,14 @@ class Lifecycle:
             # A Python-level crash runs vLLM's shutdown hooks, which take the engine down with it.
             self._stop_engine()
         die(f.exit_code, f.exit_signal)
+
+    def _grow(self) -> None:
+        # A leak: resident memory the server never gives back, written to so that every page is really held.
+        rate = self.rt.faults.grow_memory
+        self._schedule("grow_memory", None, self._grow)
+        if rate > 0:
+            self._leaked.append(b"\x01" * int(rate * 1e6 * GROW_STEP))
+            self._schedule("grow_memory", GROW_STEP, self._grow)
 
     def _hang(self) -> None:
         self.rt.phase = Phase.HUNG
