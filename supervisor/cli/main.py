@@ -17,6 +17,7 @@ from supervisor import __version__
 from supervisor.api.auth import InsecureModeError, token_from_env
 from supervisor.cli import format as cli_format
 from supervisor.cli.client import DEFAULT_URL, ClientError, SupervisorClient, Unreachable, UsageError
+from supervisor.config.commands import command_warnings
 from supervisor.config.schema import Config, ConfigError, load_config
 
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
@@ -93,6 +94,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 def _validate(config: Config) -> int:
     ids = list(config.models)
     print(f"ok: {len(ids)} model{'s' if len(ids) != 1 else ''} ({', '.join(ids)})")
+    for warning in command_warnings(config):  # valid, but a start from here would fail
+        print(f"warning: {warning}", file=sys.stderr)
     return OK
 
 

@@ -37,6 +37,25 @@ class _Rule:
     advice: str
 
 
+# The process runtime's spawn failure (runtime/process.py) is classified like an output line.
+_COMMAND_RULE = _Rule(
+    "command_not_found",
+    Cause.COMMAND_NOT_FOUND,
+    re.compile(r"^cannot start .*: command '(?P<command>[^']+)' not found$"),
+    "",  # names the command: see command_advice
+)
+
+
+def command_advice(command: str) -> str:
+    """What to do when the configured command cannot be executed (no such file on the supervisor's PATH)."""
+    return (
+        f"The command {command!r} was not found: it is not on the PATH the supervisor starts models with "
+        "(a service's PATH is often shorter than your shell's), or the file (or its #! interpreter) does not "
+        "exist. Give `command` its absolute path (e.g. the virtualenv's bin/vllm), or set PATH in the model's "
+        "env or the supervisor's environment. `llm-supervisor validate` warns about this before a start."
+    )
+
+
 _OOM_ADVICE = (
     "The GPU ran out of memory. Lower --gpu-memory-utilization (default 0.9) to leave more headroom, lower "
     "--max-model-len or --max-num-seqs to shrink the KV cache and activations, or serve a smaller or "
@@ -96,12 +115,13 @@ _RULES = (
         "(`nvidia-smi`, Xid errors in `dmesg`); run with NCCL_DEBUG=INFO for details; on GPUs without "
         "peer-to-peer links try NCCL_P2P_DISABLE=1.",
     ),
+    _COMMAND_RULE,
 )
 # Literal words at least one of which every rule's match (or CPU build marker) contains; most lines contain
 # none and cost one scan.
 _PREFILTER = re.compile(
     r"emory|cudaMalloc|ALLOC_FAILED|KV cache|Errno|ddress already in use|Engine|died|NCCL"
-    r"|Watchdog|DistBackend|cpu_worker|cpu_model_runner|device_config=cpu"
+    r"|Watchdog|DistBackend|cpu_worker|cpu_model_runner|device_config=cpu|cannot start"
 )
 # vLLM's CPU build says so early in its start-up (its worker and model runner, the engine's device), long
 # before a KV cache failure: there the cache is sized by VLLM_CPU_KVCACHE_SPACE, and there is no GPU.
@@ -117,7 +137,7 @@ _ESTIMATE = re.compile(r"estimated maximum model length is (\d+)")
 # tensor-parallel workers report NCCL timeouts, so those lines are usually consequences. A port in use stops
 # the server before it serves anything and has nothing to do with the engine, so it outranks engine death.
 # Engine death outranks NCCL because a dead worker shows up as collective timeouts on the others.
-_PRECEDENCE = (Cause.OOM, Cause.PORT_IN_USE, Cause.ENGINE_DEAD, Cause.CRASH)
+_PRECEDENCE = (Cause.OOM, Cause.PORT_IN_USE, Cause.ENGINE_DEAD, Cause.CRASH, Cause.COMMAND_NOT_FOUND)
 
 
 def classify_line(line: str) -> Finding | None:
@@ -135,6 +155,10 @@ def _classify(line: str) -> Finding | None:
 
 
 def _advice(rule: _Rule, line: str) -> str:
+    if rule is _COMMAND_RULE:
+        found = rule.pattern.search(line)
+        assert found is not None  # _classify matched this rule on this line
+        return command_advice(found["command"])
     if rule.finding != "kv_cache_too_small":
         return rule.advice
     # vLLM computes the longest context that fits; handing it over saves the operator a calculation.

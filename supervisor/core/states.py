@@ -27,6 +27,7 @@ class Cause(StrEnum):
     ENGINE_DEAD = "engine_dead"
     STARTUP_TIMEOUT = "startup_timeout"
     STALLED = "stalled"  # requests made no progress while /health may still have said 200
+    COMMAND_NOT_FOUND = "command_not_found"  # the configured command is not on PATH (or no such file)
 
 
 class EventKind(StrEnum):

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from supervisor.config.schema import ModelConfig
 from supervisor.core.clock import Clock
+from supervisor.core.diagnosis import command_advice
 from supervisor.core.states import Cause, State
 from supervisor.core.views import ModelStatus, ReplicaStatus
 from supervisor.loop.model import Replica
@@ -55,6 +56,8 @@ def build_status(model_id: str, cfg: ModelConfig, owner: ModelOwner, clock: Cloc
         advice = finding.advice  # what the output said, e.g. which knob to turn for this OOM
     elif cause is Cause.OOM and exit_status is not None and exit_status.oom_killed:
         advice = CONTAINER_OOM_ADVICE
+    elif cause is Cause.COMMAND_NOT_FOUND:
+        advice = command_advice(cfg.command)  # names the command, which a fixed text cannot
     elif cause is not None:
         advice = GENERIC_ADVICE[cause]
     exit_code = None

@@ -340,3 +340,27 @@ def test_a_cuda_oom_line_is_a_cuda_oom_whatever_build_printed_it() -> None:
     run.observe(CPU_WORKER_LINE)
     run.observe("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.")
     assert (run.on_cpu, run.has_cuda_oom) == (True, True)
+
+
+MISSING = "no-such-vllm-7f3a"
+# What the process runtime raises when the command cannot be found (supervisor/runtime/process.py).
+SPAWN_MESSAGE = f"cannot start '{MISSING} serve m': command '{MISSING}' not found"
+
+
+def test_spawn_message_is_its_own_cause_with_advice_naming_the_command() -> None:
+    """The process runtime's 'command X not found' classifies as command_not_found, advice naming X and PATH."""
+    found = classify_line(SPAWN_MESSAGE)
+    assert found is not None
+    assert (found.finding, found.cause) == ("command_not_found", Cause.COMMAND_NOT_FOUND)
+    assert f"'{MISSING}' was not found" in found.advice
+    assert "PATH" in found.advice
+    assert "traceback" not in found.advice
+
+
+def test_only_the_spawn_message_matches() -> None:
+    """A server's own 'cannot start' or 'command not found' lines are not taken for a missing command."""
+    assert classify_line("ERROR cannot start the engine: model not found") is None
+    assert classify_line("bash: vllm: command not found") is None
+    diagnosis = RunDiagnosis()
+    assert diagnosis.observe(SPAWN_MESSAGE) is not None
+    assert diagnosis.primary_cause is Cause.COMMAND_NOT_FOUND
