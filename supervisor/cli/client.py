@@ -10,7 +10,8 @@ Errors form one tree so the CLI can map them onto its exit codes (docs/design/co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -19,7 +20,16 @@ DEFAULT_URL = "http://127.0.0.1:8099"
 
 
 class ClientError(Exception):
-    """Base of the client's errors; str() is a sentence for the operator."""
+    """Base of the client's errors; str() is a sentence for the operator.
+
+    `status` is the HTTP status when the daemon answered; `problems` each problem it listed (a 422 of a reload
+    lists every one), else empty.
+    """
+
+    def __init__(self, message: str, status: int | None = None, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problems = tuple(problems)
 
 
 class Unreachable(ClientError):
@@ -34,14 +44,19 @@ class Refused(ClientError):
     pass
 
 
-def _reason(response: httpx.Response) -> str:
+def _problems(response: httpx.Response) -> list[str]:
+    """Each problem the answer's `detail` names: FastAPI's 422 list of {loc, msg}, a list of sentences, or one."""
     try:
         detail = response.json().get("detail")
     except (ValueError, AttributeError):
         detail = None
-    if isinstance(detail, list):  # FastAPI's 422: a list of {loc, msg}
-        return "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail)
-    return str(detail) if detail else response.text.strip() or response.reason_phrase
+    if isinstance(detail, list):
+        return [
+            f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" if isinstance(d, dict) else str(d) for d in detail
+        ]
+    if detail:
+        return [str(detail)]
+    return [response.text.strip() or response.reason_phrase]
 
 
 class SupervisorClient:
@@ -62,14 +77,15 @@ class SupervisorClient:
     def _check(self, response: httpx.Response) -> None:
         if response.is_success:
             return
-        reason = f"{response.status_code}: {_reason(response)}"
-        if response.status_code == 401:
-            raise UsageError(f"{reason} (set the token's environment variable, see --token-env)")
-        if response.status_code in (404, 422):
-            raise UsageError(reason)
-        if response.status_code == 429:
-            raise Refused(f"{reason} (Retry-After: {response.headers.get('retry-after', '?')} s)")
-        raise Refused(reason)
+        code, problems = response.status_code, _problems(response)
+        reason = f"{code}: {'; '.join(problems)}"
+        if code == 401:
+            raise UsageError(f"{reason} (set the token's environment variable, see --token-env)", code, problems)
+        if code in (404, 422):
+            raise UsageError(reason, code, problems)
+        if code == 429:
+            raise Refused(f"{reason} (Retry-After: {response.headers.get('retry-after', '?')} s)", code, problems)
+        raise Refused(reason, code, problems)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -107,6 +123,49 @@ class SupervisorClient:
         if limit is not None:
             params["limit"] = limit
         return list(self._request("GET", f"/api/llm/models/{model_id}/events", params=params))
+
+    def heal(self) -> dict[str, Any]:
+        return dict(self._request("POST", "/api/heal"))
+
+    def reload(self) -> dict[str, Any]:
+        return dict(self._request("POST", "/api/reload"))
+
+    def optional(self, path: str) -> Any | None:
+        """GET `path`; None when the daemon answers 404 (an older daemon without that endpoint)."""
+        try:
+            return self._request("GET", path)
+        except UsageError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def metrics_text(self) -> str | None:
+        """The Prometheus text of /metrics; None when the daemon has no such endpoint."""
+        try:
+            response = self._http.get("/metrics")
+        except httpx.TransportError as exc:
+            raise Unreachable(f"no answer from {self.url}: {exc}") from exc
+        if response.status_code == 404:
+            return None
+        self._check(response)
+        return response.text
+
+    def follow_events(
+        self,
+        model_id: str,
+        since: int = 0,
+        limit: int | None = None,
+        interval: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the model's events (as `events` would), then each new one, polling `?since=` the last seq seen."""
+        batch = self.events(model_id, since, limit)
+        while True:
+            for event in batch:
+                since = max(since, int(event["seq"]))
+                yield event
+            sleep(interval)
+            batch = self.events(model_id, since)
 
     def follow_logs(self, model_id: str, lines: int, replica: int = 0) -> Iterator[str]:
         """Yield the newest `lines` lines and then each new one, until the server closes the stream."""

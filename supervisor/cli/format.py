@@ -6,7 +6,7 @@ Input is the API's JSON (dicts), so the CLI shows exactly what a script with `--
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -99,6 +99,13 @@ def model_detail(m: dict[str, Any]) -> str:
     ]
     if m.get("failure_advice"):
         fields.append(("advice", m["failure_advice"]))
+    for change in m.get("adaptations") or []:  # smart recovery's changes to the configured args
+        was = change.get("from") or "default"
+        fields.append(
+            ("adapted", f"{change['flag']} {was} -> {change['to']} ({change['reason']}, {clock(change['time'])})")
+        )
+    if m.get("adaptations") and m.get("effective_args") is not None:
+        fields.append(("effective args", " ".join(m["effective_args"])))
     replicas = m.get("replicas") or []
     for r in replicas if len(replicas) > 1 else []:
         state = r["state"] + (", draining" if r.get("draining") else "")
@@ -114,10 +121,63 @@ def events_table(events: list[dict[str, Any]]) -> str:
     headers = ("SEQ", "TIME", "KIND", "STATE", "DETAIL")
     rows = []
     for e in events:
-        detail = e.get("detail") or ""
-        if e.get("reason"):
-            detail = f"{detail} [reason: {e['reason']}]".strip()
-        if e.get("replica"):
-            detail = f"[replica {e['replica']}] {detail}".strip()
-        rows.append((str(e["seq"]), clock(e["time"]), e["kind"], e["state"], detail or "-"))
+        rows.append((str(e["seq"]), clock(e["time"]), e["kind"], e["state"], event_detail(e)))
     return table(headers, rows)
+
+
+def event_detail(e: Mapping[str, Any]) -> str:
+    detail = e.get("detail") or ""
+    if e.get("reason"):
+        detail = f"{detail} [reason: {e['reason']}]".strip()
+    if e.get("replica"):
+        detail = f"[replica {e['replica']}] {detail}".strip()
+    return detail or "-"
+
+
+def event_line(e: Mapping[str, Any]) -> str:
+    """One event on one line in fixed columns, for `events --follow` (a table cannot know later widths)."""
+    return f"{e['seq']:>6}  {clock(e['time'])}  {e['kind']:<17} {e['state']:<9} {event_detail(e)}".rstrip()
+
+
+def is_healthy(m: dict[str, Any]) -> bool:
+    return bool(m["state"] == "healthy" and m.get("is_healthy", True))
+
+
+def check_line(m: dict[str, Any]) -> str:
+    """`check`'s line for one model: `id: state (figures)`, and for an unhealthy one what is known of why."""
+    if is_healthy(m):
+        pid = f"pid {m['pid']}, " if m.get("pid") is not None else ""
+        return f"{m['id']}: healthy ({pid}up {duration(m.get('uptime_seconds'))}, restarts {_restarts(m)})"
+    facts = [f"restarts {_restarts(m)}"]
+    if m.get("failure_cause"):
+        facts.insert(0, f"cause {m['failure_cause']}")
+    if m.get("desired") == "stopped":
+        facts.insert(0, "stopped by an operator")
+    line = f"{m['id']}: {m['state']} ({', '.join(facts)})"
+    why = m.get("failure_advice") or m.get("health_message")
+    return f"{line}: {' '.join(str(why).split())}" if why else line
+
+
+def heal_actions(answer: dict[str, Any]) -> str:
+    actions = answer.get("actions") or []
+    if not actions:
+        return "nothing to heal"
+    return "\n".join(f"{a.get('model') or '-'}: {a.get('action')} ({a.get('reason') or '-'})" for a in actions)
+
+
+def _item(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def reload_changes(answer: dict[str, Any]) -> str:
+    """Each part of a reload's answer on its own line: `added: a, b`, `unchanged: -`; dict items as k=v."""
+    lines = []
+    for key, value in answer.items():
+        if isinstance(value, list):
+            shown = "; ".join(_item(v) for v in value) if value else "-"
+            lines.append(f"{key}: {shown}")
+        else:
+            lines.append(f"{key}: {_item(value)}")
+    return "\n".join(lines)

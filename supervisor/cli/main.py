@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from supervisor import __version__
 from supervisor.api.auth import InsecureModeError, token_from_env
+from supervisor.cli import completion, monitor, ops
 from supervisor.cli import format as cli_format
 from supervisor.cli.client import DEFAULT_URL, ClientError, SupervisorClient, Unreachable, UsageError
 from supervisor.config.commands import command_warnings
@@ -22,6 +24,7 @@ from supervisor.config.schema import Config, ConfigError, load_config
 
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 DEFAULT_TOKEN_ENV = "LLM_SUPERVISOR_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+URL_ENV = "LLM_SUPERVISOR_URL"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,7 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("-c", "--config", required=True)
 
     client = _Parser(add_help=False)
-    client.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's URL (default {DEFAULT_URL})")
+    client.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV) or DEFAULT_URL,
+        help=f"the daemon's URL (default: ${URL_ENV}, else {DEFAULT_URL})",
+    )
     client.add_argument(
         "--token-env", default=DEFAULT_TOKEN_ENV, help=f"env var holding the token (default {DEFAULT_TOKEN_ENV})"
     )
@@ -72,7 +79,27 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("id")
     ev.add_argument("--since", type=int, default=0, help="only events after this seq")
     ev.add_argument("-n", "--limit", type=int, help="only the newest N events")
+    ev.add_argument("-f", "--follow", action="store_true", help="keep printing new events until Ctrl-C")
+    ev.add_argument("--interval", type=float, default=1.0, help="--follow: seconds between polls (default 1)")
+    _ops_parsers(sub, client)
     return p
+
+
+def _ops_parsers(sub: Any, client: argparse.ArgumentParser) -> None:
+    check = sub.add_parser(
+        "check", parents=[client], help="one line per model; exit 0 only when all (or the named) are healthy"
+    )
+    check.add_argument("ids", nargs="*", metavar="ID", help="only these models (default: all)")
+    sub.add_parser("recover", parents=[client], help="one recovery pass (POST /api/heal); prints what it did")
+    sub.add_parser("reload", parents=[client], help="re-read the daemon's config file; prints what changed")
+    mon = sub.add_parser("monitor", parents=[client], help="a live view of models, memory and events; q quits")
+    mon.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    mon.add_argument("--events", type=int, default=10, help="how many of the latest events to show (default 10)")
+    mon.add_argument(
+        "--count", type=int, help="print this many plain snapshots and exit (default without a terminal: 1)"
+    )
+    comp = sub.add_parser("completion", help="print a shell completion script (source it from your shell's rc)")
+    comp.add_argument("shell", choices=sorted(completion.SHELLS))
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
@@ -103,6 +130,24 @@ def _emit(args: argparse.Namespace, data: Any, human: Callable[[Any], str]) -> N
     print(json.dumps(data, indent=2) if args.json else human(data))
 
 
+_OPS: dict[str, Callable[[argparse.Namespace, SupervisorClient], int]] = {
+    "check": ops.check,
+    "recover": ops.recover,
+    "reload": ops.reload,
+    "monitor": monitor.monitor,
+}
+
+
+def _positive(args: argparse.Namespace) -> bool:
+    """Intervals and counts must be above 0; say which one is not."""
+    for name in ("interval", "events", "count"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            print(f"llm-supervisor: --{name} must be above 0", file=sys.stderr)
+            return False
+    return True
+
+
 def _client_command(args: argparse.Namespace, client: SupervisorClient) -> int:
     cmd = args.command
     if cmd == "status":
@@ -116,6 +161,10 @@ def _client_command(args: argparse.Namespace, client: SupervisorClient) -> int:
         _emit(args, client.restart(args.id, replica=args.replica, rolling=args.rolling), lambda d: d["message"])
     elif cmd == "stop":
         _emit(args, client.stop(args.id, force=args.force), lambda d: d["message"])
+    elif cmd in _OPS:
+        return _OPS[cmd](args, client)
+    elif cmd == "events" and args.follow:
+        return ops.follow_events(args, client)
     elif cmd == "events":
         _emit(args, client.events(args.id, args.since, args.limit), cli_format.events_table)
     elif cmd == "logs" and args.follow:
@@ -131,7 +180,11 @@ def _client_command(args: argparse.Namespace, client: SupervisorClient) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(completion.SHELLS[args.shell](parser), end="")
+        return OK
     if args.command in ("run", "validate"):
         try:
             config = load_config(args.config)
@@ -142,10 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "logs" and not 1 <= args.lines <= 10_000 and not (args.follow and args.lines == 0):
         print("llm-supervisor: --lines must be between 1 and 10000", file=sys.stderr)
         return USAGE
+    if not _positive(args):
+        return USAGE
     try:
         with SupervisorClient(args.url, token_from_env(args.token_env)) as client:
             return _client_command(args, client)
-    except KeyboardInterrupt:  # Ctrl-C ends `logs --follow`; that is how it is meant to stop
+    except KeyboardInterrupt:  # Ctrl-C ends `logs --follow`, `events --follow` and `monitor`, as meant
         return OK
     except Unreachable as exc:
         print(f"llm-supervisor: {exc}", file=sys.stderr)
