@@ -21,6 +21,7 @@ test: $(STAMP)
 	ci/lint.sh
 	ci/types.sh
 	ci/coverage-core.sh
+	ci/deploy-check.sh
 	ci/tests.sh
 
 # Real vLLM for CPUs (.venv-vllm, installed when missing) under the supervisor; not part of `make test`.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -65,7 +66,10 @@ def _fluidmcp_scrape(url: str) -> dict[str, float]:
     return {series_name(name, dict(labels)): v for (name, labels), v in samples(text).items() if "fluidmcp" in name}
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="needs promtool (Debian's prometheus; ci/setup-system.sh installs it)")
+@pytest.mark.skipif(
+    PROMTOOL is None or shutil.which("curl") is None or shutil.which("jq") is None,
+    reason="needs promtool, curl and jq (ci/setup-system.sh installs them)",
+)
 def test_fluidmcp_commands_and_alerts_work_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under FMCP_SECURE_MODE the seed's curl/jq lines answer, its alerts fire as they should, the cron line alerts."""
     model = fake_model()
