@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from supervisor.config.reload_plan import ReloadPlan
 from supervisor.core.views import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
 from supervisor.loop.observer import Observer
 
@@ -47,6 +48,10 @@ class SupervisorFacade(Protocol):
     async def restart_model(self, model_id: str, replica: int | None = None, rolling: bool = False) -> ActionResult: ...
 
     async def health_check(self, model_id: str) -> HealthCheckReport: ...
+
+    async def reload(self) -> ReloadPlan:
+        """Re-read the config file; raises ConfigError (nothing changed) or ReloadRefused."""
+        ...
 
     def log_dir(self) -> Path: ...
 

@@ -39,6 +39,18 @@ class ReplicaStatusOut(_FromAttributes):
     draining: bool = Field(description="Out of the gateway's routing during a rolling restart")
 
 
+class ArgChangeOut(_FromAttributes):
+    """One argument smart recovery changed (docs/recovery.md)."""
+
+    flag: str = Field(examples=["--max-model-len"])
+    from_: str | None = Field(
+        validation_alias="before", serialization_alias="from", description="The value before; null: not given"
+    )
+    to: str = Field(validation_alias="after", examples=["21440"])
+    reason: str = Field(examples=["vLLM's estimate"])
+    time: float = Field(description="Unix time of the change")
+
+
 class ModelStatusOut(_FromAttributes):
     id: str
     state: State
@@ -61,6 +73,12 @@ class ModelStatusOut(_FromAttributes):
     desired: str = Field(description="'running' or 'stopped': what the operator asked for")
     replicas: list[ReplicaStatusOut] = Field(
         default=[], description="Each replica's own run; a model of one replica lists one"
+    )
+    adaptations: list[ArgChangeOut] = Field(
+        default=[], description="Arguments smart recovery changed (adapt: true); empty: the configured args"
+    )
+    effective_args: list[str] | None = Field(
+        default=None, description="The args the current or next run gets, secret values masked"
     )
 
 

@@ -2,7 +2,9 @@
 
 uvicorn serves the app on a socket bound here (so a busy port is a clear error before any model starts)
 with uvicorn's own signal handling off: SIGTERM/SIGINT belong to us, because they must stop every model
-(whole process groups) before the process exits 0. Each timeline event is logged as one line on stderr.
+(whole process groups) before the process exits 0. SIGHUP re-reads the config file (`Fleet.reload`), as it
+does for supervisord and nginx, instead of killing the supervisor and leaving every model unsupervised.
+Each timeline event, and each reload's outcome, is logged as one line on stderr.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import fcntl
 import ipaddress
+import logging
 import os
 import signal
 import socket
@@ -24,13 +27,16 @@ import uvicorn
 
 from supervisor.api.app import create_app
 from supervisor.api.auth import token_from_env
-from supervisor.config.schema import Config, GatewaySettings
+from supervisor.config.reload_plan import ReloadPlan, ReloadRefused
+from supervisor.config.schema import Config, ConfigError, GatewaySettings
 from supervisor.core.states import EventKind
 from supervisor.core.views import TimelineEvent
 from supervisor.gateway.service import Gateway
 from supervisor.loop.fleet import Fleet
 from supervisor.loop.model import unit_name
 from supervisor.store.journal import JOURNAL_FILENAME, Journal, JournalError
+
+log = logging.getLogger(__name__)
 
 LOCK_FILENAME = "supervisor.lock"
 # Streaming log followers must not hold the exit hostage.
@@ -65,6 +71,67 @@ class EventPrinter:
 
     def on_probe(self, model_id: str, ok: bool, duration: float) -> None:
         """Probes are too frequent for a line each; failures show up as probe_failed events."""
+
+
+class ReloadPrinter:
+    """Writes what each reload did (SIGHUP's or the API's) as one line, and what waits for a full restart."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def __call__(self, plan: ReloadPlan) -> None:
+        parts = [
+            f"{name} {', '.join(ids)}"
+            for name, ids in (
+                ("added", plan.added),
+                ("removed", plan.removed),
+                ("restarted", plan.restarted),
+                ("unchanged", plan.unchanged),
+            )
+            if ids
+        ]
+        print(f"llm-supervisor: reloaded: {'; '.join(parts) or 'no models'}", file=self._out, flush=True)
+        if plan.needs_restart:
+            print(
+                f"llm-supervisor: not applied until the supervisor restarts: {', '.join(plan.needs_restart)}",
+                file=self._out,
+                flush=True,
+            )
+
+
+class _Reloads:
+    """SIGHUP's handler: one reload task at a time; a bad config file is reported and changes nothing."""
+
+    def __init__(self, fleet: Fleet, out: TextIO) -> None:
+        self._fleet = fleet
+        self._out = out
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    def signalled(self) -> None:
+        if self.closed:
+            print("llm-supervisor: SIGHUP ignored: the supervisor is stopping", file=self._out, flush=True)
+            return
+        print("llm-supervisor: SIGHUP: reloading the config file", file=self._out, flush=True)
+        task = asyncio.get_running_loop().create_task(self._reload(), name="reload:SIGHUP")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload(self) -> None:
+        try:
+            await self._fleet.reload()
+        except ConfigError:
+            pass  # the fleet logged every problem
+        except ReloadRefused as exc:
+            print(f"llm-supervisor: reload refused: {exc}", file=self._out, flush=True)
+        except Exception:  # a bug in a reload must not end the supervisor that keeps every model alive
+            log.exception("reload failed")
+
+    async def close(self) -> None:
+        self.closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class _OwnSignalsServer(uvicorn.Server):
@@ -167,6 +234,8 @@ async def _serve(
 ) -> int:
     supervisor = Fleet(config, store=journal)
     supervisor.add_observer(EventPrinter(out))
+    supervisor.on_reload(ReloadPrinter(out))
+    reloads = _Reloads(supervisor, out)
     app = create_app(supervisor, token=token)
     settings = config.supervisor.gateway
     gateway = None if settings is None else Gateway(supervisor, settings, app.state.metrics.registry, key)
@@ -183,6 +252,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloads.signalled)  # waits for start(): the fleet's reload lock
     serving: asyncio.Task[None] | None = None
     try:
         await supervisor.start()
@@ -205,11 +275,12 @@ async def _serve(
         # The gateway stops taking requests first; then the models, while the API still answers, so an
         # operator can watch them stop; on every path, a failed start or a crashed server included, so no
         # model outlives us.
+        await reloads.close()
         if gateway is not None:
             await gateway.close()
         await supervisor.shutdown()
         server.should_exit = True
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         if serving is not None:
             await serving

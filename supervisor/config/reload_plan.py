@@ -15,6 +15,10 @@ from typing import Any
 from supervisor.config.schema import Config
 
 
+class ReloadRefused(Exception):
+    """A reload cannot be done now (no config file to read, or the supervisor is shutting down)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReloadPlan:
     added: tuple[str, ...] = ()

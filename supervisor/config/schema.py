@@ -163,6 +163,10 @@ class ModelConfig(Section):
     fallback: NonEmpty | None = None  # a model id that serves this model's requests while it has no ready replica
     progress_timeout: Annotated[Seconds, Field(gt=0)] | None = None
     inference_probe: InferenceProbe | None = None
+    # Smart recovery (docs/recovery.md): after a failure vLLM explains, the next run gets arguments that fit.
+    adapt: Annotated[bool, Field(strict=True)] = False
+    adapt_min_max_model_len: Annotated[Count, Field(ge=1)] = 1024
+    adapt_min_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.5
 
     @model_validator(mode="after")
     def _replica_ports(self) -> ModelConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from supervisor.config.schema import ModelConfig
+from supervisor.core.adapt import Floors
 from supervisor.core.machine_types import Settings
 from supervisor.core.policy import Backoff, Budget, RestartPolicy
 
@@ -27,4 +28,5 @@ def machine_settings(cfg: ModelConfig) -> Settings:
         health_failure_threshold=cfg.health_failure_threshold,
         stop_timeout=cfg.stop_timeout,
         startup_stop_timeout=cfg.startup_stop_timeout,
+        adapt=Floors(cfg.adapt_min_max_model_len, cfg.adapt_min_gpu_memory_utilization) if cfg.adapt else None,
     )

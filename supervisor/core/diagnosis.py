@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from supervisor.core.adapt import TorchHolder, parse_estimate, parse_free_memory, parse_torch_holders
 from supervisor.core.states import Cause
 
 EXCERPT_MAX = 500
@@ -120,7 +121,7 @@ _RULES = (
 # Literal words at least one of which every rule's match (or CPU build marker) contains; most lines contain
 # none and cost one scan.
 _PREFILTER = re.compile(
-    r"emory|cudaMalloc|ALLOC_FAILED|KV cache|Errno|ddress already in use|Engine|died|NCCL"
+    r"emory|cudaMalloc|ALLOC_FAILED|KV cache|Errno|ddress already in use|Engine|died|NCCL|estimated maximum"
     r"|Watchdog|DistBackend|cpu_worker|cpu_model_runner|device_config=cpu|cannot start"
 )
 # vLLM's CPU build says so early in its start-up (its worker and model runner, the engine's device), long
@@ -174,11 +175,16 @@ def _excerpt(line: str) -> str:
 class RunDiagnosis:
     """The findings of one run of a server, each reported once. A new run gets a new RunDiagnosis."""
 
-    __slots__ = ("_findings", "on_cpu")
+    __slots__ = ("_findings", "estimate", "free_memory", "on_cpu", "torch_holders")
 
     def __init__(self) -> None:
         self._findings: dict[str, Finding] = {}
         self.on_cpu = False  # the server said it is vLLM's CPU build
+        # What the output said would fit, for smart recovery (core/adapt.py): vLLM's estimate of the longest
+        # context, the (free, total) GiB of its free-memory guard, the processes torch's OOM named.
+        self.estimate: int | None = None
+        self.free_memory: tuple[float, float] | None = None
+        self.torch_holders: tuple[TorchHolder, ...] = ()
 
     def observe(self, line: str) -> Finding | None:
         """Classify a line; return its finding only the first time that finding appears in this run."""
@@ -186,6 +192,7 @@ class RunDiagnosis:
             return None
         if not self.on_cpu and _CPU_BUILD.search(line) is not None:
             self.on_cpu = True
+        self._note_figures(line)
         found = _classify(line)
         if found is None or found.finding in self._findings:
             return None
@@ -195,6 +202,17 @@ class RunDiagnosis:
             found = Finding(found.finding, found.cause, advice, found.excerpt)
         self._findings[found.finding] = found
         return found
+
+    def _note_figures(self, line: str) -> None:
+        estimate = parse_estimate(line)
+        if estimate is not None:
+            self.estimate = estimate
+        free = parse_free_memory(line)
+        if free is not None:
+            self.free_memory = free
+        holders = parse_torch_holders(line)
+        if holders:
+            self.torch_holders = holders
 
     @property
     def findings(self) -> tuple[Finding, ...]:

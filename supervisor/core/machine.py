@@ -58,6 +58,7 @@ from supervisor.core.steps import (
     explained,
     fresh_budget,
     kill_actions,
+    retry_step,
     spawn_step,
     stalled_step,
     teardown_step,
@@ -220,6 +221,13 @@ class Machine:
             return Step(snap, (Record(EventKind.EXITED, State.STOPPING, status.describe(), reason),))
         clean = status.signal is None and status.code in self.settings.success_exit_codes
         cause = snap.run_cause or (Cause.OOM if status.oom_killed else Cause.CRASH)
+        retried = (
+            None
+            if clean or event.retry is None
+            else retry_step(self.settings, snap, now, cause, detail=status.describe(), why=event.retry)
+        )
+        if retried is not None:
+            return retried
         # Whatever the run left behind (engine children) is an orphan now: reap the whole group.
         return self._ended(snap, now, clean=clean, cause=cause, detail=status.describe(), first=(Kill(snap.run),))
 
@@ -359,6 +367,7 @@ class Machine:
                 startup_deadline=None,
                 consecutive_failures=0,
                 failure_cause=None,
+                free_retries=0,
                 next_probe_at=now + s.health_check_interval,
             )
             return Step(snap, (Record(EventKind.HEALTHY, State.HEALTHY),))

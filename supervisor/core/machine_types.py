@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from supervisor.core.adapt import Floors
 from supervisor.core.policy import Backoff, Budget, RestartPolicy
 from supervisor.core.states import Cause, EventKind, ExitStatus, State
 
@@ -31,6 +32,9 @@ class Teardown(StrEnum):
 
 
 LIVE = frozenset({State.STARTING, State.HEALTHY, State.UNHEALTHY})
+# Restarts without budget (see Exited.retry) allowed between two runs that served, or an operator's start:
+# each removes what made a run fail, and a cause that keeps coming back is left to the budget.
+FREE_RETRY_LIMIT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,7 @@ class Settings:
     health_failure_threshold: int
     stop_timeout: float
     startup_stop_timeout: float = 5.0  # the stop_timeout of a run still loading
+    adapt: Floors | None = None  # smart recovery's floors when `adapt` is on (docs/recovery.md); None: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,7 @@ class Snapshot:
     last_exit: ExitStatus | None = None
     last_probe_at: float | None = None
     health_message: str | None = None
+    free_retries: int = 0  # restarts without budget since a run last served or the operator started it
 
 
 # --- events ---------------------------------------------------------------------------------------
@@ -131,6 +137,9 @@ class SpawnFailed:
 class Exited:
     run: int
     status: ExitStatus
+    # Set when the owner removed what made this run fail (adapted its args, stopped our own leftover that held
+    # its port): restart at once, without spending the restart budget (up to FREE_RETRY_LIMIT times).
+    retry: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ class EventKind(StrEnum):
     START_REQUESTED = "start_requested"
     STOP_REQUESTED = "stop_requested"
     RESTART_REQUESTED = "restart_requested"
+    ADAPTED = "adapted"  # smart recovery changed an argument of the next run (docs/recovery.md)
 
 
 class RuntimeKind(StrEnum):

@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from supervisor.core.machine_types import (
+    FREE_RETRY_LIMIT,
     Action,
+    Desired,
     Diagnosed,
     Kill,
     Record,
@@ -92,7 +94,29 @@ def kill_actions(run: int, why: str) -> tuple[Action, Action]:
 
 
 def fresh_budget(snap: Snapshot) -> Snapshot:
-    return replace(snap, restart_times=(), attempt=0, restart_count=0)
+    return replace(snap, restart_times=(), attempt=0, restart_count=0, free_retries=0)
+
+
+def retry_step(settings: Settings, snap: Snapshot, now: float, cause: Cause, *, detail: str, why: str) -> Step | None:
+    """A failed run whose cause the owner removed restarts at once, spending no budget; None when the policy,
+    the operator's stop or FREE_RETRY_LIMIT says otherwise (the normal failure path then applies)."""
+    wanted = snap.desired is Desired.RUNNING and wants_restart(settings.restart_policy, clean=False)
+    if not wanted or snap.free_retries >= FREE_RETRY_LIMIT:
+        return None
+    snap = replace(
+        snap,
+        failure_cause=cause,
+        free_retries=snap.free_retries + 1,
+        healthy_since=None,
+        unhealthy_since=None,
+        startup_deadline=None,
+        consecutive_failures=0,
+        teardown=None,
+    )
+    # edge: -> backoff (delay 0, uncounted) until the old group is gone, then -> starting
+    exited = Record(EventKind.EXITED, State.BACKOFF, detail, cause.value)
+    snap = replace(snap, state=State.BACKOFF, restart_at=now, restart_reason=cause.value)
+    return Step(snap, (exited, Kill(snap.run), Record(EventKind.BACKOFF, State.BACKOFF, f"0 ({why})", cause.value)))
 
 
 def explained(snap: Snapshot, symptom: Cause) -> Cause:

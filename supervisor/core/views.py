@@ -45,6 +45,17 @@ class ReplicaStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ArgChange:
+    """One argument smart recovery changed for the model's runs (docs/recovery.md); `time` is Unix time."""
+
+    flag: str
+    before: str | None  # None: the flag was not given
+    after: str
+    reason: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
 class ModelStatus:
     """The fields of docs/design/contract.md section 4 (FluidMCP's, plus ours)."""
 
@@ -68,6 +79,8 @@ class ModelStatus:
     next_restart_at: float | None
     desired: str
     replicas: tuple[ReplicaStatus, ...] = ()
+    adaptations: tuple[ArgChange, ...] = ()  # in force for the next or current run; none: configured args
+    effective_args: tuple[str, ...] | None = None  # the args the next or current run gets (None: not known)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,10 @@ class ServedNames:
         names = self._by_model.get(model_id)
         return names[0] if names else None
 
+    def forget(self, model_id: str) -> None:
+        """A reload removed or replaced the model: its servers' names are no longer known to be its."""
+        self._by_model.pop(model_id, None)
+
     async def learn(self, model_id: str, pool: Pool) -> str | None:
         """Ask one server of the model for its names; the first one, or None when it could not say."""
         try:

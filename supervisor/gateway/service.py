@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from supervisor.config.reload_plan import ReloadPlan
 from supervisor.config.schema import GatewaySettings
 from supervisor.core.machine_types import Stalled
 from supervisor.core.states import EventKind, State
@@ -48,12 +49,18 @@ class Gateway:
         self._server = HttpServer(self.forwarder.handle)
         self._tasks: set[asyncio.Task[object]] = set()
         self._stalls_reported: dict[str, int] = {}  # unit -> the run already reported as stalled
+        self._stall_watch: asyncio.Task[object] | None = None
         fleet.add_observer(self)
+        fleet.on_reload(self._models_changed)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         address = await self._server.start(host, port)
-        self._spawn(self._watch_progress(), "gateway:stall-watch")
+        self._watch_stalls()
         return address
+
+    def _watch_stalls(self) -> None:
+        if self._stall_watch is None or self._stall_watch.done():
+            self._stall_watch = self._spawn(self._watch_progress(), "gateway:stall-watch")
 
     async def close(self) -> None:
         await self._server.close()
@@ -74,6 +81,14 @@ class Gateway:
 
     def on_probe(self, model_id: str, ok: bool, duration: float) -> None:
         pass
+
+    def _models_changed(self, plan: ReloadPlan) -> None:
+        # Models are read live from the fleet, so added ones are routed to and removed ones answer 404; what
+        # the gateway keeps of its own is the names a server answered to, and whether stalls are watched.
+        for model_id in (*plan.removed, *plan.restarted):
+            self._names.forget(model_id)
+        if self._stall_watch is not None:
+            self._watch_stalls()
 
     # --- the stall watch -------------------------------------------------------------------------------
 
@@ -106,7 +121,8 @@ class Gateway:
             log.warning("%s: %s", unit, detail)
             replica.owner.post(Stalled(snap.run, detail))
 
-    def _spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object], name: str) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task

@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from supervisor.config.reload_plan import ReloadPlan
 from supervisor.config.schema import Config, ModelConfig
 from supervisor.config.settings import machine_settings
 from supervisor.core.clock import Clock, RealClock
@@ -26,11 +27,13 @@ from supervisor.core.machine_types import (
     Record,
     RestartRequested,
     ShutdownRequested,
+    Snapshot,
     StartRequested,
     StopRequested,
 )
 from supervisor.core.states import EventKind, State
 from supervisor.core.views import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
+from supervisor.loop.fleet_reload import Reloading
 from supervisor.loop.inference import InferenceProber
 from supervisor.loop.leftovers import stop_leftovers
 from supervisor.loop.model import Replica, SupervisedModel, unit_name
@@ -67,7 +70,7 @@ class UnknownReplica(UnknownModel):
         return f"model {self.args[0]!r} has no replica {self.args[1]}"
 
 
-class Fleet:
+class Fleet(Reloading):
     def __init__(
         self,
         config: Config,
@@ -87,7 +90,10 @@ class Fleet:
         self._probes = ProbeClients()
         self._rng = random.Random(seed)
         self._models: dict[str, SupervisedModel] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, list[asyncio.Task[None]]] = {}  # by unit: its owner and inference probe
+        self._rollovers: set[asyncio.Task[None]] = set()  # rolling replacements a reload started
+        self._reload_lock = asyncio.Lock()  # one reload at a time, and none before start() is done
+        self._reload_listeners: list[Callable[[ReloadPlan], None]] = []
         self._closing = False
         self.recorder.add_observer(_Changes(self._models))
 
@@ -95,6 +101,10 @@ class Fleet:
 
     async def start(self) -> None:
         """Stop whatever a previous life left running, then start looking after every model."""
+        async with self._reload_lock:
+            await self._start()
+
+    async def _start(self) -> None:
         persisted = self.recorder.store.load_models()
         leftovers = await stop_leftovers(self.config, persisted, self.instance)
         for model_id, cfg in self.config.models.items():
@@ -108,15 +118,13 @@ class Fleet:
         """Start looking after one more model, each replica its own run; watched like those configured at start."""
         if model_id in self._models:
             raise ValueError(f"model {model_id!r} is already supervised")
-        replicas = [
-            self._replica(model_id, i, cfg.replica(i), (persisted or {}).get(unit_name(model_id, i)))
-            for i in range(cfg.replicas)
-        ]
+        saved = persisted or {}
+        snapshots = [restored_snapshot(saved.get(unit_name(model_id, i)), self._offset) for i in range(cfg.replicas)]
+        replicas = [self._replica(model_id, i, cfg.replica(i), snapshots[i]) for i in range(cfg.replicas)]
         self._models[model_id] = SupervisedModel(model_id, cfg, replicas)
-        for replica in replicas:
-            replica.owner.post(Boot())
 
-    def _replica(self, model_id: str, index: int, cfg: ModelConfig, persisted: PersistedModel | None) -> Replica:
+    def _replica(self, model_id: str, index: int, cfg: ModelConfig, snapshot: Snapshot) -> Replica:
+        """Build one replica's owner (and inference probe), and boot it."""
         unit = unit_name(model_id, index)
         writer = LogWriter(
             self.log_dir(),
@@ -135,14 +143,16 @@ class Fleet:
             self.clock,
             probe=None if root is None else self._probes.prober(unit, root),
             reports=self.recorder,
-            snapshot=restored_snapshot(persisted, self._offset),
+            snapshot=snapshot,
         )
         task = asyncio.get_running_loop().create_task(owner.serve(), name=f"model:{unit}")
         task.add_done_callback(self._owner_ended)
-        self._tasks.append(task)
+        tasks = self._tasks.setdefault(unit, [])
+        tasks.append(task)
         if cfg.inference_probe is not None and root is not None:
             prober = InferenceProber(owner, root, cfg.inference_probe, self.clock)
-            self._tasks.append(asyncio.get_running_loop().create_task(prober.run(), name=f"inference-probe:{unit}"))
+            tasks.append(asyncio.get_running_loop().create_task(prober.run(), name=f"inference-probe:{unit}"))
+        owner.post(Boot())
         return Replica(index, cfg, owner)
 
     def _units(self) -> dict[str, ModelOwner]:
@@ -163,6 +173,9 @@ class Fleet:
         if self._closing:
             return
         self._closing = True
+        for rollover in self._rollovers:
+            rollover.cancel()
+        await asyncio.gather(*self._rollovers, return_exceptions=True)
         for model in self._models.values():
             await model.close()
         units = self._units()
@@ -175,9 +188,10 @@ class Fleet:
         except TimeoutError:
             stuck = [u for u, o in units.items() if o.snapshot.live or o.snapshot.group_alive]
             log.error("shutdown: gave up after %.0f s waiting for %s to stop", limit, ", ".join(stuck))  # noqa: TRY400
-        for task in self._tasks:
+        tasks = [task for unit_tasks in self._tasks.values() for task in unit_tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.recorder.close()
         await self._probes.aclose()
 

@@ -13,13 +13,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from supervisor.core.clock import Clock, Timer
 from supervisor.core.diagnosis import Finding, RunDiagnosis, classify_line
 from supervisor.core.machine import Machine
 from supervisor.core.machine_types import (
+    LIVE,
     Action,
     Diagnosed,
     Event,
@@ -35,13 +36,16 @@ from supervisor.core.machine_types import (
     Spawn,
     Spawned,
     SpawnFailed,
+    StartRequested,
     Terminate,
     Tick,
     next_deadline,
 )
 from supervisor.core.states import Cause, State
+from supervisor.loop.adapter import Adapter, ExitPlan
 from supervisor.probe import ProbeResult
 from supervisor.runtime.base import Run, Runtime, SpawnError, Stream
+from supervisor.runtime.gpu import Nvml
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class RunView:
     number: int
     handle: Run
     diagnosis: RunDiagnosis
+    notes: tuple[str, ...] = ()  # what smart recovery found out about the run's end (holders), for the advice
 
 
 class OwnerReports(Protocol):
@@ -77,6 +82,16 @@ class OwnerReports(Protocol):
         """One line of the run's output."""
 
 
+_NVML = Nvml()  # one NVML handle for every model (initialised on first use)
+
+
+def with_notes(finding: Finding | None, notes: tuple[str, ...]) -> Finding | None:
+    """The finding with what smart recovery found out (holders named, waits skipped) added to its advice."""
+    if finding is None or not notes:
+        return finding
+    return replace(finding, advice=" ".join((finding.advice, *notes)))
+
+
 class ModelOwner:
     def __init__(
         self,
@@ -88,6 +103,7 @@ class ModelOwner:
         probe: Prober | None,
         reports: OwnerReports,
         snapshot: Snapshot | None = None,
+        nvml: Nvml | None = None,
     ) -> None:
         self.model_id = model_id
         self.machine = machine
@@ -98,6 +114,9 @@ class ModelOwner:
         self.last_finding: Finding | None = None
         self._runtime = runtime
         self._clock = clock
+        # Smart recovery (docs/recovery.md): the configured args, the changes in force, the holders named.
+        self.adapter = Adapter(model_id, runtime, machine.settings.adapt, nvml or _NVML, clock)
+        self._adapting: dict[int, ExitPlan] = {}  # run -> what was done about its end, until the exit is handled
         self._probe = probe
         self._reports = reports
         self._inbox: asyncio.Queue[_Request] = asyncio.Queue()
@@ -169,9 +188,17 @@ class ModelOwner:
 
     async def _apply(self, event: Event) -> Reply | None:
         if isinstance(event, Exited) and self.run is not None and self.run.number == event.run:
-            self.last_finding = self.run.diagnosis.primary
+            self.last_finding = with_notes(self.run.diagnosis.primary, self.run.notes)
+        restarted_by_operator = isinstance(event, StartRequested) and self.snapshot.state not in LIVE
         step = self.machine.handle(self.snapshot, event, self._clock.now())
         self.snapshot = step.snapshot
+        if restarted_by_operator and (back := self.adapter.reset(self.snapshot.state, "operator start")):
+            self._reports.record(self.model_id, back, self.snapshot, self.run)
+        plan = self._adapting.pop(event.run, None) if isinstance(event, Exited) else None
+        if plan is not None and plan.change is not None and self.snapshot.state is State.BACKOFF:
+            self._reports.record(
+                self.model_id, self.adapter.commit(plan.change, State.BACKOFF), self.snapshot, self.run
+            )
         follow_ups: list[Event] = []
         for action in step.actions:
             follow_up = await self._execute(action)
@@ -225,8 +252,19 @@ class ModelOwner:
     async def _watch(self, number: int, handle: Run) -> None:
         """Report the run's exit the moment it happens, then the end of its whole group."""
         status = await handle.wait_exit()
-        self.post(Exited(number, status))
+        retry = None
+        run = self.run
+        if run is not None and run.number == number and self.snapshot.state is not State.STOPPING:
+            plan = await self.adapter.at_exit(number, run.diagnosis)
+            run.notes, retry = plan.notes, plan.retry
+            self._adapting[number] = plan
+        self.post(Exited(number, status, retry))
         await handle.wait_gone()
+        if run is not None and run.number == number and self.snapshot.state is State.BACKOFF:
+            wanted = lambda: self.snapshot.state is State.BACKOFF  # noqa: E731 (a stop ends the wait)
+            notes = await self.adapter.before_restart(number, run.diagnosis, wanted)
+            if notes:
+                self.last_finding = with_notes(self.last_finding, notes)
         self.post(GroupGone(number))
 
     async def _run_probe(self, action: Probe) -> None:

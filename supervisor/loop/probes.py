@@ -17,5 +17,11 @@ class ProbeClients:
             self._probes[unit] = HttpProbe(root)
         return self._probes[unit]
 
+    async def forget(self, unit: str) -> None:
+        """A reload stopped this replica for good: close its connection (its replacement may probe elsewhere)."""
+        probe = self._probes.pop(unit, None)
+        if probe is not None:
+            await probe.aclose()
+
     async def aclose(self) -> None:
         await asyncio.gather(*(probe.aclose() for probe in self._probes.values()))

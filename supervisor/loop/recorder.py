@@ -45,6 +45,14 @@ class Recorder:
         self._writers[unit] = writer
         self._runtimes[unit] = runtime
 
+    def remove_unit(self, unit: str) -> None:
+        """A reload stopped this replica for good: close its log (a replacement opens its own)."""
+        writer = self._writers.pop(unit, None)
+        if writer is not None:
+            writer.close()
+        self._runtimes.pop(unit, None)
+        self._saved.pop(unit, None)
+
     def add_observer(self, observer: Observer) -> None:
         self._observers.append(observer)
 

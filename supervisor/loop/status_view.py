@@ -84,6 +84,8 @@ def build_status(model_id: str, cfg: ModelConfig, owner: ModelOwner, clock: Cloc
         failure_advice=advice,
         next_restart_at=wall(snap.restart_at) if snap.state is State.BACKOFF else None,
         desired=snap.desired.value,
+        adaptations=tuple(owner.adapter.changes),
+        effective_args=owner.adapter.shown_args(),
     )
 
 

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from supervisor.config.reload_plan import ReloadPlan
 from supervisor.core.states import Cause, EventKind, State
 from supervisor.core.views import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
 from supervisor.loop.observer import Observer
@@ -69,6 +70,7 @@ class FakeSupervisor:
         self.restart_options: list[tuple[int | None, bool]] = []  # (replica, rolling) of each restart
         self.probes = 0
         self.refuse_next: str | None = None
+        self.reload_outcome: ReloadPlan | Exception = ReloadPlan(unchanged=tuple(model_ids))
 
     # -- reads --------------------------------------------------------------------------------------
     def model_ids(self) -> list[str]:
@@ -90,6 +92,12 @@ class FakeSupervisor:
 
     def log_dir(self) -> Path:
         return self._log_dir
+
+    async def reload(self) -> ReloadPlan:
+        self.calls.append(("reload", ""))
+        if isinstance(self.reload_outcome, Exception):
+            raise self.reload_outcome
+        return self.reload_outcome
 
     def add_observer(self, observer: Observer) -> None:
         self._observers.append(observer)

@@ -70,6 +70,9 @@ DEFAULTS: list[tuple[str, object]] = [
     ("fallback", None),
     ("progress_timeout", None),
     ("inference_probe", None),
+    ("adapt", False),
+    ("adapt_min_max_model_len", 1024),
+    ("adapt_min_gpu_memory_utilization", 0.5),
 ]
 
 
@@ -112,6 +115,9 @@ KEYS = [
     ("stop_timeout", 0, 0.0),
     ("shutdown_timeout", 12, None),  # the alias lands on stop_timeout, checked below
     ("success_exit_codes", [0, 143], (0, 143)),
+    ("adapt", True, True),
+    ("adapt_min_max_model_len", 4096, 4096),
+    ("adapt_min_gpu_memory_utilization", 0.7, 0.7),
 ]
 
 
@@ -417,6 +423,12 @@ BAD_MODEL_VALUES = [
     (
         {"runtime": "docker", "docker": {"image": "i", "pull": "yes"}},
         "llmModels.m.docker.pull: must be true or false (got 'yes')",
+    ),
+    ({"adapt": "yes"}, "llmModels.m.adapt: must be true or false (got 'yes')"),
+    ({"adapt_min_max_model_len": 0}, "llmModels.m.adapt_min_max_model_len: must be >= 1 (got 0)"),
+    (
+        {"adapt_min_gpu_memory_utilization": 1.5},
+        "llmModels.m.adapt_min_gpu_memory_utilization: must be <= 1 (got 1.5)",
     ),
 ]
 

@@ -1,5 +1,6 @@
 // The status page: polls the API every 2 s, renders with textContent only (log lines are untrusted text).
 // With a token configured, the API answers 401 until the operator enters it; it lives in sessionStorage.
+// Buttons are enabled only where the action would do something (the supervisor's answers in core/machine.py).
 "use strict";
 
 const REFRESH_MS = 2000;
@@ -62,12 +63,32 @@ async function api(method, path) {
   return body;
 }
 
+// Why an action would be a no-op in this state (the button is then disabled with this as its tooltip), or null.
+function pointless(action, state, desired) {
+  const live = state === "starting" || state === "healthy" || state === "unhealthy";
+  if (action === "start" && (live || (state === "stopping" && desired === "running"))) return `already ${state}`;
+  if (action === "stop" && (state === "stopped" || (state === "stopping" && desired === "stopped"))) {
+    return `already ${state}`;
+  }
+  if (action === "restart" && state === "stopped") return "stopped: use start";
+  if (action === "restart" && state === "stopping") return "stopping: wait, or use start";
+  return null;
+}
+
+function actionButton(action, state, desired) {
+  const button = el("button", action);
+  button.type = "button";
+  button.dataset.action = action;
+  const why = pointless(action, state, desired);
+  button.disabled = why !== null;
+  if (why !== null) button.title = why;
+  return button;
+}
+
 function actionButtons(model) {
   const cell = el("td");
   for (const action of ["start", "stop", "restart"]) {
-    const button = el("button", action);
-    button.type = "button";
-    button.dataset.action = action;
+    const button = actionButton(action, model.state, model.desired);
     button.dataset.model = model.id;
     button.addEventListener("click", (event) => {
       event.stopPropagation();
@@ -93,6 +114,8 @@ function modelRow(model) {
   row.append(
     el("td", model.id, "id"),
     stateCell,
+    el("td", model.desired, "desired"),
+    el("td", model.pid === null ? "-" : model.pid, "pid"),
     el("td", duration(model.uptime_seconds), "uptime"),
     el("td", `${model.restart_count}/${limit}`, "restarts"),
     el("td", health, "health"),
@@ -112,9 +135,7 @@ function replicaRows(model) {
     stateCell.append(el("span", replica.state, `state state-${replica.state}`));
     if (replica.draining) stateCell.append(el("span", " (draining)", "muted"));
     const health = (replica.is_healthy ? "ok" : "-") + (replica.in_flight ? `, ${replica.in_flight} in flight` : "");
-    const restart = el("button", "restart");
-    restart.type = "button";
-    restart.dataset.action = "restart";
+    const restart = actionButton("restart", replica.state, model.desired);
     restart.dataset.replica = String(replica.index);
     restart.addEventListener("click", (event) => {
       event.stopPropagation();
@@ -125,7 +146,9 @@ function replicaRows(model) {
     row.append(
       el("td", `replica ${replica.index}${port}`, "id"),
       stateCell,
-      el("td", replica.pid === null ? "-" : `pid ${replica.pid}`, "uptime"),
+      el("td", "", "desired"),
+      el("td", replica.pid === null ? "-" : replica.pid, "pid"),
+      el("td", "", "uptime"),
       el("td", String(replica.restart_count), "restarts"),
       el("td", health, "health"),
       el("td", replica.failure_cause || "-", "cause"),
@@ -158,15 +181,29 @@ async function renderDetails() {
   timelines.set(selected, { lastSeq: events.length ? events[events.length - 1].seq : known.lastSeq, events });
   document.getElementById("details-id").textContent = selected;
   document.getElementById("events").replaceChildren(...events.slice().reverse().map((e) => {
-    let text = `${clock(e.time)}  ${e.replica ? `[replica ${e.replica}] ` : ""}${e.kind} → ${e.state}`;
+    // The state is named only where the event did not already say it ("healthy", not "healthy → healthy").
+    const label = e.kind === e.state ? e.kind : `${e.kind} → ${e.state}`;
+    let text = `${clock(e.time)}  ${e.replica ? `[replica ${e.replica}] ` : ""}${label}`;
     if (e.detail) text += ` (${e.detail})`;
     if (e.reason) text += ` [${e.reason}]`;
-    return el("li", text, `event event-${e.kind}`);
+    const item = el("li", null, `event event-${e.kind}`);
+    item.append(el("span", `#${e.seq}`, "seq"), ` ${text}`);  // the event's own number, never clipped
+    return item;
   }));
+  section.hidden = false;  // before the log pane is measured: a hidden pane has no scroll height
+  showLogs(logs.lines.map((line) => line.replace(/\n$/, "")).join("\n"));
+}
+
+// The log pane follows new lines only while the reader is at its bottom (or has just picked this model):
+// someone scrolled up into a traceback keeps their place across refreshes.
+function showLogs(text) {
   const pre = document.getElementById("logs");
-  pre.textContent = logs.lines.map((line) => line.replace(/\n$/, "")).join("\n");
-  pre.scrollTop = pre.scrollHeight;
-  section.hidden = false;
+  const switched = pre.dataset.model !== selected;
+  if (!switched && pre.textContent === text) return;
+  const atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 8;
+  pre.textContent = text;
+  pre.dataset.model = selected;
+  if (switched || atBottom) pre.scrollTop = pre.scrollHeight;
 }
 
 async function refresh() {
