@@ -271,6 +271,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(duplicates + exc.problems, source) from None
     if duplicates:
         raise ConfigError(duplicates, source)
+    config._path = path.resolve()  # set once, here, by the one function that reads files
     return config
 
 
@@ -279,7 +280,6 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: str | Path
     if not isinstance(data, Mapping):
         raise ConfigError([f"(top level): must be a mapping with an llmModels section (got {show(data)})"], source)
     problems = [
-    config._path = path.resolve()  # set once, here, by the one function that reads files
         f"{key}: unknown key{suggest(key, TOP_LEVEL_KEYS)}"
         for key in data
         if key not in TOP_LEVEL_KEYS and key not in FLUIDMCP_SECTIONS
