@@ -26,8 +26,10 @@ from chaos.scenario import Scenario
 from chaos.steps import (
     ApiStep,
     EngineDeadStep,
+    ExecStep,
     FaultStep,
     HangStep,
+    HttpStep,
     KillStep,
     ModelRef,
     NetStep,
@@ -56,6 +58,7 @@ class Reach:
     own_supervisor: bool = False  # the harness started the supervisor, so it can start it again
     proxied: frozenset[str] = frozenset()  # models behind the harness's TCP fault proxy
     admin: frozenset[str] = frozenset()  # models whose fake-vllm /admin/faults the harness can reach
+    local: bool = False  # the harness started the target on this host (commands may be run here)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Context:
             own_supervisor=self.supervisor is not None,
             proxied=frozenset(model for model, _ in self.proxies),
             admin=frozenset(model for model, _ in self.server_urls),
+            local=self.local,
         )
 
 
@@ -90,7 +94,7 @@ def remote_allows_process_actions(scenario: Scenario, url: str) -> bool:
 # --- one dispatch over the step types -----------------------------------------------------------------
 
 # What a step needs of the target beyond the management API ("anywhere": nothing more).
-Need = Literal["anywhere", "processes", "own_supervisor", "fault_proxy", "admin_faults"]
+Need = Literal["anywhere", "processes", "own_supervisor", "fault_proxy", "admin_faults", "local"]
 Performer = Callable[[Context], Awaitable[tuple[str, Revert | None]]]
 
 
@@ -126,6 +130,10 @@ def action(step: Step) -> Action:
             return Action("anywhere", partial(_api, step))
         case SupervisorStep():
             return Action("own_supervisor", partial(_supervisor, step))
+        case HttpStep():
+            return Action("anywhere", partial(_http, step))
+        case ExecStep():
+            return Action("local", partial(_exec, step))
         case _:
             assert_never(step)
 
@@ -152,6 +160,10 @@ def refusal(step: Step, reach: Reach) -> str | None:
             if step_model(step) in reach.admin:
                 return None
             return f"fake-vllm's /admin/faults is reachable only for a local target ({step.action})"
+        case "local":
+            if reach.local:
+                return None
+            return "exec runs a command on this host: local targets only"
         case _:
             assert_never(needs)
 
@@ -310,3 +322,44 @@ async def _supervisor(step: SupervisorStep, ctx: Context) -> tuple[str, Revert |
     new = supervisor.process.pid if supervisor.process else None
     again = f"started again after {step.restart_after:g}s (pid {new})"
     return f"{step.signal} to the supervisor (pid {old}); {again}", None
+
+
+async def _http(step: HttpStep, ctx: Context) -> tuple[str, Revert | None]:
+    url = step.url.replace("{api}", ctx.api_url)
+    try:
+        if step.url.startswith("{api}"):
+            response = await ctx.client.request(  # the API's client: it carries the API's token
+                step.method, url, headers=step.headers, json=step.json_body, timeout=step.timeout
+            )
+        else:
+            async with httpx.AsyncClient() as client:  # anywhere else: never send the API's token along
+                response = await client.request(
+                    step.method, url, headers=step.headers, json=step.json_body, timeout=step.timeout
+                )
+    except httpx.HTTPError as exc:
+        raise ActionError(f"{step.method} {url}: {type(exc).__name__}: {exc}") from exc
+    done = f"{step.method} {url}: {response.status_code}"
+    if step.expect_status is not None and response.status_code != step.expect_status:
+        raise ActionError(f"{done}, expected {step.expect_status}: {response.text[:200]}")
+    return done, None
+
+
+async def _exec(step: ExecStep, ctx: Context) -> tuple[str, Revert | None]:
+    argv = [arg.replace("{api}", ctx.api_url) for arg in step.command]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+    except OSError as exc:
+        raise ActionError(f"cannot run {argv[0]!r}: {exc}") from exc
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), step.timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise ActionError(f"{' '.join(argv)}: still running after {step.timeout:g} s; killed") from None
+    tail = output.decode(errors="replace").strip()[-300:]
+    done = f"{' '.join(argv)}: exit {process.returncode}" + (f": {tail}" if tail else "")
+    if step.expect_exit is not None and process.returncode != step.expect_exit:
+        raise ActionError(f"{done} (expected exit {step.expect_exit})")
+    return done, None

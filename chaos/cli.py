@@ -22,7 +22,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from chaos.mapping import MappingError, parse_model_map, rename_models
 from chaos.plan import describe_plan
+from chaos.real_vllm import VllmServer, program
 from chaos.report import summary, write_reports
 from chaos.runner import RunOptions, ScenarioResult, run_scenario
 from chaos.scenario import Scenario, ScenarioError, load_scenario, scenario_files
@@ -62,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--gateway-key-env", metavar="NAME", help="env var holding the key the --gateway wants (Bearer), if any"
     )
+    run.add_argument(
+        "--vllm", metavar="VLLM", help="local targets run real `VLLM serve` (scenarios with a real_vllm block only)"
+    )
+    run.add_argument("--vllm-model", metavar="DIR", help="with --vllm: the model directory it serves")
+    run.add_argument("--vllm-flags", metavar="FLAGS", default="", help="with --vllm: added to every start (quoted)")
+    run.add_argument(
+        "--model",
+        metavar="ID=NAME",
+        action="append",
+        default=[],
+        help="run the catalogue's model ID as the deployment's NAME (repeat for each: --model m1=qwen)",
+    )
+    run.add_argument("--fail-on-skip", action="store_true", help="a skipped scenario fails the run (exit 1)")
     run.add_argument("--seed", type=int, help="replay a run: the seed printed by an earlier one")
     run.add_argument("--dry-run", action="store_true", help="print the plan; start, signal and call nothing")
     run.add_argument("--report-dir", type=Path, default=Path("chaos-report"), help="default: %(default)s")
@@ -138,6 +155,12 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _run(args: argparse.Namespace, loaded: list[tuple[Path, Scenario]]) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    try:
+        mapping = parse_model_map(args.model)
+        loaded = [(path, rename_models(scenario, mapping)) for path, scenario in loaded]
+    except (MappingError, ValidationError) as exc:
+        print(f"llm-chaos: {exc}", file=sys.stderr)
+        return 2
     token = os.environ.get(args.token_env) if args.supervisor else None
     options = RunOptions(
         supervisor_url=args.supervisor, token=token, seed=seed, workdir=args.report_dir.resolve() / "work"
@@ -150,6 +173,13 @@ def _run(args: argparse.Namespace, loaded: list[tuple[Path, Scenario]]) -> int:
         return 2
     if args.supervisor_cmd:
         options = replace(options, supervisor_cmd=tuple(shlex.split(args.supervisor_cmd)))
+    if (args.vllm is None) != (args.vllm_model is None) or (args.vllm and args.supervisor):
+        print("--vllm and --vllm-model go together, and with a local target only", file=sys.stderr)
+        return 2
+    if args.vllm:
+        model_dir = str(Path(args.vllm_model).resolve())
+        server = VllmServer(program(args.vllm), model_dir, tuple(shlex.split(args.vllm_flags)))
+        options = replace(options, vllm=server)
     if args.dry_run:
         print(f"dry run, seed {seed}: nothing is started, signalled or called")
         for path, scenario in loaded:
@@ -163,6 +193,9 @@ def _run(args: argparse.Namespace, loaded: list[tuple[Path, Scenario]]) -> int:
         + f" · seed {seed} · reports: "
         + ", ".join(str(p) for p in paths)
     )
+    if args.fail_on_skip and counts["skipped"]:
+        print(f"llm-chaos: {counts['skipped']} scenario(s) skipped, and --fail-on-skip was given", file=sys.stderr)
+        return 1
     return 1 if counts["failed"] or counts["error"] else 0
 
 

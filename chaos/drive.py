@@ -10,6 +10,7 @@ acts through a `Context` and watches through its `Observer`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -141,7 +142,32 @@ async def _inject(
 ) -> tuple[list[FaultRecord], list[Verdict]]:
     records: list[FaultRecord] = []
     verdicts: list[Verdict] = []
-    reverts: list[asyncio.Task[None]] = []
+    reverts: list[tuple[asyncio.Task[None], Revert]] = []
+    try:
+        await _inject_in_order(scenario, ctx, steady_at, progress, records=records, verdicts=verdicts, reverts=reverts)
+        await asyncio.gather(*(task for task, _ in reverts))
+    except BaseException:
+        # Broken off (an error, a cancelled run): a fault with a `for` is undone now, not left in place (a
+        # SIGSTOPped server on staging would stay frozen).
+        for task, revert in reverts:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(OSError, httpx.HTTPError, ActionError):
+                    progress(f"reverted early: {await revert()}")
+        raise
+    return records, verdicts
+
+
+async def _inject_in_order(
+    scenario: Scenario,
+    ctx: Context,
+    steady_at: float,
+    progress: Progress,
+    *,
+    records: list[FaultRecord],
+    verdicts: list[Verdict],
+    reverts: list[tuple[asyncio.Task[None], Revert]],
+) -> None:
     order = sorted(range(len(scenario.faults)), key=lambda i: scenario.faults[i].at)
     for index in order:
         step = scenario.faults[index]
@@ -166,9 +192,8 @@ async def _inject(
         )
         if revert is not None:
             until = steady_at + step_end(step)
-            reverts.append(asyncio.create_task(_revert_at(until, revert, records, len(records) - 1, progress)))
-    await asyncio.gather(*reverts)
-    return records, verdicts
+            task = asyncio.create_task(_revert_at(until, revert, records, len(records) - 1, progress))
+            reverts.append((task, revert))
 
 
 async def _revert_at(

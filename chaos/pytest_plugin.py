@@ -30,6 +30,7 @@ import yaml
 from chaos import docker_image
 from chaos.docker_image import Readiness
 from chaos.fixtures import FakeServer, Supervised
+from chaos.real_vllm import VllmServer, not_on_real_vllm, program
 from chaos.report import write_reports
 from chaos.runner import RunOptions, ScenarioResult, run_scenario
 from chaos.scenario import Scenario, ScenarioError, load_scenario, looks_like_scenario
@@ -43,6 +44,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--chaos-supervisor-cmd", metavar="CMD", help="run scenarios against `CMD run -c CONFIG`")
     group.addoption("--chaos-seed", type=int, metavar="N", help="replay a run's seed")
     group.addoption("--chaos-report-dir", type=Path, metavar="DIR", help="write the journal, JUnit and HTML here")
+    group.addoption(
+        "--chaos-vllm", metavar="VLLM", help="run scenarios with a real_vllm block on real `VLLM serve` (others skip)"
+    )
+    group.addoption("--chaos-vllm-model", metavar="DIR", help="the model directory real vLLM serves")
+    group.addoption("--chaos-vllm-flags", metavar="FLAGS", default="", help="added to every `vllm serve` (quoted)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,6 +74,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Check Docker and build the fake-vLLM image once, if a selected scenario runs containers."""
     if session.config.option.collectonly:
         return
+    if session.config.getoption("--chaos-vllm"):
+        return  # containers run the fake-vLLM image: none of them runs on real vLLM
     if any(isinstance(item, ScenarioItem) and item.in_containers for item in session.items):
         session.config.stash[_DOCKER] = docker_image.prepare([])
 
@@ -104,6 +112,8 @@ class ScenarioItem(pytest.Item):
         if isinstance(self.scenario, ScenarioError):
             raise self.scenario
         options = _options(self.config)
+        if options.vllm is not None and (why := not_on_real_vllm(self.scenario)) is not None:
+            pytest.skip(f"not run on real vLLM: {why}")
         if self.in_containers:
             ready = self.config.stash.get(_DOCKER, None) or docker_image.prepare([])
             if ready.problem is not None:
@@ -143,12 +153,22 @@ def _options(config: pytest.Config) -> RunOptions:
     seed = config.getoption("--chaos-seed")
     if seed is None:
         seed = config.stash.setdefault(_SEED, random.SystemRandom().randrange(2**31))
-    options = RunOptions(seed=seed, workdir=_workdir(config))
+    options = RunOptions(seed=seed, workdir=_workdir(config), vllm=_vllm(config))
     cmd = config.getoption("--chaos-supervisor-cmd")
     return replace(options, supervisor_cmd=tuple(shlex.split(cmd))) if cmd else options
 
 
 _SEED = pytest.StashKey[int]()
+
+
+def _vllm(config: pytest.Config) -> VllmServer | None:
+    command, model = config.getoption("--chaos-vllm"), config.getoption("--chaos-vllm-model")
+    if command is None and model is None:
+        return None
+    if command is None or model is None:
+        raise pytest.UsageError("--chaos-vllm and --chaos-vllm-model go together")
+    flags = tuple(shlex.split(config.getoption("--chaos-vllm-flags")))
+    return VllmServer(program(command), str(Path(model).resolve()), flags)
 
 
 def _workdir(config: pytest.Config) -> Path | None:

@@ -29,6 +29,7 @@ from chaos.containers import ContainerError, ScenarioContainers
 from chaos.drive import Progress, cleanup_steps, drive
 from chaos.netproxy import FaultProxy
 from chaos.observer import Observer
+from chaos.real_vllm import VllmServer, for_real_vllm, not_on_real_vllm
 from chaos.scenario import Scenario
 from chaos.steps import step_model
 from chaos.target import SupervisorProcess, Unit, build_config, default_supervisor_cmd, plan_local, write_config
@@ -51,6 +52,7 @@ class RunOptions:
     docker_image: str | None = None
     gateway_url: str | None = None  # the remote deployment's gateway, for scenarios with `load`
     gateway_key: str | None = None  # the key that gateway wants, if any
+    vllm: VllmServer | None = None  # run the local target's models on real vLLM (scenarios with real_vllm)
 
 
 @dataclass
@@ -82,8 +84,11 @@ async def run_scenario(
     try:
         if options.supervisor_url:
             await _run_remote(scenario, options, result, progress)
+        elif options.vllm is not None and (why := not_on_real_vllm(scenario)) is not None:
+            result.outcome, result.message = "skipped", f"not run on real vLLM: {why}"
+            progress(result.message)
         else:
-            await _run_local(scenario, options, result, progress)
+            await _run_local(for_real_vllm(scenario) if options.vllm else scenario, options, result, progress)
     except (RuntimeError, OSError, httpx.HTTPError, ActionError) as exc:
         result.outcome, result.message = "error", f"{type(exc).__name__}: {exc}"
     result.duration = time.time() - started
@@ -122,7 +127,7 @@ async def _run_local(scenario: Scenario, options: RunOptions, result: ScenarioRe
             )
             await proxies[unit].start()
             plan.proxy_ports[unit] = proxies[unit].port
-        write_config(plan, build_config(scenario, plan, result.seed))
+        write_config(plan, build_config(scenario, plan, result.seed, options.vllm))
         launched_at = time.time()
         progress(f"starting {' '.join(supervisor.cmd)} (API {plan.api_url})")
         await supervisor.start()
@@ -242,8 +247,10 @@ async def _run_remote(scenario: Scenario, options: RunOptions, result: ScenarioR
             return
         try:
             obs, verdicts = await drive(scenario, ctx, time.time(), options.poll_interval, progress)
-            await cleanup_steps(scenario, ctx, progress)
         finally:
+            # A deployment is not ours to throw away: what the scenario stopped is started again, even when
+            # the run broke off.
+            await cleanup_steps(scenario, ctx, progress)
             await observer.stop()
     _record_judgement(result, scenario, obs, verdicts)
 

@@ -19,7 +19,18 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from chaos.expectations import ExpectItem, Requests, SteadyItem, TimedExpectation, expectation_replica
-from chaos.steps import ModelId, Seconds, Step, Strict, step_end, step_model, step_replica
+from chaos.steps import (
+    EngineDeadStep,
+    FaultStep,
+    ModelId,
+    OomStep,
+    Seconds,
+    Step,
+    Strict,
+    step_end,
+    step_model,
+    step_replica,
+)
 from chaos.suggest import did_you_mean
 
 
@@ -158,6 +169,14 @@ class Load(Strict):
     prompt: Annotated[str, Field(min_length=1)] = "Say something about supervisors."
 
 
+class RealVllmSpec(Strict):
+    """How the scenario runs against real `vllm serve` (chaos/real_vllm.py); its presence opts the scenario in."""
+
+    slack: Seconds = 0.0  # seconds added to every `within`: one start of real vLLM takes this much longer
+    args: list[str] = []  # added to `vllm serve MODEL_DIR --port P --enforce-eager`
+    models: dict[ModelId, ModelSpec] = {}  # per-model keys that replace the scenario's on real vLLM
+
+
 class Remote(Strict):
     """What a run against `--supervisor URL` may do besides reading the API."""
 
@@ -179,6 +198,7 @@ class Scenario(Strict):
     duration: Annotated[float, Field(gt=0)] | None = None
     # The watch never lasts longer than this after the faults (default: the longest `within`, else duration).
     observe_at_most: Annotated[float, Field(gt=0)] | None = None
+    real_vllm: RealVllmSpec | None = None  # the scenario also runs against real vLLM (docs/chaos.md)
 
     @model_validator(mode="after")
     def _requests_have_a_load(self) -> Scenario:
@@ -214,6 +234,23 @@ class Scenario(Strict):
         for model, spec in models.items():
             if spec.fallback == model:
                 raise ValueError(f"target.models.{model}.fallback: a model cannot fall back to itself")
+        return self
+
+    @model_validator(mode="after")
+    def _real_vllm_runs_what_vllm_has(self) -> Scenario:
+        if self.real_vllm is None:
+            return self
+        fake_only = (OomStep, EngineDeadStep, FaultStep)
+        steps = [(f"faults.{i}", s) for i, s in enumerate(self.faults)]
+        steps += [(f"cleanup.{i}", s) for i, s in enumerate(self.cleanup)]
+        fake = [f"{where} ({step.action})" for where, step in steps if isinstance(step, fake_only)]
+        if fake:
+            raise ValueError(f"real_vllm: {', '.join(fake)} need fake-vllm's /admin/faults")
+        if self.container_models():
+            raise ValueError("real_vllm: container models run the fake-vLLM image; use runtime: process")
+        unknown = sorted(set(self.real_vllm.models) - set(self.target.models if self.target else {}))
+        if unknown:
+            raise ValueError(f"real_vllm.models: unknown model(s) {unknown}")
         return self
 
     @property

@@ -2,7 +2,8 @@
 
 A tagged union on `action`. Process actions (`signal`, `kill`, `hang`, `supervisor`) need the processes on
 this host; `fault`, `oom` and `engine_dead` talk to fake-vllm's `/admin/faults`; `net` sets a toxic on the
-TCP fault proxy the harness placed between the supervisor and the server; `api` calls the management API.
+TCP fault proxy the harness placed between the supervisor and the server; `api` calls the management API;
+`http` calls any URL and `exec` runs a command (local targets only), for faults the harness has no step for.
 """
 
 from __future__ import annotations
@@ -167,6 +168,30 @@ class SupervisorStep(_Step):
     _check_signal = field_validator("signal")(signal_name)
 
 
+class HttpStep(_Step):
+    """Call any URL, as Chaos Toolkit's HTTP provider does: a fault the harness has no step for (a staging
+    load balancer's admin API, a feature flag). `{api}` in the URL is the supervisor's API URL. A status other
+    than `expect_status` (when given) fails the step."""
+
+    action: Literal["http"]
+    url: Annotated[str, Field(pattern=r"^(https?://|\{api\})")]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    headers: dict[str, str] = {}
+    json_body: dict[str, Scalar | list[Scalar] | dict[str, Scalar]] | None = Field(default=None, alias="json")
+    timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
+    expect_status: Annotated[int, Field(ge=100, le=599)] | None = None
+
+
+class ExecStep(_Step):
+    """Run a command on this host (local targets only), with no shell: `command` is the argv. `{api}` in an
+    argument is the supervisor's API URL. An exit status other than `expect_exit` (null: any) fails the step."""
+
+    action: Literal["exec"]
+    command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    expect_exit: Annotated[int, Field(ge=0, le=255)] | None = 0
+
+
 # The members, plain: what `match` narrows and what the tests enumerate. `Step` adds the tag for pydantic.
 AnyStep = (
     NoneStep
@@ -179,6 +204,8 @@ AnyStep = (
     | NetStep
     | ApiStep
     | SupervisorStep
+    | HttpStep
+    | ExecStep
 )
 Step = Annotated[AnyStep, Field(discriminator="action")]
 
@@ -190,7 +217,7 @@ def step_model(step: Step) -> str | None:
             return step.target.model
         case OomStep() | EngineDeadStep() | FaultStep() | NetStep() | ApiStep():  # the model itself
             return step.target.model
-        case NoneStep() | SupervisorStep():
+        case NoneStep() | SupervisorStep() | HttpStep() | ExecStep():
             return None
         case _:
             assert_never(step)
@@ -203,7 +230,7 @@ def step_replica(step: Step) -> int | None:
             return step.target.replica
         case ApiStep():
             return step.target.replica
-        case NoneStep() | SupervisorStep():
+        case NoneStep() | SupervisorStep() | HttpStep() | ExecStep():
             return None
         case _:
             assert_never(step)
@@ -216,7 +243,7 @@ def step_end(step: Step) -> float:
             return step.at + (step.duration or 0.0)
         case NoneStep() | SignalStep() | KillStep() | OomStep() | EngineDeadStep() | FaultStep() | ApiStep():
             return step.at
-        case SupervisorStep():
-            return step.at  # restart_after is a pause inside the step, not an effect that lasts past it
+        case SupervisorStep() | HttpStep() | ExecStep():
+            return step.at  # restart_after and a command's run are inside the step, not effects that outlast it
         case _:
             assert_never(step)

@@ -30,6 +30,7 @@ import httpx
 
 from chaos.containers import RUN_ENV
 from chaos.docker_image import FAKE_VLLM_IMAGE
+from chaos.real_vllm import VllmServer
 from chaos.scenario import ContainerSettings, ModelSpec, Scenario
 from chaos.steps import NetStep
 
@@ -139,25 +140,32 @@ def plan_local(scenario: Scenario, workdir: Path, *, docker_image: str = FAKE_VL
     )
 
 
-def build_config(scenario: Scenario, plan: LocalPlan, seed: int) -> dict[str, Any]:
-    """The supervisor's config (JSON, docs/design/contract.md section 2) for the scenario's target."""
+def build_config(scenario: Scenario, plan: LocalPlan, seed: int, vllm: VllmServer | None = None) -> dict[str, Any]:
+    """The supervisor's config (JSON, docs/design/contract.md section 2) for the scenario's target: fake-vllm
+    servers, or real `vllm serve` ones with `vllm` (the scenario as chaos.real_vllm.for_real_vllm made it)."""
     assert scenario.target is not None
     models: dict[str, Any] = {}
     for index, (model, spec) in enumerate(scenario.target.models.items()):
         flags = [f.replace("{gpu_dir}", str(plan.gpu_dir)) for f in spec.fake_vllm]
         if "--seed" not in flags:
             flags += ["--seed", str((seed + index) % 2**31)]
-        entry: dict[str, Any] = {"command": fake_vllm_command()}
+
+        def serve(port: str, model: str = model, flags: list[str] = flags) -> list[str]:
+            if vllm is None:
+                return ["serve", model, "--port", port, *flags]
+            return vllm.args(port, scenario.real_vllm.args if scenario.real_vllm else [])
+
+        entry: dict[str, Any] = {"command": fake_vllm_command() if vllm is None else vllm.command}
         if model in plan.replicated:
             # The supervisor puts each replica's port where "{port}" stands, in the args and the base_url.
             host = PROXY_ALIAS if model in plan.proxied else "127.0.0.1"
-            entry["args"] = ["serve", model, "--port", "{port}", *flags]
+            entry["args"] = serve("{port}")
             entry["endpoints"] = {"base_url": f"http://{host}:{{port}}/v1"}
             entry["replicas"] = spec.replica_count
             entry["ports"] = list(plan.server_ports[model])
         else:
             port = plan.proxy_ports.get((model, 0), plan.server_ports[model][0])
-            entry["args"] = ["serve", model, "--port", str(plan.server_ports[model][0]), *flags]
+            entry["args"] = serve(str(plan.server_ports[model][0]))
             entry["endpoints"] = {"base_url": f"http://127.0.0.1:{port}/v1"}
         if spec.in_container:
             entry.update(_container_entry(model, spec, plan, flags))

@@ -23,8 +23,10 @@ from chaos.steps import (
     AnyStep,
     ApiStep,
     EngineDeadStep,
+    ExecStep,
     FaultStep,
     HangStep,
+    HttpStep,
     KillStep,
     NetStep,
     NoneStep,
@@ -49,6 +51,8 @@ STEP_EXAMPLES: dict[type[AnyStep], dict[str, Any]] = {
     NetStep: {"action": "net", "target": {"model": "m1"}, "toxic": "blackhole", "for": 1},
     ApiStep: {"action": "api", "target": {"model": "m1"}, "operation": "restart"},
     SupervisorStep: {"action": "supervisor"},
+    HttpStep: {"action": "http", "url": "{api}/health"},
+    ExecStep: {"action": "exec", "command": ["true"]},
 }
 
 # One valid expectation of each key of ExpectItem, as a scenario file writes it.
@@ -66,7 +70,9 @@ EXPECTATION_EXAMPLES: dict[str, object] = {
 }
 LOAD = {"model": "m1"}  # `requests` are judged on the scenario's load
 
-EVERYWHERE = Reach(processes=True, own_supervisor=True, proxied=frozenset({"m1"}), admin=frozenset({"m1"}))
+EVERYWHERE = Reach(
+    processes=True, own_supervisor=True, proxied=frozenset({"m1"}), admin=frozenset({"m1"}), local=True
+)
 REMOTE = Reach()  # the API only
 
 
