@@ -45,11 +45,15 @@ class Refused(ClientError):
 
 
 def _problems(response: httpx.Response) -> list[str]:
-    """Each problem the answer's `detail` names: FastAPI's 422 list of {loc, msg}, a list of sentences, or one."""
+    """Each problem the answer names: its `problems` list (a reload's 422), else its `detail`: FastAPI's 422 list
+    of {loc, msg}, a list of sentences, or one."""
     try:
-        detail = response.json().get("detail")
+        body = response.json()
+        detail, listed = body.get("detail"), body.get("problems")
     except (ValueError, AttributeError):
-        detail = None
+        detail = listed = None
+    if isinstance(listed, list) and listed:
+        return [str(p) for p in listed]
     if isinstance(detail, list):
         return [
             f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" if isinstance(d, dict) else str(d) for d in detail

@@ -144,18 +144,22 @@ def test_reload_prints_what_changed(capsys: pytest.CaptureFixture[str]) -> None:
     ]
 
 
+PROBLEMS = ["llmModels.qwen.restart_polcy: unknown key", "llmModels.llama.max_restarts: must be >= 0"]
+
+
 @pytest.mark.parametrize(
-    "detail",
+    "body",
     [
-        "llmModels.qwen.restart_polcy: unknown key\nllmModels.llama.max_restarts: must be >= 0",
-        ["llmModels.qwen.restart_polcy: unknown key", "llmModels.llama.max_restarts: must be >= 0"],
+        {"detail": "fleet.yaml: 2 problems:\n  " + "\n  ".join(PROBLEMS), "problems": PROBLEMS},
+        {"detail": "\n".join(PROBLEMS)},
+        {"detail": PROBLEMS},
     ],
 )
 def test_reload_of_a_bad_config_lists_every_problem_and_exits_2(
-    detail: str | list[str], capsys: pytest.CaptureFixture[str]
+    body: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A 422 from reload: exit 2, and stderr lists every problem the daemon named (lines or a list)."""
-    with serve_in_thread(_ops_app(422, {"detail": detail})) as base:
+    """A 422 from reload: exit 2, and stderr lists every problem (the daemon's `problems`, or its detail's)."""
+    with serve_in_thread(_ops_app(422, body)) as base:
         assert cli.main(["reload", "--url", base]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
