@@ -27,7 +27,7 @@ def _listener(port: int, env: dict[str, str] | None = None) -> subprocess.Popen[
         f"s.bind(('127.0.0.1', {port})); s.listen(); print('listening', flush=True)\n"
         "time.sleep(120)\n"
     )
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, env={**os.environ, **(env or {})}, start_new_session=True
     )
     assert proc.stdout is not None

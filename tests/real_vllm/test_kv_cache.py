@@ -92,3 +92,42 @@ async def test_on_cpus_the_kv_failure_is_no_cuda_oom_and_names_the_cpu_knob(too_
     assert ESTIMATE in status.failure_advice
     assert status.has_cuda_oom is False
     assert "VLLM_CPU_KVCACHE_SPACE" in status.failure_advice
+
+
+@pytest.mark.timeout(900)
+async def test_with_adapt_the_next_run_serves_with_vllms_estimate(
+    tiny_model: Path, tag: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """adapt: true: the run that cannot fit its --max-model-len is followed by one with vLLM's estimate, which
+    comes up healthy, marked by an `adapted` event and listed in adaptations and effective_args."""
+    entry = vllm_model(
+        tiny_model,
+        tag,
+        max_model_len="10000000",
+        env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
+        adapt=True,
+        max_restarts=1,
+        startup_timeout=400,
+    )
+    async with supervised(tmp_path_factory.mktemp("kv-adapt"), {MODEL: entry}, tag) as running:
+        fleet = running.fleet
+
+        def settled() -> bool:
+            return fleet.status(MODEL).state in (State.HEALTHY, State.FAILED, State.STOPPED)
+
+        await wait_until(settled, 840, "the adapted run to serve")
+        status, events = fleet.status(MODEL), fleet.events(MODEL)
+    report(
+        "kv-cache-adapted",
+        f"state={status.state} restart_count={status.restart_count}\n"
+        f"adaptations={status.adaptations}\neffective_args={status.effective_args}\n"
+        f"events:\n{show_events(events)}",
+    )
+    assert status.state is State.HEALTHY, show_events(events)
+    adapted = of_kind(events, EventKind.ADAPTED)
+    assert [e.detail for e in adapted] == [f"max_model_len 10000000 -> {ESTIMATE} (vLLM's estimate)"]
+    assert [(c.flag, c.after) for c in status.adaptations] == [("--max-model-len", ESTIMATE)]
+    assert status.effective_args is not None
+    assert status.effective_args[status.effective_args.index("--max-model-len") + 1] == ESTIMATE
+    assert status.restart_count == 0  # an adapted restart spends no budget
+    assert [e.reason for e in of_kind(events, EventKind.EXITED)] == [Cause.OOM.value]
