@@ -1,9 +1,9 @@
 """`llm-supervisor monitor`: a live full-screen view of the daemon, like `pm2 monit`.
 
 On a terminal it redraws with rich's `Live` every `--interval` seconds and reads keys in cbreak mode between
-refreshes (`q` quits); the terminal is restored on every way out, Ctrl-C included. When stdout is not a terminal
-it prints plain snapshots (one by default, `--count N` for more; `--json` for the data) and exits, so it can
-be piped or logged.
+refreshes (`q` quits); the terminal is restored on every way out, Ctrl-C included. When stdout is not a terminal,
+or with `--count N` or `--json`, it prints plain snapshots (one by default, N with `--count`; their data with
+`--json`) and exits, so it can be piped or logged.
 
 Data: `/api/llm/models` (state, restarts, uptime, pid, replicas), each model's `/events` (the latest events,
 fetched incrementally by seq), `/api/diagnostics` (host figures, `models[].memory.{rss,gpu}`) and `/metrics`
@@ -148,6 +148,6 @@ def _plain(source: Source, args: argparse.Namespace, sleep: Callable[[float], No
 
 def monitor(args: argparse.Namespace, client: SupervisorClient, sleep: Callable[[float], None] = time.sleep) -> int:
     source = Source(client, events=args.events)
-    if sys.stdout.isatty() and sys.stdin.isatty() and args.count is None:
+    if sys.stdout.isatty() and sys.stdin.isatty() and args.count is None and not args.json:
         return _live(source, args.interval)
     return _plain(source, args, sleep)

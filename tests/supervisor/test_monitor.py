@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ from api_helpers import serve_in_thread
 from fastapi import FastAPI, HTTPException, Response
 from rich.console import Console
 
+from supervisor.cli import main as cli
 from supervisor.cli.client import SupervisorClient
 from supervisor.cli.monitor import Source
 from supervisor.cli.monitor_view import Snapshot, cpu_percent, cpu_seconds, render, render_text, size
@@ -216,3 +218,18 @@ def test_source_against_an_older_daemon_leaves_dashes(stand_in: StandIn, client:
     snapshot = Source(client).snapshot()
     assert (snapshot.memory, snapshot.host, snapshot.cpu, snapshot.error) == (None, None, None, None)
     assert _table_lines(render_text(snapshot))[1][5:8] == ["-", "-", "-"]
+
+
+def test_plain_monitor_prints_count_snapshots_with_a_cpu_rate_from_the_second(
+    stand_in: StandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Off a terminal, `--count 2` prints two snapshots; only the second knows a CPU rate. `--json` gives data."""
+    with serve_in_thread(stand_in.app()) as base:
+        assert cli.main(["monitor", "--url", base, "--count", "2", "--interval", "0.05"]) == 0
+        first, second = capsys.readouterr().out.split("\n\nllm-supervisor monitor")
+        assert _table_lines(first)[1][:6] == ["qwen", "healthy", "4242", "0", "2m05s", "-"]
+        assert _table_lines(second)[1][:6] == ["qwen", "healthy", "4242", "0", "2m05s", "0%"]
+        assert cli.main(["monitor", "--url", base, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [m["id"] for m in data["models"]] == ["qwen", "llama"]
+    assert data["memory"] == {"qwen": {"rss": 2**20, "gpu": None}}
