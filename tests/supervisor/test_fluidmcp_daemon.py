@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,8 @@ RECENT = "fluidmcp_server_uptime_seconds < 60"
 # docs/fluidmcp.md's cron test: anything but a literal `true` (false, null, no answer at all) is a failure.
 # (`curl | jq -e` is not enough: jq 1.6 exits 0 on empty input, so a dead supervisor would pass.)
 CRON = '[ "$(curl -sf -H "Authorization: Bearer $FMCP_BEARER_TOKEN" "$URL/llm/models/vllm" | jq .is_healthy)" = true ]'
+# docs/fluidmcp.md's other cron test: our own client (exit 0 healthy, 1 not, 3 supervisor unreachable).
+CHECK = "llm-supervisor check vllm --url $URL --token-env FMCP_BEARER_TOKEN >/dev/null"
 SEED_CRON = 'curl -sf -H "Authorization: Bearer $FMCP_BEARER_TOKEN" "$URL/llm/models/vllm" | jq .is_healthy'
 
 
@@ -57,7 +60,8 @@ def _wait(url: str, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
 
 def _sh(line: str, url: str) -> subprocess.CompletedProcess[str]:
     """Run a documented shell line as cron would (/bin/sh, real curl and jq)."""
-    env = {**os.environ, "URL": url, "FMCP_BEARER_TOKEN": TOKEN}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # where llm-supervisor is installed
+    env = {**os.environ, "URL": url, "FMCP_BEARER_TOKEN": TOKEN, "PATH": path}
     return subprocess.run(["sh", "-c", line], capture_output=True, text=True, env=env, timeout=WAIT, check=False)
 
 
@@ -86,6 +90,7 @@ def test_fluidmcp_commands_and_alerts_work_unchanged(tmp_path: Path, monkeypatch
             done = _sh(line, d.url)
             assert (done.returncode, done.stdout.strip()) == (0, expected), (line, done.stderr)
         assert _sh(CRON, d.url).returncode == 0
+        assert _sh(CHECK, d.url).returncode == 0
 
         healthy = _fluidmcp_scrape(d.url)
         os.kill(first["pid"], signal.SIGKILL)  # a real crash: the policy restarts it
@@ -104,10 +109,12 @@ def test_fluidmcp_commands_and_alerts_work_unchanged(tmp_path: Path, monkeypatch
         assert model_processes(model) == []
         assert fires(DOWN, [recovered, _fluidmcp_scrape(d.url)])
         assert _sh(CRON, d.url).returncode != 0  # ours alerts ...
+        assert _sh(CHECK, d.url).returncode == 1
         seed = _sh(SEED_CRON, d.url)
         assert (seed.returncode, seed.stdout.strip()) == (0, "false")  # ... FluidMCP's line never could
         url = d.url
     assert _sh(CRON, url).returncode != 0  # and nor does a supervisor that is gone go unnoticed
+    assert _sh(CHECK, url).returncode == 3
 
 
 def test_secure_mode_without_a_token_refuses_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
