@@ -20,7 +20,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from supervisor.api.app import create_app
 from supervisor.core.states import Cause, EventKind, State
-from supervisor.core.views import ReplicaStatus
+from supervisor.core.views import ArgChange, ReplicaStatus
 from supervisor.store import logs
 
 CHROMIUM = "/usr/bin/chromium"
@@ -246,3 +246,15 @@ def test_buttons_follow_the_state_and_pid_and_desired_are_shown(browser: WebDriv
         _click(browser, 'tr[data-model="parked"] button[data-action="start"]')
         _wait_text(browser, "#message", "start of 'parked' begun")
         assert sup.calls == [("start", "parked")]
+
+
+def test_page_shows_smart_recoverys_changes(browser: WebDriver, tmp_path: Path) -> None:
+    """A model whose args smart recovery changed shows each change (flag, before, after, reason) in its row."""
+    sup = FakeSupervisor(["qwen"], tmp_path / "logs")
+    change = ArgChange("--max-model-len", "131072", "21440", "vLLM's estimate", 1_700_000_000.0)
+    sup.set_status("qwen", State.HEALTHY, adaptations=(change,))
+    with serve_in_thread(create_app(sup, token=None)) as url:
+        browser.get(url + "/")
+        _wait_text(
+            browser, 'tr[data-model="qwen"] .adapted', "adapted --max-model-len 131072 → 21440 (vLLM's estimate)"
+        )

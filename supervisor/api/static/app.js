@@ -111,6 +111,10 @@ function modelRow(model) {
   const health = model.is_healthy ? "ok" : (model.health_message || "-");
   const failure = el("td", model.failure_cause || "-", "cause");
   if (model.failure_advice) failure.append(el("div", model.failure_advice, "advice"));
+  // Smart recovery's changes to the configured args (adapt: true); an operator's start puts them back.
+  for (const change of model.adaptations || []) {
+    failure.append(el("div", `adapted ${change.flag} ${change.from ?? "default"} → ${change.to} (${change.reason})`, "adapted"));
+  }
   row.append(
     el("td", model.id, "id"),
     stateCell,
