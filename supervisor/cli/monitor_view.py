@@ -156,11 +156,11 @@ def render(snapshot: Snapshot) -> RenderableType:
     head = Text(title(snapshot), style="bold")
     if snapshot.error:
         return Group(head, Text(f"error: {snapshot.error}", style="bold red"), Text("q quits", style="dim"))
-    models = Table(*HEADERS, expand=True, box=None, header_style="bold")
+    models = Table(*HEADERS, box=None, header_style="bold", pad_edge=False)
     for row in model_rows(snapshot):
         state = Text(row[1], style=STATE_STYLE.get(row[1].split()[0], ""))
         models.add_row(row[0], state, *row[2:])
-    events = Table("MODEL", "SEQ", "TIME", "KIND", "STATE", "DETAIL", box=None, header_style="bold", expand=True)
+    events = Table("MODEL", "SEQ", "TIME", "KIND", "STATE", "DETAIL", box=None, header_style="bold", pad_edge=False)
     for e in snapshot.events:
         events.add_row(
             str(e["model_id"]),
@@ -172,5 +172,14 @@ def render(snapshot: Snapshot) -> RenderableType:
         )
     notes = [Text(n, style="yellow") for n in snapshot.notes]
     return Group(
-        head, Text(host_line(snapshot)), *notes, Text(""), models, Text(""), events, Text("q quits", style="dim")
+        head,
+        Text(host_line(snapshot)),
+        *notes,
+        Text(""),
+        models,
+        Text(""),
+        Text("EVENTS" if snapshot.events else "EVENTS: none yet", style="bold"),
+        events,
+        Text(""),
+        Text("q quits", style="dim"),
     )
