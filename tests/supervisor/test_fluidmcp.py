@@ -98,6 +98,13 @@ def test_token_env_wins_over_fmcp_bearer_token(fmcp_env: pytest.MonkeyPatch) -> 
     assert api_token("LLM_SUPERVISOR_TOKEN") == "ours"
 
 
+@pytest.mark.parametrize("switch", ["1", "YES", "on", "True"])
+def test_secure_mode_reads_the_usual_true_words(fmcp_env: pytest.MonkeyPatch, switch: str) -> None:
+    """FMCP_SECURE_MODE accepts true, 1, yes and on in any case, as docs/fluidmcp.md says."""
+    fmcp_env.setenv("FMCP_SECURE_MODE", switch)
+    assert api_token("LLM_SUPERVISOR_TOKEN") == TOKEN
+
+
 def test_without_secure_mode_fmcp_bearer_token_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     """FMCP_BEARER_TOKEN alone (secure mode off, as in FluidMCP) leaves the API as token_env says."""
     monkeypatch.delenv("LLM_SUPERVISOR_TOKEN", raising=False)

@@ -135,3 +135,21 @@ def test_secure_mode_without_a_token_refuses_to_start(tmp_path: Path, monkeypatc
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
     assert model_processes(model) == []
+
+
+def test_secure_mode_alone_does_not_open_a_public_bind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With FluidMCP's variables only, run still refuses --host 0.0.0.0 (docs/fluidmcp.md: name the token_env)."""
+    model = fake_model()
+    env = {**os.environ, **_fmcp_env(monkeypatch)}
+    env.pop("LLM_SUPERVISOR_TOKEN", None)
+    done = subprocess.run(
+        [*CLI, "run", "-c", str(_config(tmp_path, model)), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=WAIT,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "refusing to listen on 0.0.0.0 without a token" in done.stderr
+    assert model_processes(model) == []
