@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import signal
 import socket
@@ -241,3 +242,26 @@ def test_non_positive_intervals_are_usage_errors(
     """An interval of 0 would spin: exit 2 naming the option, nothing sent."""
     assert cli.main([*argv, "--url", "http://127.0.0.1:9"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_check_json_says_healthy_and_keeps_the_exit_code(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`check --json` prints the verdict and the judged models' statuses; the exit code is the same as without."""
+    assert cli.main(["check", "--json", "--url", url]) == 1
+    body = json.loads(capsys.readouterr().out)
+    assert body["healthy"] is False
+    assert [m["id"] for m in body["models"]] == ["qwen", "llama"]
+    assert cli.main(["check", "qwen", "--json", "--url", url]) == 0
+    assert json.loads(capsys.readouterr().out)["healthy"] is True
+
+
+def test_recover_with_nothing_to_do_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """A heal pass that took no action prints `nothing to heal` and exits 0."""
+    app = FastAPI()
+
+    @app.post("/api/heal")
+    async def heal() -> dict[str, Any]:
+        return {"actions": []}
+
+    with serve_in_thread(app) as base:
+        assert cli.main(["recover", "--url", base]) == 0
+    assert capsys.readouterr().out == "nothing to heal\n"
