@@ -67,8 +67,9 @@ def env_name(value: object) -> object:
 def byte_size(value: object) -> object:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    match = re.fullmatch(r"(\d+)\s*([bkmgt]?)b?", value.strip().lower()) if isinstance(value, str) else None
-    if match is None or int(match[1]) == 0:
+    # Binary units however written: "8g", "8G", "8GB" and "8GiB" are all 8 * 2**30 bytes.
+    match = re.fullmatch(r"(\d+)\s*([bkmgt]?)(ib|b)?", value.strip().lower()) if isinstance(value, str) else None
+    if match is None or int(match[1]) == 0 or (match[2], match[3]) == ("", "ib"):
         raise ValueError(f'must be a size like "8g" or "512m", or a number of bytes (got {show(value)})')
     return int(match[1]) * 1024 ** "bkmgt".index(match[2] or "b")
 

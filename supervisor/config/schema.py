@@ -163,6 +163,10 @@ class ModelConfig(Section):
     fallback: NonEmpty | None = None  # a model id that serves this model's requests while it has no ready replica
     progress_timeout: Annotated[Seconds, Field(gt=0)] | None = None
     inference_probe: InferenceProbe | None = None
+    # Memory limits (like PM2's max_memory_restart, over the whole process tree); over one: restart, memory_limit.
+    max_memory: ByteSize | None = None  # resident memory summed over the run's processes
+    max_gpu_memory: ByteSize | None = None  # GPU memory of the run's processes, through NVML
+    memory_check_interval: Annotated[Seconds, Field(gt=0)] = 5.0
     # Smart recovery (docs/recovery.md): after a failure vLLM explains, the next run gets arguments that fit.
     adapt: Annotated[bool, Field(strict=True)] = False
     adapt_min_max_model_len: Annotated[Count, Field(ge=1)] = 1024

@@ -28,5 +28,8 @@ def machine_settings(cfg: ModelConfig) -> Settings:
         health_failure_threshold=cfg.health_failure_threshold,
         stop_timeout=cfg.stop_timeout,
         startup_stop_timeout=cfg.startup_stop_timeout,
+        max_memory=cfg.max_memory,
+        max_gpu_memory=cfg.max_gpu_memory,
+        memory_check_interval=cfg.memory_check_interval,
         adapt=Floors(cfg.adapt_min_max_model_len, cfg.adapt_min_gpu_memory_utilization) if cfg.adapt else None,
     )

@@ -11,6 +11,7 @@ States and the edges between them (each edge is named where it happens below):
     starting/healthy/unhealthy --exit--> backoff | failed | stopped
     starting --startup timeout--> stopping ; unhealthy --(policy restarts)--> stopping
     healthy/unhealthy --stalled (requests made no progress)--> unhealthy --(policy restarts)--> stopping
+    starting/healthy/unhealthy --over max_memory or max_gpu_memory--> stopping (cause memory_limit)
     stopping --group gone--> stopped | starting (restart) | backoff | failed
     backoff --delay passed and old group gone--> starting
 
@@ -34,6 +35,7 @@ from supervisor.core.machine_types import (
     GroupGone,
     IllegalEvent,
     Kill,
+    MemorySampled,
     Probe,
     ProbeDone,
     Record,
@@ -58,6 +60,7 @@ from supervisor.core.steps import (
     explained,
     fresh_budget,
     kill_actions,
+    memory_step,
     retry_step,
     spawn_step,
     stalled_step,
@@ -82,6 +85,8 @@ class Machine:
                 return diagnosed_step(snap, event)
             case Stalled():
                 return stalled_step(self.settings, snap, event, now)
+            case MemorySampled():
+                return memory_step(self.settings, snap, event, now)
             case Spawned():
                 return self._spawned(snap, event, now)
             case SpawnFailed():

@@ -53,6 +53,9 @@ class Settings:
     health_failure_threshold: int
     stop_timeout: float
     startup_stop_timeout: float = 5.0  # the stop_timeout of a run still loading
+    max_memory: int | None = None  # bytes of resident memory over the run's processes; None: no limit
+    max_gpu_memory: int | None = None  # bytes of GPU memory held by the run's processes; None: no limit
+    memory_check_interval: float = 5.0  # how often the loop samples a run's memory when it has a limit
     adapt: Floors | None = None  # smart recovery's floors when `adapt` is on (docs/recovery.md); None: off
 
 
@@ -173,6 +176,15 @@ class Stalled:
 
 
 @dataclass(frozen=True, slots=True)
+class MemorySampled:
+    """What the run's processes held when the loop last looked (only for a model with a memory limit)."""
+
+    run: int
+    rss: int  # bytes of resident memory, summed over the run's processes
+    gpu: int | None  # bytes of GPU memory they hold; None where NVML could not say
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time has passed; deadlines that are due now fire."""
 
@@ -190,6 +202,7 @@ Event = (
     | ProbeDone
     | Diagnosed
     | Stalled
+    | MemorySampled
     | Tick
 )
 

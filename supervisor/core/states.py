@@ -27,6 +27,7 @@ class Cause(StrEnum):
     ENGINE_DEAD = "engine_dead"
     STARTUP_TIMEOUT = "startup_timeout"
     STALLED = "stalled"  # requests made no progress while /health may still have said 200
+    MEMORY_LIMIT = "memory_limit"  # the run's processes held more than max_memory or max_gpu_memory
     COMMAND_NOT_FOUND = "command_not_found"  # the configured command is not on PATH (or no such file)
 
 
@@ -47,6 +48,7 @@ class EventKind(StrEnum):
     START_REQUESTED = "start_requested"
     STOP_REQUESTED = "stop_requested"
     RESTART_REQUESTED = "restart_requested"
+    MEMORY_LIMIT = "memory_limit"  # the run went over max_memory or max_gpu_memory
     ADAPTED = "adapted"  # smart recovery changed an argument of the next run (docs/recovery.md)
 
 

@@ -8,10 +8,12 @@ from dataclasses import replace
 
 from supervisor.core.machine_types import (
     FREE_RETRY_LIMIT,
+    LIVE,
     Action,
     Desired,
     Diagnosed,
     Kill,
+    MemorySampled,
     Record,
     Settings,
     Snapshot,
@@ -154,3 +156,26 @@ def diagnosed_step(snap: Snapshot, event: Diagnosed) -> Step:
     snap = replace(snap, run_cause=event.cause, has_cuda_oom=snap.has_cuda_oom or event.has_cuda_oom)
     kind = EventKind.OOM_DETECTED if newly_oom else EventKind.DIAGNOSED
     return Step(snap, (Record(kind, snap.state, event.finding, event.cause.value),))
+
+
+def memory_step(settings: Settings, snap: Snapshot, event: MemorySampled, now: float) -> Step:
+    """A memory sample of the live run: over max_memory or max_gpu_memory, the run is torn down as a failure
+    with cause memory_limit (restarted per policy and budget, like PM2's max_memory_restart); else nothing."""
+    if event.run != snap.run or not snap.live or snap.state not in LIVE:
+        return Step(snap)  # a sample of a run that has ended, or one already being stopped
+    over = []
+    if settings.max_memory is not None and event.rss > settings.max_memory:
+        over.append(f"resident memory {mib(event.rss)} over max_memory {mib(settings.max_memory)}")
+    if settings.max_gpu_memory is not None and event.gpu is not None and event.gpu > settings.max_gpu_memory:
+        over.append(f"GPU memory {mib(event.gpu)} over max_gpu_memory {mib(settings.max_gpu_memory)}")
+    if not over:
+        return Step(snap)
+    # edge: starting/healthy/unhealthy -> stopping; the limit, not the output, is why this run ends
+    snap = replace(snap, failure_cause=Cause.MEMORY_LIMIT)
+    record = Record(EventKind.MEMORY_LIMIT, snap.state, "; ".join(over), Cause.MEMORY_LIMIT.value)
+    return teardown_step(settings, snap, now, Teardown.FAILURE, first=(record,))
+
+
+def mib(size: int) -> str:
+    """A byte count as operators read it in a timeline entry."""
+    return f"{size / (1 << 20):.1f} MiB"

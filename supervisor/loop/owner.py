@@ -43,6 +43,7 @@ from supervisor.core.machine_types import (
 )
 from supervisor.core.states import Cause, State
 from supervisor.loop.adapter import Adapter, ExitPlan
+from supervisor.loop.memory_watch import has_memory_limit, watch_memory
 from supervisor.probe import ProbeResult
 from supervisor.runtime.base import Run, Runtime, SpawnError, Stream
 from supervisor.runtime.gpu import Nvml
@@ -247,6 +248,10 @@ class ModelOwner:
         log.debug("%s: spawned run %d in %.1f ms", self.model_id, number, (time.perf_counter() - started) * 1e3)
         self.run = RunView(number, handle, diagnosis)
         self._start_helper(self._watch(number, handle))
+        if has_memory_limit(self.machine.settings):
+            run = self.run  # the watch ends once this run is no longer the live one
+            live = lambda: self.run is run and self.snapshot.live  # noqa: E731
+            self._start_helper(watch_memory(self.post, live, number, handle.pid, self.machine.settings, self._clock))
         return Spawned(number, handle.pid)
 
     async def _watch(self, number: int, handle: Run) -> None:

@@ -12,6 +12,7 @@ from supervisor.core.states import RuntimeKind
 from supervisor.runtime.base import Runtime
 from supervisor.runtime.process import ProcessRuntime
 from supervisor.runtime.process_group import run_marker, stop_leftover
+from supervisor.runtime.usage import INSTANCE_ENV
 from supervisor.store.base import RunRecord
 
 
@@ -27,7 +28,10 @@ class Backend(Protocol):
 class ProcessBackend:
     def build(self, unit: str, cfg: ModelConfig, instance: str) -> Runtime:
         return ProcessRuntime(
-            argv=[cfg.command, *cfg.args], env=dict(cfg.env), cwd=None if cfg.cwd is None else str(cfg.cwd)
+            argv=[cfg.command, *cfg.args],
+            # The instance mark lets heal tell this supervisor's leftover processes from another's.
+            env={**cfg.env, INSTANCE_ENV: instance},
+            cwd=None if cfg.cwd is None else str(cfg.cwd),
         )
 
     async def stop_leftover(self, unit: str, recorded: RunRecord | None, stop_timeout: float, instance: str) -> bool:

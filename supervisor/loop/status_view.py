@@ -31,6 +31,10 @@ GENERIC_ADVICE: dict[Cause, str] = {
         "progress_timeout if long prompts legitimately take longer before their first token."
     ),
     Cause.ENGINE_DEAD: "vLLM's engine died; the logs before this point show why (often OOM or a worker crash).",
+    Cause.MEMORY_LIMIT: (
+        "The run's processes held more memory than max_memory (resident) or max_gpu_memory allows, so the run "
+        "was stopped; if it grows steadily it leaks, otherwise raise the limit (the timeline entry gives the figures)."
+    ),
 }
 
 CONTAINER_OOM_ADVICE = (

@@ -70,6 +70,9 @@ DEFAULTS: list[tuple[str, object]] = [
     ("fallback", None),
     ("progress_timeout", None),
     ("inference_probe", None),
+    ("max_memory", None),
+    ("max_gpu_memory", None),
+    ("memory_check_interval", 5.0),
     ("adapt", False),
     ("adapt_min_max_model_len", 1024),
     ("adapt_min_gpu_memory_utilization", 0.5),
@@ -115,6 +118,9 @@ KEYS = [
     ("stop_timeout", 0, 0.0),
     ("shutdown_timeout", 12, None),  # the alias lands on stop_timeout, checked below
     ("success_exit_codes", [0, 143], (0, 143)),
+    ("max_memory", "8G", 8 << 30),
+    ("max_gpu_memory", "40GiB", 40 << 30),
+    ("memory_check_interval", 2.5, 2.5),
     ("adapt", True, True),
     ("adapt_min_max_model_len", 4096, 4096),
     ("adapt_min_gpu_memory_utilization", 0.7, 0.7),
@@ -317,6 +323,15 @@ def test_fluidmcp_sections_are_accepted_and_ignored(section: str) -> None:
 # --- bad values: each names its path and says what is wrong ------------------------------------------------
 
 BAD_MODEL_VALUES = [
+    (
+        {"max_memory": "8 gigs"},
+        'llmModels.m.max_memory: must be a size like "8g" or "512m", or a number of bytes (got \'8 gigs\')',
+    ),
+    (
+        {"max_gpu_memory": 0},
+        'llmModels.m.max_gpu_memory: must be a size like "8g" or "512m", or a number of bytes (got 0)',
+    ),
+    ({"memory_check_interval": 0}, "llmModels.m.memory_check_interval: must be > 0 (got 0)"),
     ({"restart_polcy": "always"}, "llmModels.m.restart_polcy: unknown key (did you mean restart_policy?)"),
     ({"zzz": 1}, "llmModels.m.zzz: unknown key"),
     ({"backoff_multiplier": 0.5}, "llmModels.m.backoff_multiplier: must be >= 1 (got 0.5)"),
