@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def test_systemd_unit_stops_models_through_the_supervisor() -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
     """`systemd-analyze verify` has nothing to say (it warns, exit 0, on unknown keys: any output is a failure)."""
-    here = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "llm-supervisor"
+    here = Path(sys.executable).with_name("llm-supervisor")  # this environment's, installed with the project
     copy = tmp_path / UNIT.name
     copy.write_text(UNIT.read_text().replace(INSTALLED, str(here)))  # verify wants the binary to exist
     done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False)
