@@ -116,9 +116,9 @@ def retry_step(settings: Settings, snap: Snapshot, now: float, cause: Cause, *, 
         teardown=None,
     )
     # edge: -> backoff (delay 0, uncounted) until the old group is gone, then -> starting
-    exited = Record(EventKind.EXITED, State.BACKOFF, detail, cause.value)
+    exited = Record(EventKind.EXITED, State.BACKOFF, f"{detail}; restarting at once: {why}", cause.value)
     snap = replace(snap, state=State.BACKOFF, restart_at=now, restart_reason=cause.value)
-    return Step(snap, (exited, Kill(snap.run), Record(EventKind.BACKOFF, State.BACKOFF, f"0 ({why})", cause.value)))
+    return Step(snap, (exited, Kill(snap.run), Record(EventKind.BACKOFF, State.BACKOFF, "0", cause.value)))
 
 
 def explained(snap: Snapshot, symptom: Cause) -> Cause:

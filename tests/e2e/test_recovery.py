@@ -108,7 +108,10 @@ async def test_own_leftover_on_the_port_is_stopped_and_the_start_retried(supervi
         assert holder.wait(timeout=10) is not None
         assert status.restart_count == 0
         assert [e.reason for e in kinds(events, EventKind.EXITED)] == [Cause.PORT_IN_USE.value]
-        assert "stopped our leftover holding the port" in (kinds(events, EventKind.BACKOFF)[0].detail or "")
+        assert "restarting at once: stopped our leftover holding the port" in (
+            kinds(events, EventKind.EXITED)[0].detail or ""
+        )
+        assert kinds(events, EventKind.BACKOFF)[0].detail == "0"
     finally:
         if holder.poll() is None:
             holder.kill()
