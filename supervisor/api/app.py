@@ -22,6 +22,7 @@ from supervisor.api.auth import BearerAuth, api_token, secure_mode
 from supervisor.api.facade import SupervisorFacade
 from supervisor.api.metrics import CONTENT_TYPE_LATEST, Metrics
 from supervisor.api.ratelimit import ActionRateLimiter
+from supervisor.api.routes_health import health_router
 from supervisor.api.routes_ops import ops_router
 from supervisor.api.schemas import (
     ActionResponse,
@@ -92,6 +93,8 @@ def create_app(
     app.include_router(api, prefix="/llm", include_in_schema=False)
 
     app.include_router(ops_router(supervisor), dependencies=[Depends(auth)])  # POST /api/reload
+
+    app.include_router(health_router(supervisor), dependencies=[Depends(auth)])  # /api/status, diagnostics, heal
 
     @app.get(
         "/metrics",

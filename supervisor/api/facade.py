@@ -7,11 +7,13 @@ and never move a counter (docs/design/defects.md #6). Actions go to the model's 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 from supervisor.config.reload_plan import ReloadPlan
 from supervisor.core.views import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
+from supervisor.loop.model import SupervisedModel
 from supervisor.loop.observer import Observer
 
 
@@ -54,5 +56,19 @@ class SupervisorFacade(Protocol):
         ...
 
     def log_dir(self) -> Path: ...
+
+    def models(self) -> Mapping[str, SupervisedModel]:
+        """Every supervised model by id, with its replicas' owners (diagnostics and heal read them)."""
+        ...
+
+    @property
+    def instance(self) -> str:
+        """This supervisor's name; every process of its runs carries it (LLM_SUPERVISOR_INSTANCE)."""
+        ...
+
+    @property
+    def closing(self) -> bool:
+        """The supervisor is shutting down: nothing may start a run any more."""
+        ...
 
     def add_observer(self, observer: Observer) -> None: ...

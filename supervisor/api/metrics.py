@@ -19,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from supervisor.api.facade import SupervisorFacade
+from supervisor.api.metrics_usage import UsageCollector
 from supervisor.core.states import Cause, EventKind, State
 from supervisor.core.views import TimelineEvent
 
@@ -105,6 +106,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.registry.register(_StatusGauges(supervisor))
         self.registry.register(_FluidMcpGauges(supervisor))
+        self.registry.register(UsageCollector(supervisor))  # memory and CPU per model
         self._restarts = Counter(
             f"{PREFIX}_restarts",
             "Runs spawned to replace an earlier one, by reason (manual or the failure cause)",

@@ -122,3 +122,110 @@ class EventOut(_FromAttributes):
         default=None, description="spawned: why (manual or a failure cause); exited: the failure cause"
     )
     replica: int = Field(default=0, description="The replica the event is about (0 for a model of one replica)")
+
+
+# --- GET /api/status, GET /api/diagnostics, POST /api/heal (supervisor.api.routes_health) -------------------
+
+
+class ModelCountsOut(BaseModel):
+    total: int
+    healthy: int
+    unhealthy: int
+    starting: int
+    backoff: int
+    stopping: int
+    stopped: int
+    failed: int
+
+
+class RecoveriesOut(BaseModel):
+    attempted: int = Field(description="Runs spawned after a failed run of the same replica (policy, heal or operator)")
+    succeeded: int = Field(description="Attempts whose replica became healthy before it failed again")
+    success_rate: float | None = Field(description="succeeded / attempted; null before the first attempt")
+
+
+class SupervisorStatusOut(BaseModel):
+    version: str
+    uptime_seconds: float = Field(description="Seconds since the supervisor process started")
+    models: ModelCountsOut = Field(description="How many models are in each state")
+    restarts_total: int = Field(description="Runs spawned to replace an earlier one, in the whole timeline")
+    recoveries: RecoveriesOut
+
+
+class HostMemoryOut(BaseModel):
+    total: int = Field(description="Bytes")
+    available: int = Field(description="Bytes Linux calls available (MemAvailable), not total - free")
+
+
+class DiskOut(BaseModel):
+    path: str = Field(description="The supervisor's state directory")
+    free: int | None = Field(description="Bytes free there; null when it cannot be read")
+
+
+class HostOut(BaseModel):
+    cpu_percent: float
+    load_average: list[float] = Field(description="1, 5 and 15 minutes")
+    memory: HostMemoryOut
+    disk: DiskOut
+
+
+class GpuProcessOut(BaseModel):
+    pid: int
+    used_memory: int | None = Field(description="Bytes; null where the driver does not say")
+    owner: str = Field(description="The model (model/replica for one of several replicas) it belongs to, or foreign")
+
+
+class GpuOut(BaseModel):
+    index: int
+    name: str
+    memory_total: int
+    memory_used: int
+    processes: list[GpuProcessOut]
+
+
+class FindingOut(_FromAttributes):
+    finding: str = Field(examples=["cuda_oom"])
+    cause: Cause
+    advice: str
+    replica: int
+
+
+class ModelMemoryOut(BaseModel):
+    rss: int = Field(description="Bytes of resident memory, summed over the processes of the model's runs")
+    gpu: int | None = Field(description="Bytes of GPU memory those processes hold; null without NVML")
+
+
+class ModelDiagnosticsOut(BaseModel):
+    id: str
+    state: State
+    failure_cause: Cause | None
+    failure_advice: str | None
+    findings: list[FindingOut] = Field(description="What the current (or last) run's output showed")
+    memory: ModelMemoryOut
+
+
+class LeftoverOut(BaseModel):
+    pid: int
+    model: str
+    replica: int
+    run: int = Field(description="The run it was started for, which is over")
+    name: str
+    rss: int
+
+
+class DiagnosticsOut(BaseModel):
+    host: HostOut
+    gpus: list[GpuOut]
+    gpu_error: str | None = Field(description="Why there are no GPU figures (no package, driver or GPU)")
+    models: list[ModelDiagnosticsOut]
+    leftovers: list[LeftoverOut] = Field(description="Processes of this supervisor's runs that are over")
+
+
+class HealActionOut(_FromAttributes):
+    model: str = Field(description="The model (model/replica), or 'pid N' for a leftover process")
+    action: str = Field(description="started, stopped_leftover, or none (left alone; reason says why)")
+    reason: str
+
+
+class HealOut(BaseModel):
+    actions: list[HealActionOut]

@@ -225,6 +225,11 @@ class Fleet(Reloading):
     def log_dir(self) -> Path:
         return self.config.supervisor.state_dir / "logs"
 
+    @property
+    def closing(self) -> bool:
+        """Shutting down: no action may start a run any more."""
+        return self._closing
+
     def add_observer(self, observer: Observer) -> None:
         self.recorder.add_observer(observer)
 

@@ -7,12 +7,14 @@ KeyError subclass, actions answer with accepted/message/status, observers see ev
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from supervisor.config.reload_plan import ReloadPlan
 from supervisor.core.states import Cause, EventKind, State
 from supervisor.core.views import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
+from supervisor.loop.model import SupervisedModel
 from supervisor.loop.observer import Observer
 
 
@@ -92,6 +94,12 @@ class FakeSupervisor:
 
     def log_dir(self) -> Path:
         return self._log_dir
+
+    def models(self) -> Mapping[str, SupervisedModel]:
+        return {}  # no real replicas: diagnostics and heal find nothing to measure or start
+
+    instance = "fake"
+    closing = False
 
     async def reload(self) -> ReloadPlan:
         self.calls.append(("reload", ""))

@@ -302,6 +302,9 @@ async def test_openapi_documents_every_contract_path(sup: FakeSupervisor) -> Non
         ("/api/llm/models/{model_id}/health-check", "post"),
         ("/api/llm/models/{model_id}/events", "get"),
         ("/metrics", "get"),
+        ("/api/status", "get"),
+        ("/api/diagnostics", "get"),
+        ("/api/heal", "post"),
         ("/api/reload", "post"),
     }
     assert {(p, m) for p, ops in doc["paths"].items() for m in ops} == expected
