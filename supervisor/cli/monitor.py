@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import select
+import signal
 import sys
 import termios
 import time
@@ -123,9 +124,28 @@ class Keys:
         return False
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _hangup_and_term_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal window) end the view like Ctrl-C, through the restoring exits."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _live(source: Source, interval: float) -> int:
     console = Console()
-    with Keys(sys.stdin).cbreak() as keys, Live(console=console, screen=True, auto_refresh=False) as live:
+    with (
+        _hangup_and_term_interrupt(),
+        Keys(sys.stdin).cbreak() as keys,
+        Live(console=console, screen=True, auto_refresh=False) as live,
+    ):
         while True:
             try:
                 snapshot = source.snapshot()

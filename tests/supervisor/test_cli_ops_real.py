@@ -29,13 +29,13 @@ CLI = [sys.executable, "-m", "supervisor.cli.main"]
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Daemon]:
-    """A daemon with `up` (healthy) and `down` (crashed once, restart_policy no: it stays down)."""
-    models = {"up": fake_model(), "down": fake_model("--crash-after", "0.3", restart_policy="no")}
+    """A daemon with `up` (healthy) and `down` (crashed once with no restart budget: failed)."""
+    models = {"up": fake_model(), "down": fake_model("--crash-after", "1", max_restarts=0)}
     config = tmp_path / "config.json"
     config.write_text(json.dumps(config_data(tmp_path / "state", models)))
     with daemon(config) as d:
         wait_status(d.url, "up", lambda s: s["state"] == "healthy")
-        wait_status(d.url, "down", lambda s: s["last_exit_code"] is not None and not s["is_running"])
+        wait_status(d.url, "down", lambda s: s["state"] == "failed")
         yield d
 
 
@@ -85,25 +85,33 @@ def _read_until(fd: int, wanted: str, seen: str = "") -> str:
     return seen
 
 
-def _exit_status(pid: int, fd: int) -> int:
-    """Drain the terminal while waiting, so the child never blocks on a full pty buffer."""
-    deadline = time.monotonic() + WAIT
+def _exit_status(pid: int, fd: int) -> tuple[int, str]:
+    """The child's exit code and what it wrote meanwhile; reading on so it never blocks on a full pty buffer."""
+    deadline, written = time.monotonic() + WAIT, ""
     while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
         if select.select([fd], [], [], 0.05)[0]:
-            with contextlib.suppress(OSError):
-                os.read(fd, 65536)
+            with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+                written += os.read(fd, 65536).decode(errors="replace")
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:  # what it wrote last may still be unread
+            while select.select([fd], [], [], 0)[0]:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                written += data.decode(errors="replace")
+            return os.waitstatus_to_exitcode(status), written
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     pytest.fail("monitor did not exit")
 
 
-@pytest.mark.parametrize(("key", "why"), [(b"q", "q quits"), (b"\x03", "Ctrl-C")])
-def test_live_monitor_in_a_terminal_quits_and_restores_it(fleet: Daemon, key: bytes, why: str) -> None:
-    """In a pseudo-terminal: the full-screen view shows the models in cbreak mode; q (or Ctrl-C) exits 0 and
-    leaves the terminal as it was (canonical mode and echo back, the main screen restored)."""
+@pytest.mark.parametrize(("key", "why"), [(b"q", "q quits"), (b"\x03", "Ctrl-C"), (None, "SIGTERM")])
+def test_live_monitor_in_a_terminal_quits_and_restores_it(fleet: Daemon, key: bytes | None, why: str) -> None:
+    """In a pseudo-terminal: the full-screen view shows the models in cbreak mode; q (or Ctrl-C, or SIGTERM)
+    exits 0 and leaves the terminal as it was (canonical mode and echo back, the main screen restored)."""
     before = termios.tcgetattr(sys.stdin.fileno()) if sys.stdin.isatty() else None
     pid, fd = _start_in_pty("monitor", "--url", fleet.url, "--interval", "0.2")
     try:
@@ -115,8 +123,13 @@ def test_live_monitor_in_a_terminal_quits_and_restores_it(fleet: Daemon, key: by
         seen = _read_until(fd, "q quits", seen)
         assert "healthy" in seen
         assert not termios.tcgetattr(fd)[3] & termios.ICANON  # cbreak while it runs
-        os.write(fd, key)
-        assert _exit_status(pid, fd) == 0, why
+        if key is None:
+            os.kill(pid, signal.SIGTERM)
+        else:
+            os.write(fd, key)
+        code, written = _exit_status(pid, fd)
+        assert code == 0, why
+        assert "\x1b[?1049l" in written  # back on the main screen
         restored = termios.tcgetattr(fd)[3]
         assert restored & termios.ICANON
         assert restored & termios.ECHO
@@ -129,3 +142,32 @@ def test_live_monitor_in_a_terminal_quits_and_restores_it(fleet: Daemon, key: by
         os.close(fd)
     if before is not None:
         assert termios.tcgetattr(sys.stdin.fileno()) == before
+
+
+def test_recover_and_reload_against_a_real_daemon(fleet: Daemon, tmp_path: Path) -> None:
+    """`recover` starts the crashed model again and says so; `reload` prints what changed, and for a file that
+    does not validate, exits 2 listing every problem with nothing changed."""
+    healed = _cli("recover", "--url", fleet.url)
+    assert healed.returncode == 0, healed.stderr
+    assert healed.stdout.startswith("down: started ("), healed.stdout
+    wait_status(fleet.url, "down", lambda s: s["pid"] is not None)
+
+    config = tmp_path / "config.json"
+    data = json.loads(config.read_text())
+    data["llmModels"]["extra"] = fake_model()
+    config.write_text(json.dumps(data))
+    reloaded = _cli("reload", "--url", fleet.url)
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert "added: extra" in reloaded.stdout.splitlines()
+    wait_status(fleet.url, "extra", lambda s: s["state"] == "healthy")
+
+    data["llmModels"]["up"]["restart_polcy"] = "always"
+    data["llmModels"]["extra"]["max_restarts"] = -1
+    config.write_text(json.dumps(data))
+    refused = _cli("reload", "--url", fleet.url)
+    assert refused.returncode == 2
+    assert refused.stdout == ""
+    assert "nothing was changed" in refused.stderr
+    assert "llmModels.up.restart_polcy" in refused.stderr
+    assert "llmModels.extra.max_restarts" in refused.stderr
+    assert _cli("check", "up", "extra", "--url", fleet.url).returncode == 0
