@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# `make run PORT=9000` serves the API on another port than the config's.
 run: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/llm-supervisor run -c examples/fake-fleet.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/llm-supervisor run -c examples/fake-fleet.yaml$(if $(PORT), --port $(PORT))
 
 test: $(STAMP)
 	ci/lint.sh
