@@ -36,9 +36,9 @@ CHECK = "llm-supervisor check vllm --url $URL --token-env FMCP_BEARER_TOKEN >/de
 SEED_CRON = 'curl -sf -H "Authorization: Bearer $FMCP_BEARER_TOKEN" "$URL/llm/models/vllm" | jq .is_healthy'
 
 
-def _config(tmp_path: Path, model: dict[str, Any]) -> Path:
+def _config(tmp_path: Path, model: dict[str, Any], **others: dict[str, Any]) -> Path:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(config_data(tmp_path / "state", {"vllm": model})))
+    path.write_text(json.dumps(config_data(tmp_path / "state", {"vllm": model, **others})))
     return path
 
 
@@ -66,8 +66,13 @@ def _sh(line: str, url: str) -> subprocess.CompletedProcess[str]:
 
 
 def _fluidmcp_scrape(url: str) -> dict[str, float]:
+    """The fluidmcp_* series of the model "vllm" (the one its documented alerts name, or judge alone)."""
     text = httpx.get(f"{url}/metrics", headers=AUTH, timeout=5).text
-    return {series_name(name, dict(labels)): v for (name, labels), v in samples(text).items() if "fluidmcp" in name}
+    return {
+        series_name(name, dict(labels)): v
+        for (name, labels), v in samples(text).items()
+        if name.startswith("fluidmcp_") and dict(labels) == {"server": "vllm"}
+    }
 
 
 @pytest.mark.skipif(
@@ -77,18 +82,23 @@ def _fluidmcp_scrape(url: str) -> dict[str, float]:
 def test_fluidmcp_commands_and_alerts_work_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under FMCP_SECURE_MODE the seed's curl/jq lines answer, its alerts fire as they should, the cron line alerts."""
     model = fake_model()
-    with daemon(_config(tmp_path, model), env=_fmcp_env(monkeypatch)) as d:
+    oomy = fake_model("--oom", "startup", max_restarts=0)  # CUDA out of memory while loading, then failed
+    with daemon(_config(tmp_path, model, oomy=oomy), env=_fmcp_env(monkeypatch)) as d:
         assert httpx.get(f"{d.url}/llm/models").status_code == 401
         first = _wait(d.url, lambda s: s["is_healthy"])
         auth = '-H "Authorization: Bearer $FMCP_BEARER_TOKEN"'
         for line, expected in [
             (f'curl -sf {auth} "$URL/llm/models/vllm" | jq .has_cuda_oom', "false"),
-            (f'curl -sf {auth} "$URL/llm/models" | jq .total', "1"),
+            (f'curl -sf {auth} "$URL/llm/models" | jq .total', "2"),
             (f'curl -sf -X POST {auth} "$URL/llm/models/vllm/health-check" | jq .is_healthy', "true"),
             (f'curl -sf {auth} "$URL/llm/models/vllm/logs?lines=100" | jq -r ".lines[]" | grep -c "startup comp"', "1"),
         ]:
             done = _sh(line, d.url)
             assert (done.returncode, done.stdout.strip()) == (0, expected), (line, done.stderr)
+        deadline = time.monotonic() + WAIT
+        while (oom := _sh(f'curl -sf {auth} "$URL/llm/models/oomy" | jq .has_cuda_oom', d.url)).stdout != "true\n":
+            assert time.monotonic() < deadline, oom
+            time.sleep(0.1)
         assert _sh(CRON, d.url).returncode == 0
         assert _sh(CHECK, d.url).returncode == 0
 
