@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from supervisor import __version__
-from supervisor.api.auth import InsecureModeError, token_from_env
+from supervisor.api.auth import FMCP_BEARER_TOKEN, InsecureModeError, secure_mode, token_from_env
 from supervisor.cli import completion, monitor, ops
 from supervisor.cli import format as cli_format
 from supervisor.cli.client import DEFAULT_URL, ClientError, SupervisorClient, Unreachable, UsageError
@@ -53,7 +53,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the daemon's URL (default: ${URL_ENV}, else {DEFAULT_URL})",
     )
     client.add_argument(
-        "--token-env", default=DEFAULT_TOKEN_ENV, help=f"env var holding the token (default {DEFAULT_TOKEN_ENV})"
+        "--token-env",
+        default=DEFAULT_TOKEN_ENV,
+        help=f"env var holding the token (default {DEFAULT_TOKEN_ENV}; when it is unset and "
+        f"FMCP_SECURE_MODE=true, {FMCP_BEARER_TOKEN})",
     )
     client.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
 
@@ -138,6 +141,15 @@ _OPS: dict[str, Callable[[argparse.Namespace, SupervisorClient], int]] = {
 }
 
 
+def _client_token(env_name: str) -> str | None:
+    """The token the daemon would take from this environment: `$env_name`, else in FluidMCP's secure mode
+    `$FMCP_BEARER_TOKEN`; None sends none (a daemon that wants one answers 401, exit 2)."""
+    token = token_from_env(env_name)
+    if token is None and secure_mode():
+        token = token_from_env(FMCP_BEARER_TOKEN)
+    return token
+
+
 def _positive(args: argparse.Namespace) -> bool:
     """Intervals and counts must be above 0; say which one is not."""
     for name in ("interval", "events", "count"):
@@ -198,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not _positive(args):
         return USAGE
     try:
-        with SupervisorClient(args.url, token_from_env(args.token_env)) as client:
+        with SupervisorClient(args.url, _client_token(args.token_env)) as client:
             return _client_command(args, client)
     except KeyboardInterrupt:  # Ctrl-C ends `logs --follow`, `events --follow` and `monitor`, as meant
         return OK

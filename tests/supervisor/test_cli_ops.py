@@ -265,3 +265,18 @@ def test_recover_with_nothing_to_do_says_so(capsys: pytest.CaptureFixture[str]) 
     with serve_in_thread(app) as base:
         assert cli.main(["recover", "--url", base]) == 0
     assert capsys.readouterr().out == "nothing to heal\n"
+
+
+def test_fluidmcp_secure_mode_token_is_sent_when_the_named_variable_is_unset(
+    sup: FakeSupervisor, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Like the daemon, the client falls back to FMCP_BEARER_TOKEN in FluidMCP's secure mode; otherwise not."""
+    monkeypatch.delenv("LLM_SUPERVISOR_TOKEN", raising=False)
+    monkeypatch.setenv("FMCP_BEARER_TOKEN", "fmcp-secret")
+    with serve_in_thread(create_app(sup, token="fmcp-secret")) as base:
+        assert cli.main(["check", "qwen", "--url", base]) == 2  # secure mode off: no token sent, 401
+        assert "401" in capsys.readouterr().err
+        monkeypatch.setenv("FMCP_SECURE_MODE", "true")
+        assert cli.main(["check", "qwen", "--url", base]) == 0
+        monkeypatch.setenv("LLM_SUPERVISOR_TOKEN", "wrong")  # the named variable, when set, wins
+        assert cli.main(["check", "qwen", "--url", base]) == 2
