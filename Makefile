@@ -43,5 +43,8 @@ pytest: $(STAMP)
 docker-image: $(STAMP)
 	ci/build-fake-vllm-image.sh
 
+# What `make run` and the other examples leave behind: journals and logs (each example's state_dir).
+DEMO_STATE := examples/.llm-supervisor examples/.llm-supervisor-gateway
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .llm-supervisor
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .llm-supervisor $(DEMO_STATE)

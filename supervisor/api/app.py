@@ -49,7 +49,10 @@ _MODEL: Responses = {**_AUTH, 404: {**_ERR, "description": "No model with this i
 _ACTION: Responses = {
     **_MODEL,
     409: {**_ERR, "description": "Refused (the supervisor is shutting down); detail says why"},
-    429: {**_ERR, "description": "More than the allowed actions a minute for this model; see Retry-After"},
+    429: {
+        **_ERR,
+        "description": "More than the allowed start/restart requests a minute for this model; see Retry-After",
+    },
 }
 _RESTART: Responses = {**_ACTION, 400: {**_ERR, "description": "replica and rolling=true given together"}}
 ModelId = Annotated[str, PathParam(description="The model id from the config")]
@@ -167,20 +170,26 @@ def _read_routes(api: APIRouter, supervisor: SupervisorFacade) -> None:
 
 
 def _action_routes(api: APIRouter, supervisor: SupervisorFacade, limiter: ActionRateLimiter) -> None:
-    async def act(model_id: str, action: Callable[[], Awaitable[ActionResult]]) -> ActionResponse:
+    async def act(
+        model_id: str, action: Callable[[], Awaitable[ActionResult]], *, limited: bool = True
+    ) -> ActionResponse:
         _status_of(supervisor, model_id)
-        wait = limiter.check(model_id)
+        wait = limiter.check(model_id) if limited else None  # stop is never limited (contract section 10)
         if wait is not None:
             raise HTTPException(
                 429,
-                f"more than {limiter.limit} start/stop/restart requests for '{model_id}' in "
+                f"more than {limiter.limit} start/restart requests for '{model_id}' in "
                 f"{limiter.window:g} s; retry in {wait:.0f} s",
                 {"Retry-After": limiter.retry_after_header(wait)},
             )
         try:
             result = await action()
         except KeyError as exc:  # no such replica, or the model was removed between the check and the call
+            if limited:
+                limiter.refund(model_id)
             raise HTTPException(404, str(exc)) from None
+        if limited and not (result.accepted and result.changed):
+            limiter.refund(model_id)  # a refused or no-op action does not count
         if not result.accepted:
             raise HTTPException(409, result.message)
         return ActionResponse(
@@ -202,7 +211,7 @@ def _action_routes(api: APIRouter, supervisor: SupervisorFacade, limiter: Action
         force: Annotated[bool, Query(description="SIGKILL the group at once instead of SIGTERM first")] = False,
     ) -> ActionResponse:
         """Set the desired state to stopped; no restart policy restarts it until `start`."""
-        return await act(model_id, lambda: supervisor.stop_model(model_id, force=force))
+        return await act(model_id, lambda: supervisor.stop_model(model_id, force=force), limited=False)
 
     @api.post("/models/{model_id}/restart", response_model=ActionResponse, responses=_RESTART)
     async def restart_model(

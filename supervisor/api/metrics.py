@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -24,6 +24,10 @@ from supervisor.core.states import Cause, EventKind, State
 from supervisor.core.views import TimelineEvent
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+# prometheus_client adds a `*_created` series to every counter and histogram: it doubled /metrics and no query
+# or alert reads it (Prometheus sees a counter's reset in the counter itself). Process-wide, the gateway's too.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 PREFIX = "llm_supervisor"
 # `spawned` reasons: an operator's restart, or the cause of the run that died.

@@ -51,6 +51,12 @@ class ArgChangeOut(_FromAttributes):
     time: float = Field(description="Unix time of the change")
 
 
+class LastFailureOut(_FromAttributes):
+    cause: str = Field(description="The failure cause (crash, oom, unhealthy, ...)")
+    time: float = Field(description="Unix time the failed run ended")
+    exit_code: int | None = Field(description="The run's exit code; negative: the signal that ended it")
+
+
 class ModelStatusOut(_FromAttributes):
     id: str
     state: State
@@ -71,6 +77,9 @@ class ModelStatusOut(_FromAttributes):
     failure_advice: str | None = Field(description="What an operator can do about failure_cause")
     next_restart_at: float | None = Field(description="Unix time of the scheduled restart while in backoff")
     desired: str = Field(description="'running' or 'stopped': what the operator asked for")
+    last_failure: LastFailureOut | None = Field(
+        default=None, description="The latest failure, kept after the model recovered (none since the start)"
+    )
     replicas: list[ReplicaStatusOut] = Field(
         default=[], description="Each replica's own run; a model of one replica lists one"
     )

@@ -80,6 +80,14 @@ def _replica_row(r: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+def last_failure(failure: Mapping[str, Any] | None) -> str:
+    """`oom at 2026-01-02 03:04:05, exit code 1`: kept after the model recovered; `-` when none."""
+    if not failure:
+        return "-"
+    code = failure.get("exit_code")
+    return f"{failure['cause']} at {clock(failure['time'])}" + ("" if code is None else f", exit code {code}")
+
+
 def model_detail(m: dict[str, Any]) -> str:
     fields = [
         ("id", m["id"]),
@@ -96,6 +104,7 @@ def model_detail(m: dict[str, Any]) -> str:
         ("last exit code", str(m["last_exit_code"]) if m.get("last_exit_code") is not None else "-"),
         ("cuda oom", "yes" if m["has_cuda_oom"] else "no"),
         ("failure cause", m.get("failure_cause") or "-"),
+        ("last failure", last_failure(m.get("last_failure"))),
     ]
     if m.get("failure_advice"):
         fields.append(("advice", m["failure_advice"]))

@@ -56,6 +56,15 @@ class ArgChange:
 
 
 @dataclass(frozen=True, slots=True)
+class LastFailure:
+    """The model's most recent failure, kept after it recovers; `time` is Unix time, `cause` a Cause value."""
+
+    cause: str
+    time: float
+    exit_code: int | None  # negative: the signal that ended the run; None: no exit (the run never started)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelStatus:
     """The fields of docs/design/contract.md section 4 (FluidMCP's, plus ours)."""
 
@@ -78,6 +87,7 @@ class ModelStatus:
     failure_advice: str | None
     next_restart_at: float | None
     desired: str
+    last_failure: LastFailure | None = None  # still shown once the model is healthy again
     replicas: tuple[ReplicaStatus, ...] = ()
     adaptations: tuple[ArgChange, ...] = ()  # in force for the next or current run; none: configured args
     effective_args: tuple[str, ...] | None = None  # the args the next or current run gets (None: not known)
@@ -90,6 +100,7 @@ class ActionResult:
     accepted: bool
     message: str
     status: ModelStatus  # right after the model's owner acted on the request
+    changed: bool = True  # False for a request that had nothing to do (start of a running model)
 
 
 @dataclass(frozen=True, slots=True)

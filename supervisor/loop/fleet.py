@@ -13,6 +13,7 @@ import logging
 import os
 import random
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from supervisor.config.reload_plan import ReloadPlan
@@ -22,6 +23,7 @@ from supervisor.core.clock import Clock, RealClock
 from supervisor.core.machine import Machine
 from supervisor.core.machine_types import (
     Boot,
+    Desired,
     Event,
     ProbeDone,
     Record,
@@ -31,12 +33,13 @@ from supervisor.core.machine_types import (
     StartRequested,
     StopRequested,
 )
-from supervisor.core.states import EventKind, State
+from supervisor.core.states import EventKind, ExitStatus, State
 from supervisor.core.views import ActionResult, HealthCheckReport, ModelStatus, TimelineEvent
+from supervisor.loop.failures import LastFailures
 from supervisor.loop.fleet_reload import Reloading
 from supervisor.loop.inference import InferenceProber
 from supervisor.loop.leftovers import stop_leftovers
-from supervisor.loop.model import Replica, SupervisedModel, unit_name
+from supervisor.loop.model import SETTLED, Replica, SupervisedModel, unit_name
 from supervisor.loop.observer import Observer
 from supervisor.loop.owner import ModelOwner
 from supervisor.loop.persistence import restored_snapshot
@@ -96,6 +99,8 @@ class Fleet(Reloading):
         self._reload_listeners: list[Callable[[ReloadPlan], None]] = []
         self._closing = False
         self.recorder.add_observer(_Changes(self._models))
+        self._failures = LastFailures(self._last_exit)
+        self.recorder.add_observer(self._failures)
 
     # --- life -------------------------------------------------------------------------------------
 
@@ -122,6 +127,15 @@ class Fleet(Reloading):
         snapshots = [restored_snapshot(saved.get(unit_name(model_id, i)), self._offset) for i in range(cfg.replicas)]
         replicas = [self._replica(model_id, i, cfg.replica(i), snapshots[i]) for i in range(cfg.replicas)]
         self._models[model_id] = SupervisedModel(model_id, cfg, replicas)
+        if any(snapshot.desired is Desired.STOPPED for snapshot in snapshots):
+            # The journal keeps an operator's stop across lives; say so, or a model that "did not come back"
+            # after a supervisor restart looks like a bug.
+            log.warning(
+                "%s: stopped by an operator before this supervisor started; it stays stopped "
+                "(start it with: llm-supervisor start %s)",
+                model_id,
+                model_id,
+            )
 
     def _replica(self, model_id: str, index: int, cfg: ModelConfig, snapshot: Snapshot) -> Replica:
         """Build one replica's owner (and inference probe), and boot it."""
@@ -212,7 +226,8 @@ class Fleet(Reloading):
 
     def status(self, model_id: str) -> ModelStatus:
         model = self.model(model_id)
-        return model_status(model_id, model.cfg, model.replicas, self.clock, self._offset)
+        status = model_status(model_id, model.cfg, model.replicas, self.clock, self._offset)
+        return replace(status, last_failure=self._failures.get(model_id))
 
     def statuses(self) -> list[ModelStatus]:
         return [self.status(model_id) for model_id in self._models]
@@ -251,10 +266,15 @@ class Fleet(Reloading):
         if rolling:
             drain = self.config.supervisor.gateway.drain_timeout if self.config.supervisor.gateway else 0.0
             reply = model.start_rolling_restart(drain)
-        elif replica is not None:
-            reply = await model.replicas[replica].owner.request(RestartRequested())
         else:
-            reply = await model.request_all(RestartRequested)
+            targets = model.replicas if replica is None else [model.replicas[replica]]
+            runs = {r.index: r.owner.snapshot.run for r in targets}
+            if replica is not None:
+                reply = await targets[0].owner.request(RestartRequested())
+            else:
+                reply = await model.request_all(RestartRequested)
+            if reply.accepted:
+                await _until_new_runs(model, targets, runs)
         return ActionResult(reply.accepted, reply.message, self.status(model_id))
 
     async def health_check(self, model_id: str) -> HealthCheckReport:
@@ -288,8 +308,35 @@ class Fleet(Reloading):
         model = self.model(model_id)
         if self._closing:
             return ActionResult(False, "the supervisor is shutting down", self.status(model_id))
+        before = _fingerprint(model)
         reply = await model.request_all(make)
-        return ActionResult(reply.accepted, reply.message, self.status(model_id))
+        return ActionResult(reply.accepted, reply.message, self.status(model_id), _fingerprint(model) != before)
+
+    def _last_exit(self, model_id: str, replica: int) -> ExitStatus | None:
+        model = self._models.get(model_id)
+        if model is None or replica >= len(model.replicas):
+            return None
+        return model.replicas[replica].owner.snapshot.last_exit
+
+
+def _fingerprint(model: SupervisedModel) -> list[tuple[Desired, State, int]]:
+    """What an action can change: a replica's desired state, state and run. Equal before and after: a no-op."""
+    return [(r.owner.snapshot.desired, r.owner.snapshot.state, r.owner.snapshot.run) for r in model.replicas]
+
+
+async def _until_new_runs(model: SupervisedModel, replicas: list[Replica], runs: dict[int, int]) -> None:
+    """Wait until each restarted replica's new run is spawned (or could not be), so the restart's answer shows
+    the new run's pid and uptime rather than the old one's; bounded by the old run's stop."""
+
+    def spawned(replica: Replica) -> bool:
+        snap = replica.owner.snapshot
+        return snap.run > runs[replica.index] and (snap.live or snap.state in SETTLED or snap.state is State.BACKOFF)
+
+    loop = asyncio.get_running_loop()
+    limit = max(r.cfg.stop_timeout + r.cfg.startup_stop_timeout for r in replicas) + SHUTDOWN_GRACE
+    deadline = loop.time() + limit
+    while not all(spawned(r) for r in replicas) and (remaining := deadline - loop.time()) > 0:
+        await model.wait_changed(remaining)
 
 
 class _Changes:

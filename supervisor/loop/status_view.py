@@ -73,7 +73,7 @@ def build_status(model_id: str, cfg: ModelConfig, owner: ModelOwner, clock: Cloc
         state=snap.state,
         is_running=live,
         is_healthy=snap.state is State.HEALTHY,
-        health_message=snap.health_message,
+        health_message=None if snap.state is State.STOPPED else snap.health_message,  # a stopped model has no health
         restart_policy=str(cfg.restart_policy),
         restart_count=snap.restart_count,
         max_restarts=cfg.max_restarts,
