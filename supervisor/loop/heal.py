@@ -28,6 +28,8 @@ from supervisor.runtime.usage import stop_processes
 TRANSIENT = frozenset({Cause.CRASH, Cause.UNHEALTHY, Cause.STALLED, Cause.ENGINE_DEAD, Cause.STARTUP_TIMEOUT})
 # SIGTERM to a leftover process, then SIGKILL after this long.
 LEFTOVER_STOP_TIMEOUT = 5.0
+# How long heal waits for a model's owner to take a start (it answers in milliseconds while it exists).
+ANSWER_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +51,13 @@ async def heal(models: Mapping[str, SupervisedModel], instance: str, *, closing:
             if snap.state is State.STOPPED:
                 actions.append(HealAction(name, "none", "stopped: heal never starts a stopped model"))
             elif snap.state is State.FAILED and snap.failure_cause in TRANSIENT:
-                reply = await replica.owner.request(StartRequested())
                 cause = snap.failure_cause.value
+                try:
+                    async with asyncio.timeout(ANSWER_TIMEOUT):
+                        reply = await replica.owner.request(StartRequested())
+                except TimeoutError:  # e.g. a reload removed the model meanwhile: its owner answers no more
+                    actions.append(HealAction(name, "none", f"no answer within {ANSWER_TIMEOUT:g} s"))
+                    continue
                 reason = f"failed ({cause}): started with a fresh restart budget" if reply.accepted else reply.message
                 actions.append(HealAction(name, "started" if reply.accepted else "none", reason))
             elif snap.state is State.FAILED:
