@@ -6,12 +6,15 @@ decision (supervisor.core.steps.memory_step), like every other finding about a r
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from supervisor.core.clock import Clock
 from supervisor.core.machine_types import Event, MemorySampled, Settings
 from supervisor.runtime.gpu import Nvml
 from supervisor.runtime.usage import run_pids, usage_of
+
+log = logging.getLogger(__name__)
 
 # One NVML handle for the whole supervisor (initialised once); tests replace it with a stand-in module's.
 NVML = Nvml()
@@ -42,12 +45,15 @@ async def watch_memory(  # noqa: PLR0917 (the run, as the owner knows it)
     pid: int | None,
     settings: Settings,
     clock: Clock,
+    unit: str = "",
 ) -> None:
     """Sample run `number` (main process `pid`) every memory_check_interval while `is_current()` says it is
     the owner's live run; end with it."""
     if pid is None:
         return
     with_gpu = settings.max_gpu_memory is not None
+    if with_gpu and (error := (await asyncio.to_thread(NVML.read)).error) is not None:
+        log.warning("%s: max_gpu_memory cannot be checked for run %d: %s", unit, number, error)
     while True:
         await clock.sleep_until(clock.now() + settings.memory_check_interval)
         if not is_current():

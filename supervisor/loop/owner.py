@@ -251,7 +251,8 @@ class ModelOwner:
         if has_memory_limit(self.machine.settings):
             run = self.run  # the watch ends once this run is no longer the live one
             live = lambda: self.run is run and self.snapshot.live  # noqa: E731
-            self._start_helper(watch_memory(self.post, live, number, handle.pid, self.machine.settings, self._clock))
+            watch = watch_memory(self.post, live, number, handle.pid, self.machine.settings, self._clock, self.model_id)
+            self._start_helper(watch)
         return Spawned(number, handle.pid)
 
     async def _watch(self, number: int, handle: Run) -> None:
