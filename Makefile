@@ -25,11 +25,13 @@ test: $(STAMP)
 	ci/deploy-check.sh
 	ci/tests.sh
 
-# Real vLLM for CPUs (.venv-vllm, installed when missing) under the supervisor; not part of `make test`.
+# Real vLLM for CPUs (.venv-vllm, installed when missing) under the supervisor, beside fake-vllm, and the chaos
+# scenarios with a real_vllm block on it; not part of `make test`.
 # Observations (timings, the output lines the diagnosis saw) land in reports/real-vllm/.
 test-real: $(STAMP)
 	ci/real-vllm.sh
 	LLM_SUPERVISOR_REAL_VLLM=1 $(BIN)/pytest -m real_vllm tests/real_vllm
+	ci/real-vllm-chaos.sh
 
 lint: $(STAMP)
 	ci/lint.sh
