@@ -38,6 +38,7 @@ from fake_vllm import tracebacks, vllm_log
 from fake_vllm.engine import Engine, EngineDead, GenerationRequest, Step
 from fake_vllm.engine_load import Loader, StartupFailure, engine_config_line, load_engine
 from fake_vllm.engine_procs import (
+    STOP_WORKER,
     Outbox,
     WorkerProcess,
     fork_child,
@@ -247,6 +248,8 @@ class _EngineCore:
         """Stop the workers (they end when their socket closes), free our memory, and exit."""
         self.stopping = True
         for worker in self.workers:
+            with contextlib.suppress(OSError):
+                worker.conn.sendall(STOP_WORKER)
             worker.conn.close()
         for worker in self.workers:
             stop_child(worker.pid, _STOP_GRACE)
