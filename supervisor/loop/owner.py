@@ -193,15 +193,15 @@ class ModelOwner:
         restarted_by_operator = isinstance(event, StartRequested) and self.snapshot.state not in LIVE
         step = self.machine.handle(self.snapshot, event, self._clock.now())
         self.snapshot = step.snapshot
+        actions = list(step.actions)
+        # The args change before any spawn of this step; its entry follows the request or the exit it answers.
         if restarted_by_operator and (back := self.adapter.reset(self.snapshot.state, "operator start")):
-            self._reports.record(self.model_id, back, self.snapshot, self.run)
+            actions.insert(1 if actions and isinstance(actions[0], Record) else 0, back)
         plan = self._adapting.pop(event.run, None) if isinstance(event, Exited) else None
         if plan is not None and plan.change is not None and self.snapshot.state is State.BACKOFF:
-            self._reports.record(
-                self.model_id, self.adapter.commit(plan.change, State.BACKOFF), self.snapshot, self.run
-            )
+            actions.append(self.adapter.commit(plan.change, State.BACKOFF))
         follow_ups: list[Event] = []
-        for action in step.actions:
+        for action in actions:
             follow_up = await self._execute(action)
             if follow_up is not None:
                 follow_ups.append(follow_up)

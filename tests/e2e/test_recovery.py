@@ -50,6 +50,13 @@ async def test_kv_cache_too_small_next_run_gets_vllms_estimate(supervised: Super
         assert status.effective_args is not None
         assert status.effective_args[status.effective_args.index("--max-model-len") + 1] == "8192"
         assert kinds(sup.events("m"), EventKind.SPAWNED)[-1].reason == Cause.OOM.value
+        order = [e.kind for e in sup.events("m")]
+        assert order[order.index(EventKind.EXITED) :][:4] == [
+            EventKind.EXITED,
+            EventKind.BACKOFF,
+            EventKind.ADAPTED,
+            EventKind.SPAWNED,
+        ]
 
         await sup.stop_model("m")
         await wait_until(lambda: sup.status("m").state is State.STOPPED, 20, "stopped")
@@ -58,6 +65,12 @@ async def test_kv_cache_too_small_next_run_gets_vllms_estimate(supervised: Super
         assert "100000" in (sup.status("m").effective_args or ())
         restored = kinds(sup.events("m"), EventKind.ADAPTED)[-1]
         assert restored.detail == "configured args restored (operator start)"
+        order = [e.kind for e in sup.events("m")]
+        assert order[order.index(EventKind.START_REQUESTED) :][:3] == [
+            EventKind.START_REQUESTED,
+            EventKind.ADAPTED,
+            EventKind.SPAWNED,
+        ]
         await wait_until(lambda: len(kinds(sup.events("m"), EventKind.ADAPTED)) == 3, 30, "adapted again")
 
 

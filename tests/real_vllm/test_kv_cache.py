@@ -113,7 +113,9 @@ async def test_with_adapt_the_next_run_serves_with_vllms_estimate(
         fleet = running.fleet
 
         def settled() -> bool:
-            return fleet.status(MODEL).state in (State.HEALTHY, State.FAILED, State.STOPPED)
+            state = fleet.status(MODEL).state
+            ended = state in (State.FAILED, State.STOPPED) and bool(of_kind(fleet.events(MODEL), EventKind.EXITED))
+            return state is State.HEALTHY or ended
 
         await wait_until(settled, 840, "the adapted run to serve")
         status, events = fleet.status(MODEL), fleet.events(MODEL)
