@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 
 # How long past the longest stop_timeout a shutdown waits for SIGKILLed processes to disappear.
 SHUTDOWN_GRACE = 10.0
+# How long a restart's answer waits for the new run: a server that stops in seconds answers with the new
+# run's pid; one that takes its whole stop_timeout is answered while stopping, well within an HTTP client's
+# timeout (the CLI's is 30 s).
+RESTART_ANSWER_WAIT = 10.0
 
 
 class UnknownModel(KeyError):
@@ -326,15 +330,14 @@ def _fingerprint(model: SupervisedModel) -> list[tuple[Desired, State, int]]:
 
 async def _until_new_runs(model: SupervisedModel, replicas: list[Replica], runs: dict[int, int]) -> None:
     """Wait until each restarted replica's new run is spawned (or could not be), so the restart's answer shows
-    the new run's pid and uptime rather than the old one's; bounded by the old run's stop."""
+    the new run's pid and uptime rather than the old one's; for at most RESTART_ANSWER_WAIT."""
 
     def spawned(replica: Replica) -> bool:
         snap = replica.owner.snapshot
         return snap.run > runs[replica.index] and (snap.live or snap.state in SETTLED or snap.state is State.BACKOFF)
 
     loop = asyncio.get_running_loop()
-    limit = max(r.cfg.stop_timeout + r.cfg.startup_stop_timeout for r in replicas) + SHUTDOWN_GRACE
-    deadline = loop.time() + limit
+    deadline = loop.time() + RESTART_ANSWER_WAIT
     while not all(spawned(r) for r in replicas) and (remaining := deadline - loop.time()) > 0:
         await model.wait_changed(remaining)
 

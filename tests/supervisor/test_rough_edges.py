@@ -22,6 +22,7 @@ from fake_vllm.testing import free_port
 from supervisor.api.app import create_app
 from supervisor.cli.format import model_detail
 from supervisor.config.schema import load_config, parse_config
+from supervisor.loop import fleet as fleet_module
 from supervisor.loop.fleet import Fleet
 from supervisor.store.base import PersistedModel
 from supervisor.store.journal import JOURNAL_FILENAME, Journal
@@ -84,6 +85,25 @@ async def test_restart_answer_shows_the_new_run(tmp_path: Path) -> None:
         assert answer["uptime_seconds"] is not None
         assert answer["uptime_seconds"] < 10
         assert [p.pid for p in model_processes(model)] == [answer["status"]["pid"]]
+
+
+@slow
+@real
+async def test_restart_answer_of_a_slow_stop_comes_while_stopping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that ignores SIGTERM keeps the answer waiting only RESTART_ANSWER_WAIT: it says `stopping`, and
+    the new run follows once the old one is killed."""
+    monkeypatch.setattr(fleet_module, "RESTART_ANSWER_WAIT", 0.5)
+    model = fake_model("--ignore-sigterm", stop_timeout=3)
+    async with running(tmp_path, {"m": model}) as client:
+        old = await wait_for(client, "m", healthy)
+        started = time.monotonic()
+        answer = (await client.post("/api/llm/models/m/restart")).json()
+        assert time.monotonic() - started < 2.5
+        assert answer["status"]["state"] == "stopping"
+        new = await wait_for(client, "m", lambda s: healthy(s) and s["pid"] != old["pid"])
+        assert [p.pid for p in model_processes(model)] == [new["pid"]]
 
 
 @slow
