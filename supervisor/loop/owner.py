@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from supervisor.core.clock import Clock, Timer
@@ -68,6 +68,7 @@ class RunView:
     handle: Run
     diagnosis: RunDiagnosis
     notes: tuple[str, ...] = ()  # what smart recovery found out about the run's end (holders), for the advice
+    exit_handled: asyncio.Event = field(default_factory=asyncio.Event)  # the machine has decided what follows
 
 
 class OwnerReports(Protocol):
@@ -152,12 +153,15 @@ class ModelOwner:
             while True:
                 request = await self._next(next_deadline(self.snapshot))
                 event = request.event if request else Tick()
+                ended = self.run if isinstance(event, Exited) and self.run and self.run.number == event.run else None
                 try:
                     reply = await self._apply(event)
                 except Exception as exc:
                     # One failed event (a bug, an illegal event) must never end this model's supervision.
                     log.exception("%s: handling %s failed", self.model_id, type(event).__name__)
                     reply = Reply(False, f"internal error: {exc}")
+                if ended is not None:
+                    ended.exit_handled.set()  # handled or not, the run's watcher goes on
                 if request and request.reply and not request.reply.done():
                     request.reply.set_result(reply or Reply(True, "done"))
         finally:
@@ -266,11 +270,13 @@ class ModelOwner:
             self._adapting[number] = plan
         self.post(Exited(number, status, retry))
         await handle.wait_gone()
-        if run is not None and run.number == number and self.snapshot.state is State.BACKOFF:
-            wanted = lambda: self.snapshot.state is State.BACKOFF  # noqa: E731 (a stop ends the wait)
-            notes = await self.adapter.before_restart(number, run.diagnosis, wanted)
-            if notes:
-                self.last_finding = with_notes(self.last_finding, notes)
+        if run is not None and run.number == number:
+            await run.exit_handled.wait()  # whether a restart follows is decided with the exit
+            if self.snapshot.state is State.BACKOFF:
+                wanted = lambda: self.snapshot.state is State.BACKOFF  # noqa: E731 (a stop ends the wait)
+                notes = await self.adapter.before_restart(number, run.diagnosis, wanted)
+                if notes:
+                    self.last_finding = with_notes(self.last_finding, notes)
         self.post(GroupGone(number))
 
     async def _run_probe(self, action: Probe) -> None:

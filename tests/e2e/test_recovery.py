@@ -147,3 +147,18 @@ def test_port_holders_reads_a_real_listener(who: str) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_restart_after_a_cuda_oom_says_the_gpu_was_not_checked_without_nvml(supervised: Supervised) -> None:
+    """Without NVML (no package or driver here), the GPU wait before the restart is skipped and the advice of the
+    failure says why while the restart waits; nothing is made up, and the restart goes ahead."""
+    note = "GPU memory was not checked before the restart: "
+    model = fake_model("--oom", "startup", max_restarts=1, restart_window=None, restart_delay=3)
+    async with supervised({"m": model}) as sup:
+        await wait_until(lambda: note in (sup.status("m").failure_advice or ""), 30, "the advice to say so")
+        status = sup.status("m")
+        await wait_until(lambda: len(kinds(sup.events("m"), EventKind.SPAWNED)) == 2, 30, "the restart")
+    assert status.state is State.BACKOFF
+    assert status.has_cuda_oom
+    assert status.failure_advice is not None
+    assert status.failure_advice.startswith("The GPU ran out of memory.")
