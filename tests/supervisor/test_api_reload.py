@@ -10,7 +10,8 @@ from fakes import FakeSupervisor
 
 from supervisor.api.app import create_app
 from supervisor.config.reload_plan import ReloadPlan, ReloadRefused
-from supervisor.config.schema import ConfigError
+from supervisor.config.schema import ConfigError, parse_config
+from supervisor.loop.fleet import Fleet
 
 TOKEN = "s3cret-token-value"
 
@@ -63,3 +64,16 @@ async def test_reload_needs_the_token(sup: FakeSupervisor) -> None:
         response = await client.post("/api/reload")
     assert response.status_code == 401
     assert sup.calls == []
+
+
+async def test_a_fleet_without_a_file_or_shutting_down_refuses_to_reload(tmp_path: Path) -> None:
+    """Config parsed in memory has no file to re-read; a fleet that is shutting down refuses any reload."""
+    config = parse_config({"supervisor": {"state_dir": str(tmp_path)}, "llmModels": {}}, "test")
+    fleet = Fleet(config)
+    await fleet.start()
+    with pytest.raises(ReloadRefused, match="not started from a config file"):
+        await fleet.reload()
+    assert (await fleet.reload(config)) == ReloadPlan()
+    await fleet.shutdown()
+    with pytest.raises(ReloadRefused, match="shutting down"):
+        await fleet.reload(config)

@@ -76,7 +76,7 @@ def test_sighup_applies_the_file_and_leaves_unchanged_models_alone(tmp_path: Pat
 
 
 def test_api_reload_refuses_a_bad_file_and_names_what_needs_a_restart(tmp_path: Path) -> None:
-    """POST /api/reload: an invalid file is 422 listing every problem and changes nothing; a changed
+    """POST /api/reload (and SIGHUP): an invalid file is 422 listing every problem and changes nothing; a changed
     supervisor.api.port is named in needs_restart while the model change is applied."""
     config = tmp_path / "config.json"
     model = fake_model()
@@ -93,6 +93,9 @@ def test_api_reload_refuses_a_bad_file_and_names_what_needs_a_restart(tmp_path: 
         assert len(problems) == 3
         assert all(problem in bad.json()["detail"] for problem in problems)
         assert all(problem in d.stderr() for problem in problems)  # the log lists them too
+        os.kill(d.proc.pid, signal.SIGHUP)  # the same file by SIGHUP: refused and logged, the daemon lives on
+        _eventually(lambda: d.stderr().count("reload refused, nothing changed") == 2, "the SIGHUP refusal logged")
+        assert d.proc.poll() is None
         after = httpx.get(f"{d.url}/api/llm/models/a").json()
         assert (after["pid"], after["state"]) == (first["pid"], "healthy")
         assert httpx.get(f"{d.url}/api/llm/models/b").status_code == 404
