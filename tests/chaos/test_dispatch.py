@@ -70,9 +70,7 @@ EXPECTATION_EXAMPLES: dict[str, object] = {
 }
 LOAD = {"model": "m1"}  # `requests` are judged on the scenario's load
 
-EVERYWHERE = Reach(
-    processes=True, own_supervisor=True, proxied=frozenset({"m1"}), admin=frozenset({"m1"}), local=True
-)
+EVERYWHERE = Reach(processes=True, own_supervisor=True, proxied=frozenset({"m1"}), admin=frozenset({"m1"}), local=True)
 REMOTE = Reach()  # the API only
 
 
