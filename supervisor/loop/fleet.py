@@ -98,7 +98,7 @@ class Fleet(Reloading):
         self._rng = random.Random(seed)
         self._models: dict[str, SupervisedModel] = {}
         self._tasks: dict[str, list[asyncio.Task[None]]] = {}  # by unit: its owner and inference probe
-        self._rollovers: set[asyncio.Task[None]] = set()  # rolling replacements a reload started
+        self._rollovers: dict[str, asyncio.Task[None]] = {}  # by model: the rolling replacement a reload started
         self._reload_lock = asyncio.Lock()  # one reload at a time, and none before start() is done
         self._reload_listeners: list[Callable[[ReloadPlan], None]] = []
         self._closing = False
@@ -191,9 +191,10 @@ class Fleet(Reloading):
         if self._closing:
             return
         self._closing = True
-        for rollover in self._rollovers:
+        rollovers = list(self._rollovers.values())
+        for rollover in rollovers:
             rollover.cancel()
-        await asyncio.gather(*self._rollovers, return_exceptions=True)
+        await asyncio.gather(*rollovers, return_exceptions=True)
         for model in self._models.values():
             await model.close()
         units = self._units()

@@ -35,7 +35,7 @@ class Reloading:
     _models: dict[str, SupervisedModel]
     _tasks: dict[str, list[asyncio.Task[None]]]
     _probes: ProbeClients
-    _rollovers: set[asyncio.Task[None]]
+    _rollovers: dict[str, asyncio.Task[None]]
     _reload_lock: asyncio.Lock
     _reload_listeners: list[Callable[[ReloadPlan], None]]
     _closing: bool
@@ -82,9 +82,19 @@ class Reloading:
             listener(plan)
         return plan
 
-    async def _remove_model(self, model_id: str) -> None:
+    async def _quiesce(self, model_id: str) -> SupervisedModel:
+        """End what is under way on the model before a reload changes it: a rolling restart, and the rolling
+        replacement an earlier reload started (a replica it was retiring is retired again, harmlessly)."""
+        rollover = self._rollovers.pop(model_id, None)
+        if rollover is not None:
+            rollover.cancel()
+            await asyncio.gather(rollover, return_exceptions=True)
         model = self._models[model_id]
         await model.close()
+        return model
+
+    async def _remove_model(self, model_id: str) -> None:
+        model = await self._quiesce(model_id)
         await asyncio.gather(*(self._retire(replica) for replica in model.replicas))
         del self._models[model_id]
 
@@ -93,8 +103,7 @@ class Reloading:
 
         The desired state carries over (a model an operator stopped stays stopped); the restart budget
         starts afresh, as at an operator's start, since the settings it counted against are gone."""
-        model = self._models[model_id]
-        await model.close()
+        model = await self._quiesce(model_id)
         desired = {r.index: r.owner.snapshot.desired for r in model.replicas}
 
         def build(index: int, replica_cfg: ModelConfig) -> Replica:
@@ -108,11 +117,12 @@ class Reloading:
         task = asyncio.get_running_loop().create_task(
             roll(model, cfg, self._retire, build, drain), name=f"reload-rollover:{model_id}"
         )
-        self._rollovers.add(task)
-        task.add_done_callback(self._rollover_done)
+        self._rollovers[model_id] = task
+        task.add_done_callback(lambda done: self._rollover_done(model_id, done))
 
-    def _rollover_done(self, task: asyncio.Task[None]) -> None:
-        self._rollovers.discard(task)
+    def _rollover_done(self, model_id: str, task: asyncio.Task[None]) -> None:
+        if self._rollovers.get(model_id) is task:
+            del self._rollovers[model_id]
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("%s failed: %r", task.get_name(), exc, exc_info=exc)
 

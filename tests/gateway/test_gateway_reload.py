@@ -5,9 +5,11 @@ Real fake-vllm processes behind the real gateway."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from supervisor.config.reload_plan import ReloadPlan
@@ -104,3 +106,29 @@ async def test_a_changed_model_an_operator_stopped_stays_stopped(serve: Serve) -
         status = s.fleet.status("m")
         assert (status.state, status.desired, status.max_restarts) == ("stopped", Desired.STOPPED.value, 1)
         assert status.pid is None
+
+
+async def test_a_reload_during_a_rolling_replacement_ends_it(serve: Serve) -> None:
+    """A reload that removes a model whose replicas an earlier reload is still replacing stops that work and
+    every process of the model, old and new."""
+    q = replicated(2)
+    async with serve({"q": q}) as s:
+        await wait_until(lambda: healthy(s.fleet, "q", 2), 20, "both replicas healthy")
+        await s.fleet.reload(_wanted(s.fleet.config, {"q": {**q, "max_restarts": 9}}))
+        await asyncio.sleep(0)  # the replacement begins: replica 0 leaves routing and is being stopped
+        plan = await s.fleet.reload(_wanted(s.fleet.config, {}))
+        assert plan.removed == ("q",)
+        assert "q" not in s.fleet.models()
+        assert _serving(q["ports"]) == []
+
+
+def _serving(ports: list[int]) -> list[psutil.Process]:
+    """Live fake-vllm servers on these ports."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and "--port" in cmd:
+            with contextlib.suppress(ValueError, IndexError):
+                if int(cmd[cmd.index("--port") + 1]) in ports:
+                    found.append(proc)
+    return found
