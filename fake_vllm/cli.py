@@ -231,7 +231,7 @@ def _non_default_args(args: argparse.Namespace, model: str) -> tuple[tuple[str, 
         ("max_num_seqs", args.max_num_seqs, 256),
     ):
         if value != default:
-            found.append((key, ["***"] if key == "api_key" else value))
+            found.append((key, "***" if key == "api_key" else value))  # vLLM's redact_sensitive_args
     return tuple(found)
 
 
