@@ -255,6 +255,7 @@ class Config(Section):
         """The file `load_config` read this config from; None for data parsed in memory."""
         return self._path
 
+
 def load_config(path: str | Path) -> Config:
     """Read and check a config file; raise ConfigError naming every problem (syntax errors with their line)."""
     path = Path(path)
