@@ -240,6 +240,12 @@ class ModelConfig(Section):
 class Config(Section):
     supervisor: SupervisorSettings
     models: dict[str, ModelConfig]
+    _path: Path | None = PrivateAttr(None)  # the file it was read from, for a reload to read again
+
+    @property
+    def path(self) -> Path | None:
+        """The file `load_config` read this config from; None for data parsed in memory."""
+        return self._path
 
     def to_data(self) -> dict[str, Any]:
         """JSON-ready data that `parse_config` turns back into an equal Config (e.g. to write a test config)."""
@@ -247,13 +253,6 @@ class Config(Section):
             "supervisor": self.supervisor.model_dump(mode="json"),
             "llmModels": {mid: m.model_dump(mode="json", exclude_defaults=True) for mid, m in self.models.items()},
         }
-
-    _path: Path | None = PrivateAttr(None)  # the file it was read from, for a reload to read again
-
-    @property
-    def path(self) -> Path | None:
-        """The file `load_config` read this config from; None for data parsed in memory."""
-        return self._path
 
 
 def load_config(path: str | Path) -> Config:
