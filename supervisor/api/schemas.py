@@ -39,6 +39,12 @@ class ReplicaStatusOut(_FromAttributes):
     draining: bool = Field(description="Out of the gateway's routing during a rolling restart")
 
 
+class LastFailureOut(_FromAttributes):
+    cause: str = Field(description="The failure cause (crash, oom, unhealthy, ...)")
+    time: float = Field(description="Unix time the failed run ended")
+    exit_code: int | None = Field(description="The run's exit code; negative: the signal that ended it")
+
+
 class ArgChangeOut(_FromAttributes):
     """One argument smart recovery changed (docs/recovery.md)."""
 
@@ -49,12 +55,6 @@ class ArgChangeOut(_FromAttributes):
     to: str = Field(validation_alias="after", examples=["21440"])
     reason: str = Field(examples=["vLLM's estimate"])
     time: float = Field(description="Unix time of the change")
-
-
-class LastFailureOut(_FromAttributes):
-    cause: str = Field(description="The failure cause (crash, oom, unhealthy, ...)")
-    time: float = Field(description="Unix time the failed run ended")
-    exit_code: int | None = Field(description="The run's exit code; negative: the signal that ended it")
 
 
 class ModelStatusOut(_FromAttributes):
