@@ -275,6 +275,11 @@ async def test_output_finding_sets_cuda_oom_for_this_run_only(make: Callable[...
     h.runtime.runs[0].die(ExitStatus(1))
     await settle()
     assert h.owner.snapshot.failure_cause == "oom"
+    # Before a restart after an OOM the GPU is checked (docs/recovery.md), reading NVML in a thread: the old
+    # run is over once that is done (here at once: no driver).
+    async with asyncio.timeout(10):
+        while h.owner.snapshot.group_alive:
+            await asyncio.sleep(0.01)
     await h.clock.advance(5)
     assert len(h.runtime.spawn_times) == 2
     assert not h.owner.snapshot.has_cuda_oom

@@ -24,6 +24,7 @@ from supervisor.runtime.gpu import Nvml
 from supervisor.runtime.process_group import RUN_MARKER_ENV
 
 GIB = 1 << 30
+SLEEP = "import time; print('up', flush=True); time.sleep(60)"
 FREE_LINE = (
     "ValueError: Free memory on device (13.91/79.33 GiB) on startup is less than desired GPU memory utilization "
     "(0.95, 75.36 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes."
@@ -79,8 +80,12 @@ def sleeper() -> Iterator[Any]:
         env.pop(RUN_MARKER_ENV, None)
         if marker is not None:
             env[RUN_MARKER_ENV] = marker
-        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env, start_new_session=True)
+        code = "import time; print('up', flush=True); time.sleep(60)"
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, start_new_session=True)
         started.append(proc)
+        assert proc.stdout is not None
+        with proc.stdout:  # once it speaks, its command line and environment are its own
+            assert proc.stdout.readline() == b"up\n"
         return proc
 
     yield start
@@ -98,8 +103,7 @@ async def test_own_leftover_is_stopped_and_waited_for_a_foreign_one_named(sleepe
     assert own.wait(timeout=10) is not None
     assert foreign.poll() is None
     assert notes == (
-        f"GPU memory is held by pid {foreign.pid} ({sys.executable} -c import time; time.sleep(60)) "
-        "30.00 GiB (foreign): not ours to stop.",
+        f"GPU memory is held by pid {foreign.pid} ({sys.executable} -c {SLEEP}) 30.00 GiB (foreign): not ours to stop.",
     )
 
 
