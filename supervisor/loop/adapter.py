@@ -21,6 +21,7 @@ from supervisor.core.views import ArgChange
 from supervisor.loop import recovery
 from supervisor.runtime.base import Runtime
 from supervisor.runtime.gpu import Nvml
+from supervisor.runtime.usage import INSTANCE_ENV
 from supervisor.store.redact import REDACTED, secrets_from_argv
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,13 @@ class Adapter:
         self.configured = recovery.runtime_args(runtime)
         self.changes: list[ArgChange] = []
 
+    def _us(self, run: int) -> recovery.Us:
+        # Process runs carry this supervisor's instance: a run of another supervisor with the same model id
+        # is never taken for ours.
+        env = getattr(self._runtime, "env", None)
+        instance = env.get(INSTANCE_ENV) if isinstance(env, dict) else None
+        return recovery.Us(self._unit, run, instance)
+
     @property
     def effective(self) -> tuple[str, ...] | None:
         return recovery.runtime_args(self._runtime)
@@ -68,12 +76,12 @@ class Adapter:
         notes: list[str] = []
         args = self.effective
         if finding == "port_in_use" and args is not None:
-            port = await recovery.free_port(args, self._unit, run)
+            port = await recovery.free_port(args, self._us(run))
             notes += [port.note] if port.note else []
             if port.freed:
                 return ExitPlan("stopped our leftover holding the port", tuple(notes), None)
         if diagnosis.torch_holders:
-            named = recovery.describe_torch_holders(diagnosis.torch_holders, self._unit, run)
+            named = recovery.describe_torch_holders(diagnosis.torch_holders, self._us(run))
             notes += [named] if named else []
         change = await self._choose(finding, diagnosis, run, notes) if args is not None else None
         return ExitPlan(None if change is None else change.detail, tuple(notes), change)
@@ -112,10 +120,10 @@ class Adapter:
                 f"--gpu-memory-utilization not adapted: whose memory it is cannot be told ({found.reading.error})."
             )
             return None
-        foreign = found.of(lambda owner: owner != "own", self._unit, run)
+        foreign = found.of(lambda owner: owner != "own", self._us(run))
         if not foreign:
             return None
-        reclaim = sum(held for _, held in found.of(lambda owner: owner == "own", self._unit, run)) / 1024**3
+        reclaim = sum(held for _, held in found.of(lambda owner: owner == "own", self._us(run))) / 1024**3
         free, total = free_memory
         return adapt.adapt_gpu_memory_utilization(args, free + reclaim, total, floors)
 
@@ -142,4 +150,4 @@ class Adapter:
         """After an OOM finding, before the next run: our leftovers off the GPU, its memory released."""
         if not diagnosis.has_cuda_oom:
             return ()
-        return await recovery.release_gpu(self._nvml, self._unit, run, self._clock, still_wanted)
+        return await recovery.release_gpu(self._nvml, self._us(run), self._clock, still_wanted)

@@ -58,13 +58,26 @@ def set_runtime_args(runtime: Any, args: Iterable[str]) -> None:
 # --- whose is it --------------------------------------------------------------------------------------
 
 
-def whose(holder: Holder, unit: str, current_run: int) -> str:
-    """'own' (this model's leftover: ours to stop), 'model X' (another model's: left alone) or 'foreign'."""
-    if holder.unit == unit and holder.run != current_run:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Us:
+    """Who is asking: the unit (model or replica), its current run, and this supervisor's instance (the
+    LLM_SUPERVISOR_INSTANCE its process runs carry; None where the runtime does not set it)."""
+
+    unit: str
+    run: int
+    instance: str | None = None
+
+
+def whose(holder: Holder, us: Us) -> str:
+    """'own' (this model's leftover: ours to stop), 'model X' (another model's: left alone), 'supervisor S's
+    model X' (a run of another supervisor on this host, which may use the same model ids) or 'foreign'."""
+    if holder.unit is None:
+        return "foreign"
+    if us.instance is not None and holder.instance != us.instance:
+        return f"another supervisor's model {holder.unit}"
+    if holder.unit == us.unit and holder.run != us.run:
         return "own"
-    if holder.unit is not None:
-        return f"model {holder.unit}"
-    return "foreign"
+    return f"model {holder.unit}"
 
 
 async def stop_own(holder: Holder) -> bool:
@@ -89,7 +102,7 @@ class PortCheck:
     freed: bool  # a leftover of ours held it and was stopped: retry at once
 
 
-async def free_port(args: Iterable[str], unit: str, current_run: int) -> PortCheck:
+async def free_port(args: Iterable[str], us: Us) -> PortCheck:
     """Name whoever listens on the run's --port; stop it when it is a leftover of this model."""
     port = port_of(tuple(args))
     if port is None:
@@ -99,7 +112,7 @@ async def free_port(args: Iterable[str], unit: str, current_run: int) -> PortChe
         return PortCheck(f"Nothing listens on port {port} any more.", freed=False)
     named, freed = [], False
     for holder in holders:
-        owner = whose(holder, unit, current_run)
+        owner = whose(holder, us)
         if owner == "own" and await stop_own(holder):
             named.append(f"{holder.describe()}, a leftover of this model's run {holder.run}, was stopped")
             freed = True
@@ -111,12 +124,12 @@ async def free_port(args: Iterable[str], unit: str, current_run: int) -> PortChe
 # --- the GPU ------------------------------------------------------------------------------------------
 
 
-def describe_torch_holders(holders: Iterable[TorchHolder], unit: str, current_run: int) -> str | None:
+def describe_torch_holders(holders: Iterable[TorchHolder], us: Us) -> str | None:
     """torch's "Process P has X GiB memory in use", each P attributed to a model or marked foreign."""
     parts = []
     for found in holders:
         holder = describe_process(found.pid)
-        parts.append(f"{holder.describe()} {found.gib:.2f} GiB ({whose(holder, unit, current_run)})")
+        parts.append(f"{holder.describe()} {found.gib:.2f} GiB ({whose(holder, us)})")
     return ("torch names the GPU memory's holders: " + "; ".join(parts) + ".") if parts else None
 
 
@@ -125,8 +138,8 @@ class GpuHolders:
     reading: GpuReading
     holders: dict[int, tuple[Holder, int]]  # pid -> (who, bytes)
 
-    def of(self, kind: Callable[[str], bool], unit: str, current_run: int) -> list[tuple[Holder, int]]:
-        return [(h, b) for h, b in self.holders.values() if kind(whose(h, unit, current_run))]
+    def of(self, kind: Callable[[str], bool], us: Us) -> list[tuple[Holder, int]]:
+        return [(h, b) for h, b in self.holders.values() if kind(whose(h, us))]
 
 
 def read_gpu_holders(nvml: Nvml) -> GpuHolders:
@@ -135,25 +148,23 @@ def read_gpu_holders(nvml: Nvml) -> GpuHolders:
     return GpuHolders(reading, {pid: (describe_process(pid), held) for pid, held in reading.holders().items()})
 
 
-def name_foreign(found: GpuHolders, unit: str, current_run: int) -> str | None:
-    others = found.of(lambda owner: owner != "own", unit, current_run)
+def name_foreign(found: GpuHolders, us: Us) -> str | None:
+    others = found.of(lambda owner: owner != "own", us)
     if not others:
         return None
-    listed = "; ".join(f"{h.describe()} {b / _GIB:.2f} GiB ({whose(h, unit, current_run)})" for h, b in others)
+    listed = "; ".join(f"{h.describe()} {b / _GIB:.2f} GiB ({whose(h, us)})" for h, b in others)
     return f"GPU memory is held by {listed}: not ours to stop."
 
 
-async def release_gpu(
-    nvml: Nvml, unit: str, current_run: int, clock: Clock, still_wanted: Callable[[], bool]
-) -> tuple[str, ...]:
+async def release_gpu(nvml: Nvml, us: Us, clock: Clock, still_wanted: Callable[[], bool]) -> tuple[str, ...]:
     """Before a restart after an OOM: stop this model's leftovers on the GPU, then wait (bounded) until NVML
     shows their memory released. Returns notes for failure_advice (why the wait was skipped, who else holds
     memory)."""
     found = await asyncio.to_thread(read_gpu_holders, nvml)
     if found.reading.error is not None:
-        log.info("%s: GPU wait skipped: %s", unit, found.reading.error)
+        log.info("%s: GPU wait skipped: %s", us.unit, found.reading.error)
         return (f"GPU memory was not checked before the restart: {found.reading.error}.",)
-    own = found.of(lambda owner: owner == "own", unit, current_run)
+    own = found.of(lambda owner: owner == "own", us)
     for holder, _ in own:
         await stop_own(holder)
     waited_for = {h.pid for h, _ in own}
@@ -167,7 +178,7 @@ async def release_gpu(
             notes.append(f"GPU memory of pids {sorted(held)} was not released within {GPU_RELEASE_TIMEOUT:g}s.")
             break
         await clock.sleep_until(clock.now() + GPU_POLL_INTERVAL)
-    foreign = name_foreign(found, unit, current_run)
+    foreign = name_foreign(found, us)
     return (*notes, *([foreign] if foreign else []))
 
 

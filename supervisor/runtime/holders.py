@@ -1,9 +1,10 @@
 """Who holds a resource a model's run needs: the process listening on its port, the processes on the GPU.
 
-Each process is named by pid and command, and by the run marker (`LLM_SUPERVISOR_RUN`, "unit:run") when it is
-one of this supervisor's: that is how smart recovery tells its own leftovers, which it may stop, from a
-foreign process, which it only names (docs/recovery.md). Another user's process can only be seen in part
-without root: its sockets show no pid and its environment is closed, so it counts as foreign.
+Each process is named by pid and command, and by the run marker (`LLM_SUPERVISOR_RUN`, "unit:run") and the
+supervisor's instance (`LLM_SUPERVISOR_INSTANCE`) when it is one of a supervisor's runs: that is how smart
+recovery tells its own leftovers, which it may stop, from a foreign process, which it only names
+(docs/recovery.md). Another user's process can only be seen in part without root: its sockets show no pid and
+its environment is closed, so it counts as foreign.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import psutil
 
 from supervisor.runtime.process_group import RUN_MARKER_ENV
+from supervisor.runtime.usage import INSTANCE_ENV
 
 _COMMAND_MAX = 120
 
@@ -24,7 +26,8 @@ class Holder:
 
     pid: int | None
     command: str
-    marker: str | None = None  # the run marker when the process is one of this supervisor's runs
+    marker: str | None = None  # the run marker when the process is one of a supervisor's runs
+    instance: str | None = None  # which supervisor (LLM_SUPERVISOR_INSTANCE), where the run says
 
     @property
     def unit(self) -> str | None:
@@ -52,12 +55,12 @@ def describe_process(pid: int) -> Holder:
         return Holder(pid, "gone")
     except psutil.Error:
         return Holder(pid, "unknown: access denied")
-    marker = None
+    env: dict[str, str] = {}
     with contextlib.suppress(psutil.Error):
-        marker = proc.environ().get(RUN_MARKER_ENV)
+        env = proc.environ()
     if len(command) > _COMMAND_MAX:
         command = command[: _COMMAND_MAX - 3] + "..."
-    return Holder(pid, command, marker)
+    return Holder(pid, command, env.get(RUN_MARKER_ENV), env.get(INSTANCE_ENV))
 
 
 def port_holders(port: int) -> list[Holder]:

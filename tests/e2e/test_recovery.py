@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
 
 from supervisor.core.states import Cause, EventKind, State
+from supervisor.loop.runtimes import instance_id
 from supervisor.runtime.process_group import RUN_MARKER_ENV
+from supervisor.runtime.usage import INSTANCE_ENV
 from tests.e2e.conftest import Supervised, fake_model, free_port, kinds, wait_until
 
 # The cache holds 8192 tokens; one request of 100000 does not fit, so fake-vllm fails after its load with
@@ -85,10 +88,12 @@ async def test_without_adapt_the_args_stay_and_the_budget_is_spent(supervised: S
         assert "vLLM estimates 8192 fits" in (status.failure_advice or "")
 
 
-async def test_foreign_port_holder_is_named_not_killed(supervised: Supervised) -> None:
-    """A port held by a foreign process: failure_advice names its pid and command, and it lives on."""
+@pytest.mark.parametrize("marker", [None, "m:0"])
+async def test_foreign_port_holder_is_named_not_killed(supervised: Supervised, marker: str | None) -> None:
+    """A port held by a foreign process, or by a run of another supervisor that has a model of the same id:
+    failure_advice names its pid and command, and it lives on."""
     port = free_port()
-    holder = _listener(port)
+    holder = _listener(port, None if marker is None else {RUN_MARKER_ENV: marker, INSTANCE_ENV: "elsewhere"})
     try:
         model = fake_model(max_restarts=0)
         model["args"][model["args"].index("--port") + 1] = str(port)
@@ -98,18 +103,21 @@ async def test_foreign_port_holder_is_named_not_killed(supervised: Supervised) -
             status = sup.status("m")
         assert status.failure_cause is Cause.PORT_IN_USE
         assert f"Port {port} is held by pid {holder.pid} ({sys.executable} -c" in (status.failure_advice or "")
-        assert "(foreign, not stopped)" in (status.failure_advice or "")
+        owner = "foreign" if marker is None else "another supervisor's model m"
+        assert f"({owner}, not stopped)" in (status.failure_advice or "")
         assert holder.poll() is None
     finally:
         holder.kill()
         holder.wait()
 
 
-async def test_own_leftover_on_the_port_is_stopped_and_the_start_retried(supervised: Supervised) -> None:
+async def test_own_leftover_on_the_port_is_stopped_and_the_start_retried(
+    supervised: Supervised, tmp_path: Path
+) -> None:
     """A leftover of this model's earlier run holding the port is stopped, and the start retried at once
     without spending the budget."""
     port = free_port()
-    holder = _listener(port, {RUN_MARKER_ENV: "m:0"})
+    holder = _listener(port, {RUN_MARKER_ENV: "m:0", INSTANCE_ENV: instance_id(tmp_path / "state")})
     try:
         model = fake_model(max_restarts=0)
         model["args"][model["args"].index("--port") + 1] = str(port)
@@ -131,8 +139,7 @@ async def test_own_leftover_on_the_port_is_stopped_and_the_start_retried(supervi
         holder.wait()
 
 
-@pytest.mark.parametrize("who", ["foreign"])
-def test_port_holders_reads_a_real_listener(who: str) -> None:
+def test_port_holders_reads_a_real_listener() -> None:
     """port_holders finds the real listening process with its command; a closed port has none."""
     from supervisor.runtime.holders import port_holders
 

@@ -22,8 +22,10 @@ from supervisor.loop import recovery
 from supervisor.loop.adapter import Adapter
 from supervisor.runtime.gpu import Nvml
 from supervisor.runtime.process_group import RUN_MARKER_ENV
+from supervisor.runtime.usage import INSTANCE_ENV
 
 GIB = 1 << 30
+US = recovery.Us("m", 2)
 SLEEP = "import time; print('up', flush=True); time.sleep(60)"
 FREE_LINE = (
     "ValueError: Free memory on device (13.91/79.33 GiB) on startup is less than desired GPU memory utilization "
@@ -75,13 +77,13 @@ def sleeper() -> Iterator[Any]:
     """Start sleeping processes in their own sessions, some carrying a run marker; all killed at the end."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(marker: str | None = None) -> subprocess.Popen[bytes]:
+    def start(marker: str | None = None, instance: str | None = None) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
-        env.pop(RUN_MARKER_ENV, None)
-        if marker is not None:
-            env[RUN_MARKER_ENV] = marker
-        code = "import time; print('up', flush=True); time.sleep(60)"
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, start_new_session=True)
+        for name, value in ((RUN_MARKER_ENV, marker), (INSTANCE_ENV, instance)):
+            env.pop(name, None)
+            if value is not None:
+                env[name] = value
+        proc = subprocess.Popen([sys.executable, "-c", SLEEP], env=env, stdout=subprocess.PIPE, start_new_session=True)
         started.append(proc)
         assert proc.stdout is not None
         with proc.stdout:  # once it speaks, its command line and environment are its own
@@ -99,7 +101,7 @@ async def test_own_leftover_is_stopped_and_waited_for_a_foreign_one_named(sleepe
     """Our earlier run's process is stopped and its memory waited for; a foreign holder is named, not killed."""
     own, foreign = sleeper("m:1"), sleeper()
     nvml = nvml_listing({own.pid: 20 * GIB, foreign.pid: 30 * GIB})
-    notes = await recovery.release_gpu(nvml, "m", 2, RealClock(), lambda: True)
+    notes = await recovery.release_gpu(nvml, US, RealClock(), lambda: True)
     assert own.wait(timeout=10) is not None
     assert foreign.poll() is None
     assert notes == (
@@ -110,14 +112,24 @@ async def test_own_leftover_is_stopped_and_waited_for_a_foreign_one_named(sleepe
 async def test_another_models_process_is_named_not_stopped(sleeper: Any) -> None:
     """A process of another model of this supervisor is not this model's to stop: named as that model's."""
     other = sleeper("n:4")
-    notes = await recovery.release_gpu(nvml_listing({other.pid: GIB}), "m", 2, RealClock(), lambda: True)
+    notes = await recovery.release_gpu(nvml_listing({other.pid: GIB}), US, RealClock(), lambda: True)
     assert other.poll() is None
     assert "(model n): not ours to stop" in notes[0]
 
 
+async def test_another_supervisors_run_of_the_same_model_id_is_not_ours(sleeper: Any) -> None:
+    """Two supervisors on one host may both run a model "m": the other's run is named, never stopped."""
+    theirs, ours = sleeper("m:1", instance="b" * 12), sleeper("m:1", instance="a" * 12)
+    nvml = nvml_listing({theirs.pid: GIB, ours.pid: GIB})
+    notes = await recovery.release_gpu(nvml, recovery.Us("m", 2, "a" * 12), RealClock(), lambda: True)
+    assert ours.wait(timeout=10) is not None
+    assert theirs.poll() is None
+    assert "(another supervisor's model m): not ours to stop" in notes[0]
+
+
 async def test_without_nvml_the_wait_is_skipped_with_the_reason() -> None:
     """No driver: nothing is waited for or made up; the note says why."""
-    notes = await recovery.release_gpu(nvml_listing({}, fail=True), "m", 2, RealClock(), lambda: True)
+    notes = await recovery.release_gpu(nvml_listing({}, fail=True), US, RealClock(), lambda: True)
     assert notes == ("GPU memory was not checked before the restart: NVML: Driver Not Loaded.",)
 
 
@@ -132,7 +144,7 @@ async def test_memory_still_held_by_a_dead_process_is_waited_for_boundedly(monke
     monkeypatch.setattr(recovery, "GPU_RELEASE_TIMEOUT", 0.2)
     dead = _dead_pid()
     nvml = nvml_listing({dead: GIB}, keep=frozenset({dead}))
-    notes = await recovery.release_gpu(nvml, "m", 2, RealClock(), lambda: True)
+    notes = await recovery.release_gpu(nvml, US, RealClock(), lambda: True)
     assert notes[0] == f"GPU memory of pids [{dead}] was not released within 0.2s."
 
 
@@ -141,7 +153,7 @@ async def test_a_stop_ends_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(recovery, "GPU_RELEASE_TIMEOUT", 30.0)
     dead = _dead_pid()
     notes = await recovery.release_gpu(
-        nvml_listing({dead: GIB}, keep=frozenset({dead})), "m", 2, RealClock(), lambda: False
+        nvml_listing({dead: GIB}, keep=frozenset({dead})), US, RealClock(), lambda: False
     )
     assert "was not released within 30s" in notes[0]
 
@@ -149,12 +161,12 @@ async def test_a_stop_ends_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_torch_holders_are_attributed(sleeper: Any) -> None:
     """torch's "Process P has X GiB" becomes pid, command, memory and whose it is."""
     own, foreign = sleeper("m:1"), sleeper()
-    text = recovery.describe_torch_holders([TorchHolder(own.pid, 84.48), TorchHolder(foreign.pid, 1.0)], "m", 2)
+    text = recovery.describe_torch_holders([TorchHolder(own.pid, 84.48), TorchHolder(foreign.pid, 1.0)], US)
     assert text is not None
     assert f"pid {own.pid} (" in text
     assert "84.48 GiB (own)" in text
     assert "1.00 GiB (foreign)" in text
-    assert recovery.describe_torch_holders([], "m", 2) is None
+    assert recovery.describe_torch_holders([], US) is None
 
 
 class ArgvRuntime:
