@@ -40,6 +40,7 @@ from supervisor.store import logs
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_LOG_LINES = 10_000
+SEQ_MAX = 2**63 - 1  # SQLite's largest integer: a larger `since` is a 422, not an OverflowError (500)
 
 _UNSET: Any = object()
 Responses = dict[int | str, dict[str, Any]]
@@ -150,7 +151,7 @@ def _read_routes(api: APIRouter, supervisor: SupervisorFacade) -> None:
     @api.get("/models/{model_id}/events", response_model=list[EventOut], responses=_MODEL)
     async def get_events(
         model_id: ModelId,
-        since: Annotated[int, Query(ge=0, description="Only events with a larger seq")] = 0,
+        since: Annotated[int, Query(ge=0, le=SEQ_MAX, description="Only events with a larger seq")] = 0,
         limit: Annotated[int | None, Query(ge=1, le=MAX_LOG_LINES, description="At most this many, the newest")] = None,
     ) -> list[EventOut]:
         """The model's timeline, oldest first."""
