@@ -115,13 +115,6 @@ def model_detail(m: dict[str, Any]) -> str:
         )
     if m.get("adaptations") and m.get("effective_args") is not None:
         fields.append(("effective args", " ".join(m["effective_args"])))
-    for change in m.get("adaptations") or []:  # smart recovery's changes to the configured args
-        was = change.get("from") or "default"
-        fields.append(
-            ("adapted", f"{change['flag']} {was} -> {change['to']} ({change['reason']}, {clock(change['time'])})")
-        )
-    if m.get("adaptations") and m.get("effective_args") is not None:
-        fields.append(("effective args", " ".join(m["effective_args"])))
     replicas = m.get("replicas") or []
     for r in replicas if len(replicas) > 1 else []:
         state = r["state"] + (", draining" if r.get("draining") else "")

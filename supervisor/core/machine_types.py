@@ -53,10 +53,10 @@ class Settings:
     health_failure_threshold: int
     stop_timeout: float
     startup_stop_timeout: float = 5.0  # the stop_timeout of a run still loading
+    adapt: Floors | None = None  # smart recovery's floors when `adapt` is on (docs/recovery.md); None: off
     max_memory: int | None = None  # bytes of resident memory over the run's processes; None: no limit
     max_gpu_memory: int | None = None  # bytes of GPU memory held by the run's processes; None: no limit
     memory_check_interval: float = 5.0  # how often the loop samples a run's memory when it has a limit
-    adapt: Floors | None = None  # smart recovery's floors when `adapt` is on (docs/recovery.md); None: off
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,8 +48,8 @@ class EventKind(StrEnum):
     START_REQUESTED = "start_requested"
     STOP_REQUESTED = "stop_requested"
     RESTART_REQUESTED = "restart_requested"
-    MEMORY_LIMIT = "memory_limit"  # the run went over max_memory or max_gpu_memory
     ADAPTED = "adapted"  # smart recovery changed an argument of the next run (docs/recovery.md)
+    MEMORY_LIMIT = "memory_limit"  # the run went over max_memory or max_gpu_memory
 
 
 class RuntimeKind(StrEnum):

@@ -55,7 +55,8 @@ def test_status_id_lists_each_change_and_the_effective_args() -> None:
     }
     text = model_detail(model)
     assert "--max-model-len default -> 21440 (vLLM's estimate, " in text
-    assert "effective args:" in text
+    assert text.count("adapted:") == 1
+    assert text.count("effective args:") == 1
     assert "serve m --max-model-len 21440" in text
     del model["adaptations"]
     assert "adapted" not in model_detail(model)
