@@ -101,10 +101,10 @@ _RULES = (
     _Rule(
         "engine_dead",
         Cause.ENGINE_DEAD,
-        re.compile(
-            r"EngineCore failed to start|Engine core initialization failed|EngineDeadError"
-            r"|Worker proc \S+ died unexpectedly"
-        ),
+        # Not "EngineCore failed to start" nor "Engine core initialization failed": they frame a failed start,
+        # the first before its root cause (an OOM, a KV cache too small) and the second after it, and a start
+        # that failed for no known cause is a crash, not a dead engine.
+        re.compile(r"EngineDeadError|Worker proc \S+ died unexpectedly"),
         "vLLM's engine died; the server cannot recover without a restart. The first error above this line "
         "(often an out-of-memory or NCCL error) is the root cause.",
     ),
@@ -134,7 +134,7 @@ _CPU_KV_ADVICE = (
 _ESTIMATE = re.compile(r"estimated maximum model length is (\d+)")
 
 # When several findings appear in one run, the one nearest the root cause names the failure. Out of memory
-# comes first: the engine then dies and reports EngineDeadError or "EngineCore failed to start", and the other
+# comes first: the engine then dies and reports EngineDeadError or a dead worker, and the other
 # tensor-parallel workers report NCCL timeouts, so those lines are usually consequences. A port in use stops
 # the server before it serves anything and has nothing to do with the engine, so it outranks engine death.
 # Engine death outranks NCCL because a dead worker shows up as collective timeouts on the others.

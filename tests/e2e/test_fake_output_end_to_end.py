@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisor.core.states import State
+from supervisor.core.states import Cause, EventKind, State
 from tests.e2e.conftest import Supervised, fake_model, wait_until
 
 SECRET = "sk-e2e-4f9c2a7d1b"
@@ -19,3 +19,15 @@ async def test_the_api_key_vllm_prints_among_its_args_never_reaches_the_log(supe
     assert "'api_key': '***'" in line
     assert SECRET not in text
     assert SECRET not in seen
+
+
+async def test_a_startup_oom_is_found_as_an_oom_and_nothing_else(supervised: Supervised) -> None:
+    """A CUDA OOM while loading: the first and only finding is oom, never a misleading engine_dead before it."""
+    async with supervised({"m": fake_model("--oom", "startup", max_restarts=0)}) as sup:
+        await wait_until(lambda: sup.status("m").state is State.FAILED, 20, "failed")
+        events = sup.events("m")
+        status = sup.status("m")
+    findings = [e.reason for e in events if e.kind in (EventKind.DIAGNOSED, EventKind.OOM_DETECTED)]
+    assert findings
+    assert set(findings) == {Cause.OOM.value}
+    assert (status.failure_cause, status.has_cuda_oom) == (Cause.OOM, True)

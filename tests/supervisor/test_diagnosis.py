@@ -68,12 +68,6 @@ FATAL_LINES = [
         "by other processes.",
     ),
     # engine death
-    ("engine_dead", ENGINE + "ERROR 09-24 20:55:20 [core.py:708] EngineCore failed to start."),
-    (
-        "engine_dead",
-        "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. "
-        "Failed core proc(s): {}",
-    ),
     (
         "engine_dead",
         "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace "
@@ -146,6 +140,10 @@ ORDINARY_LINES = [
     ENGINE + "    self.init_snapshot = MemorySnapshot()",
     "FileNotFoundError: [Errno 2] No such file or directory: '/models/qwen'",
     "WARNING 09-24 20:55:00 [cuda.py:100] Using max model len 32768; to see how much memory is free, use nvidia-smi",
+    # A failed start's headline and its consequence: the root cause is on the lines between them, and a finding
+    # here would be reported before it (a misleading engine_dead ahead of the OOM that caused it).
+    ENGINE + "ERROR 09-24 20:55:20 [core.py:708] EngineCore failed to start.",
+    "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
 ]
 
 
