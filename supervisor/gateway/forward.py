@@ -137,7 +137,7 @@ class Forwarder:
         name = payload.get("model") if isinstance(payload, dict) else None
         if not isinstance(name, str):
             return _error(400, "the body must be a JSON object naming a model in 'model'", "model")
-        model = self._resolve(name)
+        model = self._resolve(name) or await self._resolve_after_asking(name)
         if model is None:
             known = ", ".join(self._models()) or "none"
             return _error(404, f"The model `{name}` does not exist. Known models: {known}", "model")
@@ -337,6 +337,19 @@ class Forwarder:
             return models[name]
         model_id = self._names.model_for(name)
         return models.get(model_id) if model_id is not None else None
+
+    async def _resolve_after_asking(self, name: str) -> SupervisedModel | None:
+        """A name no known model answers to may be one of a server whose names are not learnt yet (it became
+        ready a moment ago): ask those servers now, rather than answer 404 to a name that exists."""
+        unasked = [
+            m
+            for m in self._models().values()
+            if m.cfg.probe_root_url is not None and self._names.first(m.id) is None and m.ready_replicas()
+        ]
+        if not unasked:
+            return None
+        await asyncio.gather(*(self._names.learn(m.id, self.pool(m.ready_replicas()[0])) for m in unasked))
+        return self._resolve(name)
 
     def _fallback(self, model: SupervisedModel) -> SupervisedModel | None:
         fallback = self._models().get(model.cfg.fallback) if model.cfg.fallback else None

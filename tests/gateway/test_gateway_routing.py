@@ -139,3 +139,16 @@ async def test_a_bug_costs_one_request_a_500_never_the_gateway(serve: Serve, mon
     assert "internal error in the gateway" in failed.json()["error"]["message"]
     assert failed.headers["x-request-id"] in failed.json()["error"]["message"]
     assert served.status_code == 200
+
+
+async def test_a_served_name_not_learnt_yet_is_asked_for_not_refused(serve: Serve) -> None:
+    """A request by a server's own name that arrives before the gateway learnt the names (the replica became
+    ready a moment ago) is routed after asking that server, not answered 404."""
+    async with serve({"qwen": fake_model()}) as s:
+        await wait_until(lambda: healthy(s.fleet, "qwen"), 20, "qwen healthy")
+        s.gateway._names.forget("qwen")  # as if the request came before the names were fetched
+        response = await s.client.post("/v1/completions", json={"model": "test-model", "prompt": "hi"})
+        assert response.status_code == 200, response.text
+        assert response.headers["x-llm-supervisor-model"] == "qwen"
+        unknown = await s.client.post("/v1/completions", json={"model": "nope", "prompt": "hi"})
+        assert unknown.status_code == 404
