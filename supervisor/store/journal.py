@@ -94,7 +94,9 @@ class Journal:
         self.path = path
         self._max_events = max_events_per_model
         self._lock = threading.Lock()
-        self._appends_since_prune = 0
+        # Appends per model since its last prune: each model is pruned after its own _PRUNE_EVERY appends (a
+        # count shared by all would always prune whichever model happens to land on it, and never the others).
+        self._appends_since_prune: dict[str, int] = {}
 
     @classmethod
     def open(cls, path: Path | str, *, max_events_per_model: int = DEFAULT_MAX_EVENTS_PER_MODEL) -> Journal:
@@ -140,9 +142,10 @@ class Journal:
                     event.replica,
                 ),
             )
-            self._appends_since_prune += 1
-            if self._appends_since_prune >= _PRUNE_EVERY:
-                self._appends_since_prune = 0
+            appended = self._appends_since_prune.get(event.model_id, 0) + 1
+            self._appends_since_prune[event.model_id] = appended
+            if appended >= _PRUNE_EVERY:
+                self._appends_since_prune[event.model_id] = 0
                 self._prune(event.model_id)
 
     def _prune(self, model_id: str) -> None:

@@ -146,6 +146,21 @@ def test_old_events_are_pruned_per_model(tmp_path: Path) -> None:
         j.close()
 
 
+def test_models_whose_events_interleave_are_each_pruned(tmp_path: Path) -> None:
+    """Two models appending in turn are both bounded: each is pruned after its own appends, not only the one
+    whose event happens to land on a shared count."""
+    j = Journal.open(tmp_path / "journal.sqlite3", max_events_per_model=100)
+    try:
+        for seq in range(1, 2401):
+            j.append(_event(seq, model_id="a" if seq % 2 else "b", kind=EventKind.PROBE_FAILED))
+        for model_id in ("a", "b"):
+            kept = j.events(model_id)
+            assert 100 <= len(kept) <= 600, (model_id, len(kept))
+            assert kept[-1].seq >= 2399
+    finally:
+        j.close()
+
+
 def test_writes_are_fast_enough_for_the_event_loop(journal: Journal) -> None:
     """A write costs well under the event loop's budget (median < 5 ms even on a loaded CI machine)."""
     samples = []
