@@ -43,6 +43,8 @@ def not_on_real_vllm(scenario: Scenario) -> str | None:
     """Why a scenario cannot run against real vLLM, or None."""
     if scenario.real_vllm is None:
         return "written for fake-vllm only (it has no real_vllm block)"
+    if scenario.target is None:
+        return "it has no target to start (a real_vllm block needs target.models)"
     return None
 
 

@@ -34,6 +34,12 @@ def test_a_scenario_without_the_block_stays_on_the_fake() -> None:
         for_real_vllm(parse_scenario(scenario()))
 
 
+def test_a_scenario_without_a_target_cannot_start_real_vllm() -> None:
+    """real_vllm without target.models: skipped with the reason, not an exception mid-run."""
+    data = {k: v for k, v in scenario(real_vllm={}).items() if k != "target"}
+    assert not_on_real_vllm(parse_scenario(data)) == "it has no target to start (a real_vllm block needs target.models)"
+
+
 def test_slack_goes_to_every_within_and_the_fake_flags_go() -> None:
     """Each `within` and observe_at_most grow by the slack; fake-vllm's flags are dropped; the rest stays."""
     real = for_real_vllm(parse_scenario(scenario(real_vllm={"slack": 100})))
