@@ -47,6 +47,13 @@ class ManualClock:
         return self.now
 
 
+def unused_url() -> str:
+    """The URL of a loopback port nobody listens on right now: a daemon that is not running."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 @contextmanager
 def serve_in_thread(app: FastAPI, timeout: float = 20.0) -> Iterator[str]:
     """Serve `app` on a free loopback port from a background thread; yield its base URL."""

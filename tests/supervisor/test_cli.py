@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_helpers import serve_in_thread
+from api_helpers import serve_in_thread, unused_url
 from fakes import FakeSupervisor
 
 from supervisor.api.app import create_app
@@ -31,12 +30,6 @@ def sup(tmp_path: Path) -> FakeSupervisor:
 def url(sup: FakeSupervisor) -> Iterator[str]:
     with serve_in_thread(create_app(sup, token=None)) as base:
         yield base
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_status_table_lists_every_model(url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,7 +104,7 @@ def test_unknown_model_exits_2(url: str, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_unreachable_daemon_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     """Nothing listening at --url: exit 3 and a sentence naming the URL."""
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = unused_url()
     assert cli.main(["status", "--url", url]) == 3
     assert f"no answer from {url}" in capsys.readouterr().err
 

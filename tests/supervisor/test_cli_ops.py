@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_helpers import serve_in_thread
+from api_helpers import serve_in_thread, unused_url
 from fakes import FakeSupervisor
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -37,12 +36,6 @@ def sup(tmp_path: Path) -> FakeSupervisor:
 def url(sup: FakeSupervisor) -> Iterator[str]:
     with serve_in_thread(create_app(sup, token=None)) as base:
         yield base
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_check_prints_a_line_per_model_and_exits_1_when_one_is_not_healthy(
@@ -83,7 +76,7 @@ def test_check_of_an_unknown_model_exits_2(url: str, capsys: pytest.CaptureFixtu
 
 def test_check_exits_3_when_the_daemon_is_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
     """Nothing listening: exit 3, nothing on stdout (cron tells unreachable from unhealthy)."""
-    assert cli.main(["check", "--url", f"http://127.0.0.1:{_free_port()}"]) == 3
+    assert cli.main(["check", "--url", unused_url()]) == 3
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "no answer from" in captured.err
@@ -95,8 +88,8 @@ def test_url_env_var_is_the_default_url(
     """LLM_SUPERVISOR_URL replaces the built-in default; --url still wins over it."""
     monkeypatch.setenv("LLM_SUPERVISOR_URL", url)
     assert cli.main(["check", "qwen"]) == 0
-    assert cli.main(["check", "qwen", "--url", f"http://127.0.0.1:{_free_port()}"]) == 3
-    monkeypatch.setenv("LLM_SUPERVISOR_URL", f"http://127.0.0.1:{_free_port()}")
+    assert cli.main(["check", "qwen", "--url", unused_url()]) == 3
+    monkeypatch.setenv("LLM_SUPERVISOR_URL", unused_url())
     assert cli.main(["status"]) == 3
     assert "no answer from http://127.0.0.1:" in capsys.readouterr().err
 
