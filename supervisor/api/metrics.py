@@ -12,6 +12,7 @@ A private `CollectorRegistry` (not the process-global one) so two apps in one te
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,6 +30,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 # or alert reads it (Prometheus sees a counter's reset in the counter itself). Process-wide, the gateway's too.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
+_Series = TypeVar("_Series", Counter, Histogram)
 PREFIX = "llm_supervisor"
 # `spawned` reasons: an operator's restart, or the cause of the run that died.
 # "exit": a run that ended with a success exit code, restarted under `always` / `unless-stopped`.
@@ -136,41 +138,54 @@ class Metrics:
         self._ooms = Counter(
             f"{PREFIX}_oom", "CUDA out-of-memory errors detected in a model's output", ["model"], registry=self.registry
         )
-        self._known: set[str] = set()
+        # Each model's labelled series, so a model removed by a reload takes its series with it.
+        self._series: dict[str, set[tuple[Counter | Histogram, tuple[str, ...]]]] = {}
         supervisor.add_observer(self)
+
+    def _child(self, metric: _Series, model_id: str, *labels: str) -> _Series:
+        self._series[model_id].add((metric, (model_id, *labels)))
+        return metric.labels(model_id, *labels)
 
     def _ensure(self, model_id: str) -> None:
         # Every series exists from the start at 0, so rate() and absent-alerts work before the first failure.
-        if model_id in self._known:
+        if model_id in self._series:
             return
-        self._known.add(model_id)
+        self._series[model_id] = set()
         for reason in RESTART_REASONS:
-            self._restarts.labels(model_id, reason)
+            self._child(self._restarts, model_id, reason)
         for cause in EXIT_CAUSES:
-            self._exits.labels(model_id, cause)
+            self._child(self._exits, model_id, cause)
         for result in PROBE_RESULTS:
-            self._checks.labels(model_id, result)
-        self._durations.labels(model_id)
-        self._ooms.labels(model_id)
+            self._child(self._checks, model_id, result)
+        self._child(self._durations, model_id)
+        self._child(self._ooms, model_id)
+
+    def _forget(self, model_id: str) -> None:
+        for metric, labels in self._series.pop(model_id):
+            metric.remove(*labels)
 
     def on_event(self, event: TimelineEvent) -> None:
         """Count restarts, exits and OOMs from the timeline."""
         self._ensure(event.model_id)
         if event.kind == EventKind.SPAWNED and event.reason is not None:
-            self._restarts.labels(event.model_id, event.reason).inc()
+            self._child(self._restarts, event.model_id, event.reason).inc()
         elif event.kind == EventKind.EXITED:
-            self._exits.labels(event.model_id, event.reason or "none").inc()
+            self._child(self._exits, event.model_id, event.reason or "none").inc()
         elif event.kind == EventKind.OOM_DETECTED:
-            self._ooms.labels(event.model_id).inc()
+            self._child(self._ooms, event.model_id).inc()
 
     def on_probe(self, model_id: str, ok: bool, duration: float) -> None:
         """Count one probe and record how long it took."""
         self._ensure(model_id)
-        self._checks.labels(model_id, "success" if ok else "failure").inc()
-        self._durations.labels(model_id).observe(duration)
+        self._child(self._checks, model_id, "success" if ok else "failure").inc()
+        self._child(self._durations, model_id).observe(duration)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric (call from the event loop: reads statuses)."""
-        for model_id in self._supervisor.model_ids():
+        """The Prometheus text exposition of every metric (call from the event loop: reads statuses). A model
+        no longer configured (removed by a reload) loses its series here, after its last events were counted."""
+        configured = set(self._supervisor.model_ids())
+        for model_id in configured:
             self._ensure(model_id)
+        for model_id in self._series.keys() - configured:
+            self._forget(model_id)
         return generate_latest(self.registry)

@@ -111,6 +111,25 @@ def test_models_added_later_get_series(sup: FakeSupervisor) -> None:
     assert value(parsed, "llm_supervisor_oom_total", model="late") == 0
 
 
+def test_a_removed_model_takes_its_series_with_it(sup: FakeSupervisor) -> None:
+    """After a reload removed a model, no series names it: a dashboard or alert must not see it forever. Its
+    last events are counted until then, and the others keep their counts."""
+    metrics = Metrics(sup)
+    crash_script(sup, "qwen")
+    crash_script(sup, "llama")
+    sup.emit("llama", EventKind.SPAWNED, State.STARTING, reason="manual")
+    sup.probe("llama", False, 0.5)
+    assert value(_scrape(metrics), "llm_supervisor_restarts_total", model="llama", reason="manual") == 1
+    del sup._statuses["llama"]  # what a reload that removed it leaves
+    parsed = _scrape(metrics)
+    assert not [labels for _, labels in parsed if ("model", "llama") in labels]
+    assert value(parsed, "llm_supervisor_oom_total", model="qwen") == 1
+    sup.set_status("llama", State.STARTING)  # added back by a later reload: starts from zero
+    parsed = _scrape(metrics)
+    assert value(parsed, "llm_supervisor_oom_total", model="llama") == 0
+    assert value(parsed, "llm_supervisor_restarts_total", model="llama", reason="manual") == 0
+
+
 def test_two_apps_in_one_process_do_not_collide(sup: FakeSupervisor, tmp_path: Path) -> None:
     """Each Metrics has its own registry: building a second one neither raises nor shares counts."""
     first = Metrics(sup)
