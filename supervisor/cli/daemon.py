@@ -28,7 +28,7 @@ import uvicorn
 from supervisor.api.app import create_app
 from supervisor.api.auth import token_from_env
 from supervisor.config.reload_plan import ReloadPlan, ReloadRefused
-from supervisor.config.schema import Config, ConfigError, GatewaySettings
+from supervisor.config.schema import Config, ConfigError, GatewaySettings, SupervisorSettings
 from supervisor.core.states import EventKind
 from supervisor.core.views import TimelineEvent
 from supervisor.gateway.service import Gateway
@@ -208,6 +208,14 @@ def gateway_key(settings: GatewaySettings) -> str | None:
     return key
 
 
+def open_journal(settings: SupervisorSettings) -> Journal:
+    """The journal in the state directory, keeping the configured number of events per model."""
+    try:
+        return Journal.open(settings.state_dir / JOURNAL_FILENAME, max_events_per_model=settings.journal_max_events)
+    except JournalError as exc:
+        raise StartupError(str(exc)) from exc
+
+
 async def serve(config: Config, host: str, port: int, out: TextIO = sys.stderr) -> int:
     """Run until SIGTERM/SIGINT, then stop every model and return 0. Raises StartupError before starting."""
     token_env = config.supervisor.token_env
@@ -221,10 +229,7 @@ async def serve(config: Config, host: str, port: int, out: TextIO = sys.stderr) 
         release.callback(sock.close)
         lock = lock_state_dir(config.supervisor.state_dir)
         release.callback(os.close, lock)
-        try:
-            journal = Journal.open(config.supervisor.state_dir / JOURNAL_FILENAME)
-        except JournalError as exc:
-            raise StartupError(str(exc)) from exc
+        journal = open_journal(config.supervisor)
         release.callback(journal.close)
         return await _serve(config, journal, sock, token=token, key=key, out=out)
 

@@ -92,6 +92,7 @@ class SupervisorSettings(Section):
     token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "LLM_SUPERVISOR_TOKEN"  # noqa: S105 (a variable's name, not a secret)
     log_max_bytes: Annotated[Count, Field(ge=1024)] = 10 * 1024 * 1024
     log_backups: Annotated[Count, Field(ge=0)] = 5
+    journal_max_events: Annotated[Count, Field(ge=100)] = 10_000  # newest events the journal keeps per model
 
     @field_validator("state_dir")
     @classmethod

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from pydantic import ValidationError
 
+from supervisor.cli.daemon import open_journal
+from supervisor.config.schema import SupervisorSettings
 from supervisor.core.states import EventKind, State
 from supervisor.core.views import TimelineEvent
 from supervisor.store.base import PersistedModel, RunRecord, StoreError
@@ -159,6 +162,22 @@ def test_models_whose_events_interleave_are_each_pruned(tmp_path: Path) -> None:
             assert kept[-1].seq >= 2399
     finally:
         j.close()
+
+
+def test_the_supervisor_keeps_the_configured_number_of_events(tmp_path: Path) -> None:
+    """`supervisor.journal_max_events` bounds the journal the daemon opens; the default keeps 10,000."""
+    settings = SupervisorSettings(state_dir=tmp_path / "state", journal_max_events=100)
+    j = open_journal(settings)
+    try:
+        for seq in range(1, 701):
+            j.append(_event(seq, kind=EventKind.PROBE_FAILED))
+        # Pruned to the newest 100 at the 500th append, then 200 more.
+        assert [e.seq for e in j.events("m1")] == list(range(401, 701))
+    finally:
+        j.close()
+    assert SupervisorSettings().journal_max_events == 10_000
+    with pytest.raises(ValidationError, match="greater than or equal to 100"):
+        SupervisorSettings(journal_max_events=10)
 
 
 def test_writes_are_fast_enough_for_the_event_loop(journal: Journal) -> None:
