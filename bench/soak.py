@@ -6,7 +6,8 @@ Faults come from the chaos catalogue's kinds (see soak_drive.Kind): kill -9 of a
 its group, released soon or left for the supervisor to kill), CUDA OOM and engine death (fake-vllm's
 /admin/faults), a slow start (a restart of the model whose fake-vllm has --startup-delay), an operator's stop
 and start through the API, and a reload (one model's settings changed in the file, then SIGHUP or
-POST /api/reload). Every few seconds it samples the supervisor's RSS and open file descriptors (psutil) and
+POST /api/reload). Every few seconds it samples the supervisor's RSS (and its anonymous, file and shared
+parts, from /proc/PID/status) and open file descriptors (psutil) and
 reads each model's new events. At the end every model is started again and given time to turn healthy, the
 supervisor is stopped with SIGTERM, and it reports: RSS first/last/max and its slope over the second half,
 fds, orphans (processes carrying this run's env marker still alive after the supervisor exited), gaps in the
@@ -28,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 from soak_drive import Api, Injector, schedule
@@ -73,20 +74,42 @@ def build_config(workdir: Path, models: int, run_id: str) -> tuple[dict[str, Any
     return {"supervisor": {**supervisor, "token_env": TOKEN_ENV}, "llmModels": entries}, urls
 
 
+class Sample(NamedTuple):
+    """One look at the supervisor: seconds since the soak began, RSS and its parts in MiB, open fds."""
+
+    at: float
+    rss: float
+    anon: float  # the heap: Python objects, SQLite's page cache, malloc's free lists
+    file: float  # pages of mapped files (the interpreter, libraries) touched so far
+    shmem: float  # shared memory, e.g. the SQLite WAL's index
+    fds: int
+
+
+def rss_parts(pid: int) -> tuple[float, float, float]:
+    """RssAnon, RssFile and RssShmem of /proc/PID/status in MiB: which kind of memory an RSS change is."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("RssAnon", "RssFile", "RssShmem"):
+            fields[name] = int(value.split()[0]) / 1024  # kB
+    return fields["RssAnon"], fields["RssFile"], fields["RssShmem"]
+
+
 @dataclass
 class Watch:
     """What the soak saw of the supervisor: resource samples and the event sequence numbers read so far."""
 
     pid: int
-    samples: list[tuple[float, float, int]] = field(default_factory=list)  # (s since start, RSS MiB, fds)
+    samples: list[Sample] = field(default_factory=list)
     seqs: set[int] = field(default_factory=set)
     last_seq: dict[str, int] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
 
     def sample(self, elapsed: float) -> None:
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, OSError):
             proc = psutil.Process(self.pid)
-            self.samples.append((round(elapsed, 1), proc.memory_info().rss / 2**20, proc.num_fds()))
+            parts = rss_parts(self.pid)
+            self.samples.append(Sample(round(elapsed, 1), proc.memory_info().rss / 2**20, *parts, proc.num_fds()))
 
     def read_events(self, api: Api, models: list[str]) -> None:
         for model in models:
@@ -133,12 +156,12 @@ def orphans_after_shutdown(run_id: str, within: float = 5.0) -> list[str]:
     return described
 
 
-def slope_mib_per_hour(samples: list[tuple[float, float, int]]) -> float | None:
-    """Least-squares slope of RSS over the second half of the samples, in MiB per hour."""
+def slope_mib_per_hour(samples: list[Sample], part: str = "rss") -> float | None:
+    """Least-squares slope of RSS (or one of its parts) over the second half of the samples, in MiB per hour."""
     half = samples[len(samples) // 2 :]
-    if len(half) < 2 or half[0][0] == half[-1][0]:
+    if len(half) < 2 or half[0].at == half[-1].at:
         return None
-    fit = statistics.linear_regression([t / 3600 for t, _, _ in half], [rss for _, rss, _ in half])
+    fit = statistics.linear_regression([s.at / 3600 for s in half], [getattr(s, part) for s in half])
     return round(fit.slope, 2)
 
 
@@ -189,8 +212,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         supervisor.stop_blocking(60.0)
     orphans = orphans_after_shutdown(run_id)
     missing = [seq for seq in range(1, ceiling + 1) if seq not in watch.seqs]
-    rss = [s[1] for s in watch.samples]
-    fds = [s[2] for s in watch.samples]
+    rss = [s.rss for s in watch.samples]
+    fds = [s.fds for s in watch.samples]
     return {
         "settings": {
             "models": args.models,
@@ -205,6 +228,14 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             "last": round(rss[-1], 1),
             "max": round(max(rss), 1),
             "slope_mib_per_hour_second_half": slope_mib_per_hour(watch.samples),
+            "parts": {
+                part: {
+                    "first": round(getattr(watch.samples[0], part), 1),
+                    "last": round(getattr(watch.samples[-1], part), 1),
+                    "slope_mib_per_hour_second_half": slope_mib_per_hour(watch.samples, part),
+                }
+                for part in ("anon", "file", "shmem")
+            },
         },
         "fds": {"first": fds[0], "last": fds[-1], "max": max(fds)},
         "marked_before_shutdown": marked,
@@ -228,7 +259,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "reload_surprises": injector.reload_surprises,
         "unrecovered": unrecovered,
         "supervisor_exit": supervisor.returncode,
-        "series": watch.samples,
+        "series_fields": list(Sample._fields),
+        "series": [list(s) for s in watch.samples],
     }
 
 
@@ -242,6 +274,11 @@ def summary(report: dict[str, Any]) -> str:
             f"seed {report['settings']['seed']}, {report['samples']} samples",
             f"RSS MiB   first {rss['first']}, last {rss['last']}, max {rss['max']}, "
             f"slope over the second half {rss['slope_mib_per_hour_second_half']} MiB/h",
+            "  of it    "
+            + "; ".join(
+                f"{part} {p['first']} -> {p['last']}, {p['slope_mib_per_hour_second_half']} MiB/h"
+                for part, p in rss["parts"].items()
+            ),
             f"fds       first {fds['first']}, last {fds['last']}, max {fds['max']}",
             f"faults    applied: {applied}; skipped (model not healthy then): {skipped}",
             f"events    {events['read']} read, up to seq {events['checked_up_to']}, gaps {events['gaps']}",

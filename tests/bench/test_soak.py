@@ -58,7 +58,9 @@ def test_a_short_soak_reports_no_orphans_gaps_or_5xx(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert "RSS MiB" in done.stdout
     assert "orphans   0 after shutdown" in done.stdout
-    assert set(report["rss_mib"]) == {"first", "last", "max", "slope_mib_per_hour_second_half"}
+    assert set(report["rss_mib"]) == {"first", "last", "max", "slope_mib_per_hour_second_half", "parts"}
+    assert set(report["rss_mib"]["parts"]) == {"anon", "file", "shmem"}
+    assert report["series_fields"] == ["at", "rss", "anon", "file", "shmem", "fds"]
     assert set(report["fds"]) == {"first", "last", "max"}
     assert report["samples"] >= 5
     assert len(report["series"]) == report["samples"]
