@@ -122,7 +122,7 @@ def test_a_removed_model_takes_its_series_with_it(sup: FakeSupervisor) -> None:
     assert value(_scrape(metrics), "llm_supervisor_restarts_total", model="llama", reason="manual") == 1
     del sup._statuses["llama"]  # what a reload that removed it leaves
     parsed = _scrape(metrics)
-    assert not [labels for _, labels in parsed if ("model", "llama") in labels]
+    assert not [labels for _, labels in parsed if ("model", "llama") in labels or ("server", "llama") in labels]
     assert value(parsed, "llm_supervisor_oom_total", model="qwen") == 1
     sup.set_status("llama", State.STARTING)  # added back by a later reload: starts from zero
     parsed = _scrape(metrics)
