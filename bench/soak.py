@@ -1,6 +1,6 @@
 """Soak: a real `llm-supervisor run` over N fake-vllm models for a given time, under seeded random faults.
 
-    .venv/bin/python bench/soak.py [--models 20] [--minutes 30] [--seed 1] [--fault-every 8] [--out soak.json]
+    .venv/bin/python bench/soak.py [--models 20] [--minutes 30] [--seed 1] [--fault-every 8] [--kinds KINDS] [--out soak.json]
 
 Faults come from the chaos catalogue's kinds (see soak_drive.Kind): kill -9 of a server, a hang (SIGSTOP of
 its group, released soon or left for the supervisor to kill), CUDA OOM and engine death (fake-vllm's
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import psutil
-from soak_drive import Api, Injector, schedule
+from soak_drive import Api, Injector, Kind, schedule
 
 from chaos.target import TOKEN_ENV, SupervisorProcess, default_supervisor_cmd, fake_vllm_command, free_port
 
@@ -175,7 +175,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     api_url = f"http://127.0.0.1:{config['supervisor']['api']['port']}"
     supervisor = SupervisorProcess(default_supervisor_cmd(), config_path, api_url, workdir / "supervisor.log")
     seconds = args.minutes * 60
-    faults = schedule(args.seed, models, models[0], seconds, args.fault_every)
+    faults = schedule(args.seed, models, models[0], seconds, args.fault_every, args.kinds)
     supervisor.start_blocking()
     assert supervisor.process is not None
     api = Api(api_url, supervisor.headers)
@@ -220,6 +220,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             "minutes": args.minutes,
             "seed": args.seed,
             "fault_every": args.fault_every,
+            "kinds": [k.value for k in args.kinds or Kind],
         },
         "workdir": str(workdir),
         "samples": len(watch.samples),
@@ -290,12 +291,25 @@ def summary(report: dict[str, Any]) -> str:
     )
 
 
+def fault_kinds(text: str) -> list[Kind]:
+    """`--kinds kill9,oom`: the fault kinds named, or an error that lists the known ones."""
+    try:
+        return [Kind(name) for name in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the kinds are {', '.join(k.value for k in Kind)}") from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fault-every", type=float, default=8.0, help="mean seconds between faults")
+    parser.add_argument(
+        "--kinds",
+        type=fault_kinds,
+        help=f"only these fault kinds, comma-separated (default all: {','.join(k.value for k in Kind)})",
+    )
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between samples and event reads")
     parser.add_argument("--out", type=Path, help="write the report here as JSON")
     args = parser.parse_args()

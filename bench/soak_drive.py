@@ -46,12 +46,15 @@ class Fault:
     by_signal: bool = False  # a reload asked for with SIGHUP rather than the API
 
 
-def schedule(seed: int, models: list[str], slow_model: str, seconds: float, every: float) -> list[Fault]:
-    """Faults from `every`/2 s on, one every `every` s on average, until `seconds`; a function of its arguments."""
+def schedule(
+    seed: int, models: list[str], slow_model: str, seconds: float, every: float, kinds: list[Kind] | None = None
+) -> list[Fault]:
+    """Faults (of `kinds`, default all) from `every`/2 s on, one every `every` s on average, until `seconds`;
+    a function of its arguments."""
     rng = random.Random(seed)
     faults: list[Fault] = []
     at = every * rng.uniform(0.5, 1.0)
-    kinds = list(Kind)
+    kinds = kinds or list(Kind)
     while at < seconds:
         kind = rng.choice(kinds)
         model = slow_model if kind is Kind.SLOW_START else rng.choice(models)

@@ -38,6 +38,8 @@ def test_the_schedule_is_a_function_of_the_seed() -> None:
     assert {f.kind for f in first} == set(drive.Kind)
     assert all(f.model == "m00" for f in first if f.kind is drive.Kind.SLOW_START)
     assert all(0 < f.at < 600 for f in first)
+    only = drive.schedule(1, models, "m00", 600, 8, [drive.Kind.OOM, drive.Kind.RELOAD])
+    assert {f.kind for f in only} == {drive.Kind.OOM, drive.Kind.RELOAD}
 
 
 @pytest.mark.slow
