@@ -1,6 +1,7 @@
 """Soak: a real `llm-supervisor run` over N fake-vllm models for a given time, under seeded random faults.
 
-    .venv/bin/python bench/soak.py [--models 20] [--minutes 30] [--seed 1] [--fault-every 8] [--kinds KINDS] [--out soak.json]
+    .venv/bin/python bench/soak.py [--models 20] [--minutes 30] [--seed 1] [--fault-every 8] [--kinds KINDS]
+                                   [--out soak.json]
 
 Faults come from the chaos catalogue's kinds (see soak_drive.Kind): kill -9 of a server, a hang (SIGSTOP of
 its group, released soon or left for the supervisor to kill), CUDA OOM and engine death (fake-vllm's
