@@ -7,8 +7,8 @@ Faults come from the chaos catalogue's kinds (see soak_drive.Kind): kill -9 of a
 its group, released soon or left for the supervisor to kill), CUDA OOM and engine death (fake-vllm's
 /admin/faults), a slow start (a restart of the model whose fake-vllm has --startup-delay), an operator's stop
 and start through the API, and a reload (one model's settings changed in the file, then SIGHUP or
-POST /api/reload). Every few seconds it samples the supervisor's RSS (and its anonymous, file and shared
-parts, from /proc/PID/status) and open file descriptors (psutil) and
+POST /api/reload). Every few seconds it samples the supervisor's RSS and its anonymous, file and shared
+parts (/proc/PID/status) and open file descriptors (psutil) and
 reads each model's new events. At the end every model is started again and given time to turn healthy, the
 supervisor is stopped with SIGTERM, and it reports: RSS first/last/max and its slope over the second half,
 fds, orphans (processes carrying this run's env marker still alive after the supervisor exited), gaps in the
@@ -86,14 +86,14 @@ class Sample(NamedTuple):
     fds: int
 
 
-def rss_parts(pid: int) -> tuple[float, float, float]:
-    """RssAnon, RssFile and RssShmem of /proc/PID/status in MiB: which kind of memory an RSS change is."""
+def memory(pid: int) -> tuple[float, float, float, float]:
+    """VmRSS and its parts RssAnon, RssFile and RssShmem from one read of /proc/PID/status, in MiB."""
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         name, _, value = line.partition(":")
-        if name in ("RssAnon", "RssFile", "RssShmem"):
+        if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
             fields[name] = int(value.split()[0]) / 1024  # kB
-    return fields["RssAnon"], fields["RssFile"], fields["RssShmem"]
+    return fields["VmRSS"], fields["RssAnon"], fields["RssFile"], fields["RssShmem"]
 
 
 @dataclass
@@ -108,9 +108,8 @@ class Watch:
 
     def sample(self, elapsed: float) -> None:
         with contextlib.suppress(psutil.Error, OSError):
-            proc = psutil.Process(self.pid)
-            parts = rss_parts(self.pid)
-            self.samples.append(Sample(round(elapsed, 1), proc.memory_info().rss / 2**20, *parts, proc.num_fds()))
+            sizes = memory(self.pid)
+            self.samples.append(Sample(round(elapsed, 1), *sizes, psutil.Process(self.pid).num_fds()))
 
     def read_events(self, api: Api, models: list[str]) -> None:
         for model in models:

@@ -149,10 +149,10 @@ class Journal:
                 ),
             )
             appended = self._appends_since_prune.get(event.model_id, 0) + 1
-            self._appends_since_prune[event.model_id] = appended
             if appended >= _PRUNE_EVERY:
-                self._appends_since_prune[event.model_id] = 0
+                appended = 0
                 self._prune(event.model_id)
+            self._appends_since_prune[event.model_id] = appended
 
     def _prune(self, model_id: str) -> None:
         # Keeps the newest max_events rows of the model that just grew; others are pruned when they grow.
