@@ -27,6 +27,7 @@ import uvicorn
 
 from supervisor.api.app import create_app
 from supervisor.api.auth import token_from_env
+from supervisor.cli.heap import collect_periodically
 from supervisor.config.reload_plan import ReloadPlan, ReloadRefused
 from supervisor.config.schema import Config, ConfigError, GatewaySettings, SupervisorSettings
 from supervisor.core.states import EventKind
@@ -259,6 +260,7 @@ async def _serve(
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloads.signalled)  # waits for start(): the fleet's reload lock
     serving: asyncio.Task[None] | None = None
+    collecting = asyncio.create_task(collect_periodically(), name="garbage-collection")
     try:
         await supervisor.start()
         serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -280,6 +282,7 @@ async def _serve(
         # The gateway stops taking requests first; then the models, while the API still answers, so an
         # operator can watch them stop; on every path, a failed start or a crashed server included, so no
         # model outlives us.
+        collecting.cancel()
         await reloads.close()
         if gateway is not None:
             await gateway.close()

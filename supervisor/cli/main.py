@@ -107,8 +107,9 @@ def _ops_parsers(sub: Any, client: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     # The whole supervisor and uvicorn: imported only here so client subcommands start fast.
-    from supervisor.cli import daemon
+    from supervisor.cli import daemon, heap
 
+    heap.freeze_startup()  # what is imported now lives as long as the process: no collection need scan it
     host = args.host or config.supervisor.api.host
     port = config.supervisor.api.port if args.port is None else args.port
     try:

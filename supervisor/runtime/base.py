@@ -24,6 +24,10 @@ class Stream(StrEnum):
 LineSink = Callable[[Stream, str], None]
 
 
+def discard_line(stream: Stream, text: str) -> None:
+    """The sink of a run that is over: it lets go of the real one, which refers back to the model's owner."""
+
+
 class SpawnError(Exception):
     """The run could not be started at all (command not found, image missing, daemon unreachable)."""
 
@@ -43,7 +47,9 @@ class Run(Protocol):
         """Return the moment the main process exits (awaited, never polled)."""
 
     async def wait_gone(self) -> None:
-        """Return when every process of the run is gone (after wait_exit)."""
+        """Return when every process of the run is gone (after wait_exit). The run delivers no line after
+        that and drops its sink: the sink refers to the model's owner, which refers to the run, and a replaced
+        owner must be freed at once, not at the rare full collection of the garbage collector."""
 
     def terminate(self) -> None:
         """Ask the whole run to stop (SIGTERM to the process group)."""

@@ -22,7 +22,7 @@ from typing import Any
 from docker import errors as docker_errors
 
 from supervisor.core.states import ExitStatus
-from supervisor.runtime.base import LineSink, Stream
+from supervisor.runtime.base import LineSink, Stream, discard_line
 from supervisor.runtime.docker_streams import AttachedOutput, DieNotice, close_quietly, pump_output, wait_for_die
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class DockerRun:
 
     async def wait_gone(self) -> None:
         await asyncio.shield(self._gone)
+        self._sink = discard_line  # see Run.wait_gone; a line the output thread still sends is not this run's
 
     def terminate(self) -> None:
         """`docker stop`: the image's stop signal (SIGTERM), then SIGKILL from the engine after stop_timeout."""

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 import psutil
 
 from supervisor.core.states import ExitStatus
-from supervisor.runtime.base import LineSink, SpawnError, Stream
+from supervisor.runtime.base import LineSink, SpawnError, Stream, discard_line
 from supervisor.runtime.lines import LineSplitter
 from supervisor.runtime.process_group import RUN_MARKER_ENV, run_marker, signal_group, wait_group_gone
 
@@ -90,6 +90,7 @@ class LineReader:
             self.closed = True
             self._loop.remove_reader(self._fd)
             os.close(self._fd)
+            self._sink = discard_line  # nothing more to deliver; see Run.wait_gone
 
     def _deliver(self, lines: list[str]) -> None:
         for line in lines:

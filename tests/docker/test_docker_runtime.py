@@ -44,7 +44,8 @@ def gone(client: Any, container_id: str) -> bool:
 async def test_crash_exit_code_is_seen_from_the_event_stream_promptly(
     docker_client: Any, fake_image: str, model_id: str, lines: Lines
 ) -> None:
-    """A container that exits 3 is reported as exit code 3 within a couple of seconds, then removed."""
+    """A container that exits 3 is reported as exit code 3 within a couple of seconds, then removed; the run
+    then lets go of its sink (which refers to the model's owner, which refers to the run: a cycle)."""
     code = "import sys, time\ntime.sleep(0.5)\nprint('dying at', time.time())\nsys.exit(3)"
     run = await spawn(python_spec(fake_image, code), model_id, lines)
     status = await asyncio.wait_for(run.wait_exit(), 30)
@@ -54,6 +55,7 @@ async def test_crash_exit_code_is_seen_from_the_event_stream_promptly(
     assert seen_at - dying_at < EXIT_SEEN_WITHIN
     await asyncio.wait_for(run.wait_gone(), 30)
     assert gone(docker_client, run.ident)
+    assert all(held is not lines for held in vars(run).values())
 
 
 async def test_output_lines_of_both_streams_arrive_in_order_before_the_exit(
