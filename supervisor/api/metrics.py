@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -113,6 +113,7 @@ class Metrics:
         self.registry.register(_StatusGauges(supervisor))
         self.registry.register(_FluidMcpGauges(supervisor))
         self.registry.register(UsageCollector(supervisor))  # memory and CPU per model
+        ProcessCollector(registry=self.registry)  # the supervisor's own: process_resident_memory_bytes, fds, CPU
         self._restarts = Counter(
             f"{PREFIX}_restarts",
             "Runs spawned to replace an earlier one, by reason (manual or the failure cause)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 import pytest
 from api_helpers import asgi_client, samples, value
 from fakes import FakeSupervisor, crash_script
@@ -138,6 +139,16 @@ def test_two_apps_in_one_process_do_not_collide(sup: FakeSupervisor, tmp_path: P
     crash_script(sup, "qwen")
     assert value(_scrape(first), "llm_supervisor_oom_total", model="qwen") == 1
     assert value(_scrape(second), "llm_supervisor_oom_total", model="qwen") == 0
+
+
+def test_the_supervisors_own_process_is_measured(sup: FakeSupervisor) -> None:
+    """The standard process_* series describe this process, so its own memory can be watched and alerted on."""
+    parsed = _scrape(Metrics(sup))
+    own = psutil.Process()
+    resident = value(parsed, "process_resident_memory_bytes")
+    assert 0.5 * own.memory_info().rss < resident < 2 * own.memory_info().rss
+    assert value(parsed, "process_open_fds") > 0
+    assert abs(value(parsed, "process_start_time_seconds") - own.create_time()) < 1
 
 
 async def test_metrics_endpoint_serves_prometheus_text(sup: FakeSupervisor) -> None:
