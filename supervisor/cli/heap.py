@@ -44,8 +44,5 @@ async def collect_periodically(interval: float = COLLECT_INTERVAL) -> None:
         await asyncio.sleep(interval)
         started = time.perf_counter()
         found = gc.collect()
-        log.debug("garbage collection: %d unreachable objects freed in %.1f ms", found, _ms_since(started))
-
-
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1e3
+        took = (time.perf_counter() - started) * 1e3
+        log.debug("garbage collection: %d unreachable objects freed in %.1f ms", found, took)
