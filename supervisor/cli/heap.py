@@ -6,9 +6,9 @@ Why the daemon manages its garbage collection itself:
   20 models) and it makes few new ones, so a full collection almost never comes: in a soak of 20 models with
   a fault every 2 s there was none in 8 minutes (bench/soak.py, docs/operations.md).
 - Meanwhile reference cycles pile up in that generation. Every closed asyncio socket transport is one on
-  3.11 (a bound method it keeps of itself, CPython gh-106503): each probe connection to a server that was
-  restarted, each API connection. Resident memory grew all through the soak, and a collection every
-  30 s cut that growth by 80%.
+  3.11 (it keeps its own bound method `_read_ready_cb` after close; CPython gh-100348, fixed in 3.12): each
+  probe connection to a server that was restarted, each API connection. Resident memory grew all through
+  the soak, and a collection every 30 s cut that growth by 80%.
 - So after start-up `freeze_startup` moves what exists (modules, classes, functions: they live as long as the
   process) out of every collection's way, and `collect_periodically` runs a full collection every few minutes.
   Frozen, the ~60,000 start-up objects are never scanned again: a full collection took ~25 ms instead of
